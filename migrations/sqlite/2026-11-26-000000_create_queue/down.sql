@@ -1,0 +1,3 @@
+DROP TABLE nodes;
+DROP TABLE job_items;
+DROP TABLE jobs;

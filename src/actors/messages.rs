@@ -1,0 +1,205 @@
+//! Every message exchanged by the actors, and the values they carry.
+
+use crate::actors::tracker::Progress;
+pub use crate::model::Counts;
+use crate::model::{
+    FinishedItem, ItemRecord, ItemStatus, JobRecord, JobStatus, NewJob, QueueStats,
+};
+use crate::processor::ProgressReporter;
+use crate::store::queries::CancelOutcome;
+use crate::store::StoreError;
+use actix::Message;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why the engine refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No processor is registered for the job's kind.
+    #[error("processor '{0}' is not available in this engine")]
+    NoProcessor(String),
+    /// The processor rejected the job's options or items.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The offending field, as a path into the request (`check_command`, `targets[3].path`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The engine is shutting down and takes no new work.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// An actor did not answer.
+    #[error("engine actor unavailable: {0}")]
+    Mailbox(#[from] actix::MailboxError),
+}
+
+/// A job with its live progress, as the Supervisor answers reads.
+#[derive(Debug, Clone)]
+pub struct JobView {
+    /// The stored job.
+    pub record: JobRecord,
+    /// Live progress from the Tracker while the job runs in this engine.
+    pub live: Option<Progress>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    /// The jobs on this page.
+    pub jobs: Vec<JobView>,
+    /// How many jobs match the filters.
+    pub total: u64,
+}
+
+/// A page of one job's items.
+#[derive(Debug, Clone)]
+pub struct ItemPage {
+    /// The items on this page, in submission order.
+    pub items: Vec<ItemRecord>,
+    /// How many items match the filter.
+    pub total: u64,
+}
+
+/// Submit a new job; answers the stored job.
+#[derive(Message)]
+#[rtype(result = "Result<JobView, EngineError>")]
+pub struct SubmitJob(pub NewJob);
+
+/// Read one job; `None` when unknown.
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobView>, EngineError>")]
+pub struct GetJob {
+    /// The job id.
+    pub job_id: String,
+}
+
+/// Read a page of jobs, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<JobPage, EngineError>")]
+pub struct ListJobs {
+    /// Only jobs in this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Jobs to skip.
+    pub offset: u64,
+}
+
+/// Read a page of a job's items; `None` when the job is unknown.
+#[derive(Message)]
+#[rtype(result = "Result<Option<ItemPage>, EngineError>")]
+pub struct ListItems {
+    /// The job id.
+    pub job_id: String,
+    /// Only items in this status.
+    pub status: Option<ItemStatus>,
+    /// Page size.
+    pub limit: u32,
+    /// Items to skip.
+    pub offset: u64,
+}
+
+/// Cancel a job and stop its running items.
+#[derive(Message)]
+#[rtype(result = "Result<CancelOutcome, EngineError>")]
+pub struct CancelJob {
+    /// The job id.
+    pub job_id: String,
+}
+
+/// Count jobs per status.
+#[derive(Message)]
+#[rtype(result = "Result<QueueStats, EngineError>")]
+pub struct GetStats;
+
+/// Check that the database answers.
+#[derive(Message)]
+#[rtype(result = "Result<(), EngineError>")]
+pub struct Ping;
+
+/// Stop claiming, let running items finish for `grace`, then stop them and put them back
+/// in the queue. Answers once everything in flight is settled in the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    /// How long running items may keep going before they are stopped.
+    pub grace: Duration,
+}
+
+/// What a Worker needs to know about a job to run its items.
+pub struct JobContext {
+    /// The job id.
+    pub id: Arc<str>,
+    /// The job's options.
+    pub options: Arc<Value>,
+    /// Cancelled with the job (a child of the engine's shutdown token).
+    pub cancel: CancellationToken,
+    /// Where processors send progress notes.
+    pub progress: ProgressReporter,
+}
+
+/// Run these claimed items (Supervisor → Worker).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunItems {
+    /// The job they belong to.
+    pub job: Arc<JobContext>,
+    /// The claimed items.
+    pub items: Vec<crate::model::ClaimedItem>,
+}
+
+/// An item finished, was cancelled or panicked (Worker → Supervisor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ItemFinished(pub FinishedItem);
+
+/// Live progress events (Supervisor and processors → Tracker).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum ProgressUpdate {
+    /// A job started running in this engine.
+    Started {
+        /// The job id.
+        job_id: Arc<str>,
+        /// Its stored counters at that moment.
+        counts: Counts,
+        /// Unix seconds of its first claim.
+        started_at: f64,
+    },
+    /// Counters after a commit.
+    Counts {
+        /// The job id.
+        job_id: Arc<str>,
+        /// The committed counters.
+        counts: Counts,
+    },
+    /// What the job is doing now.
+    CurrentItem {
+        /// The job id.
+        job_id: Arc<str>,
+        /// A short note.
+        note: String,
+    },
+    /// The job reached a terminal state; its live entry can go.
+    Finished {
+        /// The job id.
+        job_id: Arc<str>,
+    },
+}
+
+/// Read live progress of some jobs (→ Tracker).
+#[derive(Message)]
+#[rtype(result = "HashMap<String, Progress>")]
+pub struct GetProgress {
+    /// The jobs asked about.
+    pub job_ids: Vec<String>,
+}

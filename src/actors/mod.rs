@@ -1,0 +1,20 @@
+//! The actor topology.
+//!
+//! ```text
+//! HTTP handler ──msg──▶ Supervisor ──(blocking pool)──▶ Store
+//!                         │ claims chunks of items, dispatches
+//!                         ▼
+//!                  Worker (one per kind, own thread) ──ProgressUpdate──▶ Tracker
+//!                         │ ItemFinished back to the Supervisor, group-committed
+//! ```
+//!
+//! All messages are declared in [`messages`], so the protocol reads in one place.
+
+pub mod messages;
+pub mod supervisor;
+pub mod tracker;
+pub mod worker;
+
+pub use supervisor::Supervisor;
+pub use tracker::Tracker;
+pub use worker::Worker;

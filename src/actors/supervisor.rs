@@ -1,0 +1,643 @@
+//! The Supervisor: owns the queue.
+//!
+//! It admits jobs, claims items in chunks for workers with free capacity, records outcomes
+//! with group commit, finalizes jobs, cancels them, and drains on shutdown. All database
+//! work goes through [`Store`], which runs it on the blocking pool; the actor itself only
+//! keeps the in-memory scheduling state.
+//!
+//! Scheduling: each kind has a concurrency limit and each job its `parallel`. Free slots of
+//! a kind are granted one at a time, round-robin over that kind's jobs that still have
+//! queued items, so a small job submitted after a huge one gets slots as soon as any free
+//! up instead of waiting for the huge job to drain.
+
+use crate::actors::messages::*;
+use crate::actors::tracker::Tracker;
+use crate::actors::worker::Worker;
+use crate::model::{new_job_id, now, FinishedItem, ItemStatus, JobRecord, JobStatus, QueueStats};
+use crate::processor::{Processor, ProgressReporter};
+use crate::store::queries::{self, CancelOutcome};
+use crate::store::Store;
+use actix::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// How often the Supervisor looks for claimable work even when nothing woke it.
+const PUMP_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before retrying a failed store write.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// How the Supervisor is set up.
+pub struct SupervisorConfig {
+    /// The database.
+    pub store: Store,
+    /// Where progress goes.
+    pub tracker: Addr<Tracker>,
+    /// This engine's id in `nodes` and on claimed items.
+    pub node_id: Arc<str>,
+    /// Registered processors with their concurrency limits.
+    pub processors: Vec<(Arc<dyn Processor>, u32)>,
+    /// Jobs found open in the database at start.
+    pub open_jobs: Vec<JobRecord>,
+}
+
+struct KindSlot {
+    processor: Arc<dyn Processor>,
+    worker: Addr<Worker>,
+    limit: u32,
+    /// Items running or reserved for a claim in flight.
+    running: u32,
+}
+
+struct ActiveJob {
+    ctx: Arc<JobContext>,
+    kind: String,
+    parallel: u32,
+    /// Items running or reserved for a claim in flight.
+    running: u32,
+    /// A claim came back short: no queued items are left.
+    exhausted: bool,
+    cancelled: bool,
+    /// Whether the Tracker has been told the job runs.
+    announced: bool,
+    counts: Counts,
+    started_at: Option<f64>,
+}
+
+/// Owns the queue; see the module docs.
+pub struct Supervisor {
+    store: Store,
+    tracker: Addr<Tracker>,
+    node_id: Arc<str>,
+    pending_processors: Vec<(Arc<dyn Processor>, u32)>,
+    pending_jobs: Vec<JobRecord>,
+    kinds: HashMap<String, KindSlot>,
+    arbiters: Vec<ArbiterHandle>,
+    jobs: HashMap<Arc<str>, ActiveJob>,
+    /// Per kind, the jobs that may still claim, in round-robin order.
+    rotation: HashMap<String, VecDeque<Arc<str>>>,
+    /// Outcomes waiting for the next group commit.
+    finished: Vec<FinishedItem>,
+    /// Items stopped by shutdown, to be put back in the queue.
+    to_release: Vec<(String, u32)>,
+    flushing: bool,
+    claiming: bool,
+    releasing: bool,
+    stopping: bool,
+    /// Parent of every job's token: cancelling it stops all running items.
+    shutdown_token: CancellationToken,
+    drained: Vec<oneshot::Sender<()>>,
+}
+
+impl Supervisor {
+    /// A Supervisor that will spawn one Worker per processor when started.
+    pub fn new(config: SupervisorConfig) -> Self {
+        Supervisor {
+            store: config.store,
+            tracker: config.tracker,
+            node_id: config.node_id,
+            pending_processors: config.processors,
+            pending_jobs: config.open_jobs,
+            kinds: HashMap::new(),
+            arbiters: Vec::new(),
+            jobs: HashMap::new(),
+            rotation: HashMap::new(),
+            finished: Vec::new(),
+            to_release: Vec::new(),
+            flushing: false,
+            claiming: false,
+            releasing: false,
+            stopping: false,
+            shutdown_token: CancellationToken::new(),
+            drained: Vec::new(),
+        }
+    }
+
+    /// Starts following an open job.
+    fn admit(&mut self, job: &JobRecord) {
+        let id: Arc<str> = Arc::from(job.id.as_str());
+        let ctx = Arc::new(JobContext {
+            id: id.clone(),
+            options: Arc::new(job.spec.clone()),
+            cancel: self.shutdown_token.child_token(),
+            progress: ProgressReporter::new(id.clone(), self.tracker.clone()),
+        });
+        self.rotation
+            .entry(job.kind.clone())
+            .or_default()
+            .push_back(id.clone());
+        self.jobs.insert(
+            id,
+            ActiveJob {
+                ctx,
+                kind: job.kind.clone(),
+                parallel: job.parallel.max(1),
+                running: 0,
+                exhausted: false,
+                cancelled: false,
+                announced: false,
+                counts: job.counts(),
+                started_at: job.started_at,
+            },
+        );
+    }
+
+    /// Stops following a job that reached a terminal state.
+    fn forget(&mut self, job_id: &str) {
+        if let Some((id, _)) = self.jobs.remove_entry(job_id) {
+            self.tracker
+                .do_send(ProgressUpdate::Finished { job_id: id });
+        }
+    }
+
+    /// Decides how many items to claim from which jobs, reserving the slots.
+    fn plan_claims(&mut self) -> Vec<(Arc<str>, u32)> {
+        let mut grants: HashMap<Arc<str>, u32> = HashMap::new();
+        let Supervisor {
+            kinds,
+            rotation,
+            jobs,
+            ..
+        } = self;
+        for (kind, slot) in kinds.iter_mut() {
+            let mut free = slot.limit.saturating_sub(slot.running);
+            let Some(queue) = rotation.get_mut(kind) else {
+                continue;
+            };
+            queue.retain(|id| jobs.get(id).is_some_and(|j| !j.exhausted && !j.cancelled));
+            let mut idle = 0;
+            while free > 0 && idle < queue.len() {
+                let id = queue.pop_front().expect("queue is not empty");
+                queue.push_back(id.clone());
+                let job = jobs.get_mut(&id).expect("retained jobs exist");
+                if job.running < job.parallel {
+                    job.running += 1;
+                    slot.running += 1;
+                    free -= 1;
+                    idle = 0;
+                    *grants.entry(id).or_default() += 1;
+                } else {
+                    idle += 1;
+                }
+            }
+        }
+        grants.into_iter().collect()
+    }
+
+    /// Gives back reserved slots that a claim did not fill.
+    fn unreserve(&mut self, job_id: &str, n: u32) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.running = job.running.saturating_sub(n);
+            if let Some(slot) = self.kinds.get_mut(&job.kind) {
+                slot.running = slot.running.saturating_sub(n);
+            }
+        }
+    }
+
+    /// Claims work for free slots, unless a claim is already in flight.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping || self.claiming {
+            return;
+        }
+        let plan = self.plan_claims();
+        if plan.is_empty() {
+            return;
+        }
+        self.claiming = true;
+        let node = self.node_id.clone();
+        let asked = plan.clone();
+        self.store
+            .write(move |conn| {
+                let t = now();
+                let mut out = Vec::with_capacity(plan.len());
+                for (job_id, n) in plan {
+                    let items = queries::claim_items(conn, &job_id, n, &node, t)?;
+                    out.push((job_id, n, items, t));
+                }
+                Ok(out)
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.claiming = false;
+                match res {
+                    Ok(claims) => {
+                        for (job_id, n, items, t) in claims {
+                            act.dispatch(&job_id, n, items, t);
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("claiming items failed: {e}; retrying");
+                        for (job_id, n) in asked {
+                            act.unreserve(&job_id, n);
+                        }
+                        ctx.run_later(RETRY_DELAY, |act, ctx| act.pump(ctx));
+                    }
+                }
+                act.check_drained(ctx);
+                act.pump(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Hands claimed items to the kind's worker.
+    fn dispatch(
+        &mut self,
+        job_id: &Arc<str>,
+        asked: u32,
+        items: Vec<crate::model::ClaimedItem>,
+        t: f64,
+    ) {
+        let got = items.len() as u32;
+        if got < asked {
+            self.unreserve(job_id, asked - got);
+            if let Some(job) = self.jobs.get_mut(job_id) {
+                job.exhausted = true;
+            }
+        }
+        if got == 0 {
+            return;
+        }
+        if self.stopping {
+            // Claimed while shutdown began: put them straight back.
+            self.unreserve(job_id, got);
+            self.to_release
+                .extend(items.into_iter().map(|i| (i.job_id, i.index)));
+            return;
+        }
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            log::error!("claimed items for unknown job {job_id}");
+            return;
+        };
+        if !job.announced {
+            job.announced = true;
+            self.tracker.do_send(ProgressUpdate::Started {
+                job_id: job_id.clone(),
+                counts: job.counts,
+                started_at: job.started_at.unwrap_or(t),
+            });
+        }
+        let Some(slot) = self.kinds.get(&job.kind) else {
+            return;
+        };
+        slot.worker.do_send(RunItems {
+            job: job.ctx.clone(),
+            items,
+        });
+    }
+
+    /// Commits buffered outcomes in one transaction, unless a commit is in flight; what
+    /// arrives meanwhile waits for the next one (group commit).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.finished.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let batch = Arc::new(std::mem::take(&mut self.finished));
+        let for_store = batch.clone();
+        let mut touched: Vec<String> = batch.iter().map(|f| f.job_id.clone()).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        self.store
+            .write(move |conn| {
+                let done = queries::record_finished(conn, &for_store, now())?;
+                let counts = queries::job_counts(conn, &touched)?;
+                Ok((done, counts))
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.flushing = false;
+                match res {
+                    Ok((done, counts)) => {
+                        for (job_id, c) in counts {
+                            if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
+                                job.counts = c;
+                                act.tracker.do_send(ProgressUpdate::Counts {
+                                    job_id: job.ctx.id.clone(),
+                                    counts: c,
+                                });
+                            }
+                        }
+                        for job_id in done {
+                            act.forget(&job_id);
+                        }
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "recording {} finished items failed: {e}; retrying",
+                            batch.len()
+                        );
+                        act.finished.extend(batch.iter().cloned());
+                        ctx.run_later(RETRY_DELAY, |act, ctx| act.flush(ctx));
+                        return;
+                    }
+                }
+                act.flush(ctx);
+                act.check_drained(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// During shutdown, answers the waiters once nothing is in flight anymore.
+    fn check_drained(&mut self, ctx: &mut Context<Self>) {
+        if !self.stopping || self.drained.is_empty() {
+            return;
+        }
+        let running: u32 = self.kinds.values().map(|k| k.running).sum();
+        if running > 0
+            || self.claiming
+            || self.flushing
+            || self.releasing
+            || !self.finished.is_empty()
+        {
+            return;
+        }
+        if !self.to_release.is_empty() {
+            self.releasing = true;
+            let items = std::mem::take(&mut self.to_release);
+            self.store
+                .write(move |conn| queries::release_items(conn, &items))
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    act.releasing = false;
+                    match res {
+                        Ok(n) => log::info!("shutdown: put {n} interrupted items back in the queue"),
+                        Err(e) => log::error!(
+                            "shutdown: could not requeue interrupted items ({e}); they are recovered at next start"
+                        ),
+                    }
+                    act.check_drained(ctx);
+                })
+                .spawn(ctx);
+            return;
+        }
+        for waiter in self.drained.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        for (processor, limit) in std::mem::take(&mut self.pending_processors) {
+            let kind = processor.kind().to_string();
+            let supervisor = ctx.address();
+            let arbiter = Arbiter::new().handle();
+            let for_worker = processor.clone();
+            let worker =
+                Worker::start_in_arbiter(&arbiter, move |_| Worker::new(for_worker, supervisor));
+            self.arbiters.push(arbiter);
+            self.kinds.insert(
+                kind,
+                KindSlot {
+                    processor,
+                    worker,
+                    limit: limit.max(1),
+                    running: 0,
+                },
+            );
+        }
+        for job in std::mem::take(&mut self.pending_jobs) {
+            if self.kinds.contains_key(&job.kind) {
+                self.admit(&job);
+            } else {
+                let error = format!("no processor registered for kind '{}'", job.kind);
+                log::warn!("job {}: {error}; marking it failed", job.id);
+                let id = job.id.clone();
+                self.store
+                    .write(move |conn| queries::fail_job(conn, &id, &error, now()))
+                    .into_actor(self)
+                    .map(|res, _, _| {
+                        if let Err(e) = res {
+                            log::error!("could not mark a job failed: {e}");
+                        }
+                    })
+                    .spawn(ctx);
+            }
+        }
+        ctx.run_interval(PUMP_INTERVAL, |act, ctx| {
+            act.flush(ctx);
+            act.pump(ctx);
+        });
+        self.pump(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shutdown_token.cancel();
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+impl Handler<SubmitJob> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<JobView, EngineError>>;
+
+    fn handle(&mut self, SubmitJob(job): SubmitJob, _: &mut Self::Context) -> Self::Result {
+        if self.stopping {
+            return Box::pin(fut::ready(Err(EngineError::ShuttingDown)));
+        }
+        let Some(slot) = self.kinds.get(&job.kind) else {
+            return Box::pin(fut::ready(Err(EngineError::NoProcessor(job.kind))));
+        };
+        if let Err(e) = slot.processor.validate_options(&job.spec) {
+            return Box::pin(fut::ready(Err(EngineError::Invalid {
+                field: e.field,
+                message: e.message,
+            })));
+        }
+        let id = new_job_id(&job.kind);
+        Box::pin(
+            self.store
+                .write(move |conn| {
+                    queries::insert_job(conn, &id, &job, now())?;
+                    queries::get_job(conn, &id)
+                })
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    let record = res?.ok_or_else(|| {
+                        EngineError::Store(crate::store::StoreError::Task(
+                            "job vanished right after insert".into(),
+                        ))
+                    })?;
+                    act.admit(&record);
+                    act.pump(ctx);
+                    Ok(JobView { record, live: None })
+                }),
+        )
+    }
+}
+
+impl Handler<ItemFinished> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, ItemFinished(item): ItemFinished, ctx: &mut Self::Context) {
+        // An item stopped by shutdown (not by its job's cancellation) goes back to the queue.
+        let release = self.stopping
+            && item.outcome.status == ItemStatus::Cancelled
+            && self
+                .jobs
+                .get(item.job_id.as_str())
+                .is_some_and(|job| !job.cancelled);
+        self.unreserve(&item.job_id, 1);
+        if release {
+            self.to_release.push((item.job_id, item.index));
+        } else {
+            self.finished.push(item);
+        }
+        self.flush(ctx);
+        self.pump(ctx);
+        self.check_drained(ctx);
+    }
+}
+
+impl Handler<CancelJob> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<CancelOutcome, EngineError>>;
+
+    fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) -> Self::Result {
+        let job_id = msg.job_id;
+        let id = job_id.clone();
+        Box::pin(
+            self.store
+                .write(move |conn| queries::cancel_job(conn, &id, now()))
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    let outcome = res?;
+                    if let CancelOutcome::Cancelled { .. } = outcome {
+                        if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
+                            job.cancelled = true;
+                            // Fires every running item's token: processes get killed now.
+                            job.ctx.cancel.cancel();
+                            if job.running == 0 {
+                                act.forget(&job_id);
+                            }
+                        }
+                    }
+                    Ok(outcome)
+                }),
+        )
+    }
+}
+
+impl Handler<GetJob> for Supervisor {
+    type Result = ResponseFuture<Result<Option<JobView>, EngineError>>;
+
+    fn handle(&mut self, msg: GetJob, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let tracker = self.tracker.clone();
+        Box::pin(async move {
+            let id = msg.job_id;
+            let Some(record) = store.read(move |conn| queries::get_job(conn, &id)).await? else {
+                return Ok(None);
+            };
+            let mut views = with_live(&tracker, vec![record]).await;
+            Ok(views.pop())
+        })
+    }
+}
+
+impl Handler<ListJobs> for Supervisor {
+    type Result = ResponseFuture<Result<JobPage, EngineError>>;
+
+    fn handle(&mut self, msg: ListJobs, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let tracker = self.tracker.clone();
+        Box::pin(async move {
+            let (records, total) = store
+                .read(move |conn| {
+                    queries::list_jobs(conn, msg.status, msg.kind.as_deref(), msg.limit, msg.offset)
+                })
+                .await?;
+            Ok(JobPage {
+                jobs: with_live(&tracker, records).await,
+                total,
+            })
+        })
+    }
+}
+
+/// Joins stored jobs with the Tracker's live progress for those still running.
+async fn with_live(tracker: &Addr<Tracker>, records: Vec<JobRecord>) -> Vec<JobView> {
+    let open: Vec<String> = records
+        .iter()
+        .filter(|r| r.status == JobStatus::Running)
+        .map(|r| r.id.clone())
+        .collect();
+    let mut live = if open.is_empty() {
+        HashMap::new()
+    } else {
+        tracker
+            .send(GetProgress { job_ids: open })
+            .await
+            .unwrap_or_default()
+    };
+    records
+        .into_iter()
+        .map(|record| JobView {
+            live: live.remove(&record.id),
+            record,
+        })
+        .collect()
+}
+
+impl Handler<ListItems> for Supervisor {
+    type Result = ResponseFuture<Result<Option<ItemPage>, EngineError>>;
+
+    fn handle(&mut self, msg: ListItems, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let page = store
+                .read(move |conn| {
+                    if queries::get_job_status(conn, &msg.job_id)?.is_none() {
+                        return Ok(None);
+                    }
+                    let (items, total) =
+                        queries::list_items(conn, &msg.job_id, msg.status, msg.limit, msg.offset)?;
+                    Ok(Some(ItemPage { items, total }))
+                })
+                .await?;
+            Ok(page)
+        })
+    }
+}
+
+impl Handler<GetStats> for Supervisor {
+    type Result = ResponseFuture<Result<QueueStats, EngineError>>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { Ok(store.read(queries::queue_stats).await?) })
+    }
+}
+
+impl Handler<Ping> for Supervisor {
+    type Result = ResponseFuture<Result<(), EngineError>>;
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { Ok(store.read(queries::ping).await?) })
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let (tx, rx) = oneshot::channel();
+        self.drained.push(tx);
+        let token = self.shutdown_token.clone();
+        ctx.run_later(msg.grace, move |_, _| {
+            log::info!("shutdown: grace period over, stopping running items");
+            token.cancel();
+        });
+        self.flush(ctx);
+        self.check_drained(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

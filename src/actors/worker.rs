@@ -1,0 +1,98 @@
+//! The Worker: runs the items of one processor kind as futures on its own thread.
+//!
+//! The Supervisor only hands a Worker as many items as the job's `parallel` and the kind's
+//! limit allow, so the Worker needs no semaphore of its own: it starts what it is given and
+//! reports each outcome back.
+
+use crate::actors::messages::{ItemFinished, RunItems};
+use crate::actors::supervisor::Supervisor;
+use crate::model::{now, ClaimedItem, FinishedItem, ItemOutcome};
+use crate::processor::{Item, ItemContext, Processor};
+use actix::prelude::*;
+use futures_util::FutureExt;
+use serde_json::json;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+/// Runs items of one kind.
+pub struct Worker {
+    processor: Arc<dyn Processor>,
+    supervisor: Addr<Supervisor>,
+}
+
+impl Worker {
+    /// A worker for `processor`'s kind that reports to `supervisor`.
+    pub fn new(processor: Arc<dyn Processor>, supervisor: Addr<Supervisor>) -> Self {
+        Worker {
+            processor,
+            supervisor,
+        }
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+}
+
+impl Handler<RunItems> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunItems, _: &mut Self::Context) {
+        for claimed in msg.items {
+            let job = msg.job.clone();
+            let processor = self.processor.clone();
+            let supervisor = self.supervisor.clone();
+            actix::spawn(async move {
+                let ClaimedItem {
+                    job_id,
+                    index,
+                    key,
+                    payload,
+                    attempt,
+                } = claimed;
+                let cancel = job.cancel.child_token();
+                let outcome = if cancel.is_cancelled() {
+                    ItemOutcome::cancelled(json!({"key": key, "status": "cancelled"}))
+                } else {
+                    let item = Item {
+                        job_id: job_id.clone(),
+                        index,
+                        key: key.clone(),
+                        payload,
+                        attempt,
+                    };
+                    let ctx = ItemContext {
+                        options: job.options.clone(),
+                        cancel,
+                        progress: job.progress.clone(),
+                    };
+                    // A panicking processor fails its item, not the worker thread.
+                    match AssertUnwindSafe(processor.process(item, ctx))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(panic) => {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "unknown panic".into());
+                            log::error!("processor panicked on {job_id}[{index}]: {what}");
+                            ItemOutcome::failed(
+                                json!({"key": key, "status": "error", "error": format!("processor panicked: {what}")}),
+                                format!("processor panicked: {what}"),
+                            )
+                        }
+                    }
+                };
+                supervisor.do_send(ItemFinished(FinishedItem {
+                    job_id,
+                    index,
+                    outcome,
+                    finished_at: now(),
+                }));
+            });
+        }
+    }
+}

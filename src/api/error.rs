@@ -1,0 +1,90 @@
+//! The HTTP error boundary: one enum, one JSON shape (`{"detail": …}`, the seed's FastAPI
+//! form, plus `field` when one field is at fault).
+
+use crate::actors::messages::EngineError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+/// Every error an endpoint can answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON at all.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// A field has a wrong type or value.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The offending field, as a path (`targets[3].path`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The endpoint's processor is not part of this engine.
+    #[error("{0}")]
+    NotAvailable(String),
+    /// The engine cannot take the request now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something failed inside; details go to the log, not to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// An error about one field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NoProcessor(kind) => ApiError::NotAvailable(format!(
+                "processor '{kind}' is not available in this engine: no processor of that kind is registered"
+            )),
+            EngineError::Invalid { field, message } => ApiError::Invalid { field, message },
+            EngineError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            EngineError::Mailbox(_) => ApiError::Unavailable(e.to_string()),
+            EngineError::Store(err) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotAvailable(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let body = match self {
+            ApiError::Invalid { field, message } => {
+                json!({"detail": format!("{field}: {message}"), "field": field})
+            }
+            ApiError::Internal(cause) => {
+                log::error!("internal error: {cause}");
+                json!({"detail": "internal error; the server log has the cause"})
+            }
+            other => json!({"detail": other.to_string()}),
+        };
+        HttpResponse::build(self.status_code()).json(body)
+    }
+}

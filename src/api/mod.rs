@@ -1,0 +1,222 @@
+//! The REST surface: the only module that knows HTTP. Handlers parse and check input, send
+//! one message to the engine, and map the answer to a response.
+
+pub mod error;
+pub mod requests;
+pub mod responses;
+
+use crate::actors::messages::{GetJob, ListItems, ListJobs, Ping};
+use crate::engine::Engine;
+use crate::model::{ItemStatus, JobStatus};
+use crate::store::queries::CancelOutcome;
+use actix_web::web::{self, Bytes, ServiceConfig};
+use actix_web::{HttpRequest, HttpResponse};
+use error::ApiError;
+use requests::*;
+use responses::*;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// Registers the engine and every route on an actix-web `App` (or a scope of one):
+/// `App::new().configure(batchforge::api::routes(engine.clone()))`.
+pub fn routes(engine: Engine) -> impl FnOnce(&mut ServiceConfig) {
+    move |cfg: &mut ServiceConfig| {
+        cfg.app_data(web::Data::new(engine))
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .route("/health", web::get().to(health))
+            .route("/batch/validation", web::post().to(submit_validation))
+            .route("/batch/tests", web::post().to(submit_tests))
+            .route("/batch/agent-tasks", web::post().to(submit_agent_tasks))
+            .route("/batch/mcp-operations", web::post().to(submit_mcp))
+            .route("/batch/jobs", web::post().to(submit_generic))
+            .route("/batch/jobs", web::get().to(list_jobs))
+            .route("/batch/jobs/{id}", web::get().to(get_job))
+            .route("/batch/jobs/{id}", web::delete().to(cancel_job))
+            .route("/batch/jobs/{id}/items", web::get().to(list_items))
+            .route("/batch/stats", web::get().to(stats));
+    }
+}
+
+type Reply = Result<HttpResponse, ApiError>;
+
+async fn submit(engine: &Engine, job: crate::model::NewJob) -> Reply {
+    let view = engine.submit(job).await?;
+    Ok(HttpResponse::Ok().json(JobResponse::from(view)))
+}
+
+async fn submit_validation(engine: web::Data<Engine>, body: Bytes) -> Reply {
+    let (req, raw): (ValidationRequest, _) = parse_body(&body)?;
+    let job = path_job(
+        "batch_validation",
+        "targets",
+        req.targets,
+        req.parallel,
+        req.metadata,
+        raw,
+    )?;
+    submit(&engine, job).await
+}
+
+async fn submit_tests(engine: web::Data<Engine>, body: Bytes) -> Reply {
+    let (req, raw): (TestsRequest, _) = parse_body(&body)?;
+    let job = path_job(
+        "batch_tests",
+        "modules",
+        req.modules,
+        req.parallel,
+        req.metadata,
+        raw,
+    )?;
+    submit(&engine, job).await
+}
+
+async fn submit_agent_tasks(engine: web::Data<Engine>, body: Bytes) -> Reply {
+    let (req, raw) = parse_body(&body)?;
+    submit(&engine, agent_job(req, raw)?).await
+}
+
+async fn submit_mcp(engine: web::Data<Engine>, body: Bytes) -> Reply {
+    let (req, raw) = parse_body(&body)?;
+    submit(&engine, mcp_job(req, raw)?).await
+}
+
+async fn submit_generic(engine: web::Data<Engine>, body: Bytes) -> Reply {
+    let (req, raw) = parse_body(&body)?;
+    submit(&engine, generic_job(req, raw)?).await
+}
+
+/// Query parameters, checked by hand so every error names its parameter.
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(req: &HttpRequest, allowed: &[&str]) -> Result<Query, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
+            .map_err(|e| ApiError::invalid("query", format!("cannot parse query string: {e}")))?;
+        let mut map = HashMap::new();
+        for (k, v) in pairs {
+            if !allowed.contains(&k.as_str()) {
+                return Err(ApiError::invalid(
+                    k.clone(),
+                    format!(
+                        "unknown query parameter '{k}' (expected one of {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            map.insert(k, v);
+        }
+        Ok(Query(map))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn number(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(default);
+        };
+        match raw.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(
+                name,
+                format!("must be an integer between {min} and {max}, got '{raw}'"),
+            )),
+        }
+    }
+
+    fn status<T: std::str::FromStr<Err = crate::model::UnknownStatus>>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|s| {
+                s.parse::<T>()
+                    .map_err(|e| ApiError::invalid(name, e.to_string()))
+            })
+            .transpose()
+    }
+}
+
+const MAX_PAGE: u64 = 1000;
+
+async fn list_jobs(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
+    let q = Query::parse(&req, &["status", "job_type", "limit", "offset"])?;
+    let msg = ListJobs {
+        status: q.status::<JobStatus>("status")?,
+        kind: q.get("job_type").map(str::to_string),
+        limit: q.number("limit", 100, 1, MAX_PAGE)? as u32,
+        offset: q.number("offset", 0, 0, i64::MAX as u64)?,
+    };
+    let page = engine.supervisor().send(msg).await.map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(JobList {
+        jobs: page.jobs.into_iter().map(JobResponse::from).collect(),
+        total: page.total,
+    }))
+}
+
+async fn get_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+    let id = id.into_inner();
+    let msg = GetJob { job_id: id.clone() };
+    match engine.supervisor().send(msg).await.map_err(mailbox)?? {
+        Some(view) => Ok(HttpResponse::Ok().json(JobResponse::from(view))),
+        None => Err(ApiError::NotFound(format!("job '{id}' not found"))),
+    }
+}
+
+async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+    let id = id.into_inner();
+    match engine.cancel(&id).await? {
+        CancelOutcome::Cancelled { .. } => {
+            Ok(HttpResponse::Ok().json(json!({"status": "cancelled", "job_id": id})))
+        }
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("job '{id}' not found"))),
+        CancelOutcome::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
+            "job '{id}' is already {status} and cannot be cancelled"
+        ))),
+    }
+}
+
+async fn list_items(engine: web::Data<Engine>, id: web::Path<String>, req: HttpRequest) -> Reply {
+    let id = id.into_inner();
+    let q = Query::parse(&req, &["status", "limit", "offset"])?;
+    let limit = q.number("limit", 100, 1, MAX_PAGE)? as u32;
+    let offset = q.number("offset", 0, 0, i64::MAX as u64)?;
+    let msg = ListItems {
+        job_id: id.clone(),
+        status: q.status::<ItemStatus>("status")?,
+        limit,
+        offset,
+    };
+    let Some(page) = engine.supervisor().send(msg).await.map_err(mailbox)?? else {
+        return Err(ApiError::NotFound(format!("job '{id}' not found")));
+    };
+    Ok(HttpResponse::Ok().json(ItemList {
+        job_id: id,
+        items: page.items.into_iter().map(ItemResponse::from).collect(),
+        total: page.total,
+        limit,
+        offset,
+    }))
+}
+
+async fn stats(engine: web::Data<Engine>) -> Reply {
+    let stats = engine.stats().await?;
+    Ok(HttpResponse::Ok().json(json!({ "stats": stats })))
+}
+
+async fn health(engine: web::Data<Engine>) -> Reply {
+    engine.supervisor().send(Ping).await.map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "node_id": engine.node_id(),
+    })))
+}
+
+fn mailbox(e: actix::MailboxError) -> ApiError {
+    ApiError::from(crate::actors::messages::EngineError::from(e))
+}

@@ -1,0 +1,252 @@
+//! Starting the engine: store, recovery, actors. The handle, [`Engine`], is what the HTTP
+//! layer and embedding applications talk to.
+
+use crate::actors::messages::*;
+use crate::actors::supervisor::{Supervisor, SupervisorConfig};
+use crate::actors::tracker::Tracker;
+use crate::model::{now, NewJob, QueueStats};
+use crate::processor::Processor;
+use crate::processors::{test_suite, validation};
+use crate::store::queries::{self, CancelOutcome};
+use crate::store::{DatabaseUrl, Store, StoreError};
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Engine settings; see the README's configuration table for their flags.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `sqlite://PATH` (default `sqlite://data/batch_jobs.db`).
+    pub database_url: String,
+    /// Root that command targets are confined to.
+    pub workspace: PathBuf,
+    /// Concurrency limit for every kind not named in `kind_concurrency`; `None` lets each
+    /// processor choose.
+    pub default_concurrency: Option<usize>,
+    /// Per-kind concurrency limits.
+    pub kind_concurrency: HashMap<String, usize>,
+    /// Register `batch_validation` and `batch_tests`.
+    pub builtin_processors: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            database_url: default_database_url(),
+            workspace: PathBuf::from("."),
+            default_concurrency: None,
+            kind_concurrency: HashMap::new(),
+            builtin_processors: true,
+        }
+    }
+}
+
+/// The default database, relative to the working directory.
+pub fn default_database_url() -> String {
+    "sqlite://data/batch_jobs.db".to_string()
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The database could not be opened, migrated or recovered.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Builds an engine: settings plus the processors to register.
+pub struct EngineBuilder {
+    config: EngineConfig,
+    processors: Vec<Arc<dyn Processor>>,
+}
+
+impl EngineBuilder {
+    /// A builder with these settings and no custom processors yet.
+    pub fn new(config: EngineConfig) -> Self {
+        EngineBuilder {
+            config,
+            processors: Vec::new(),
+        }
+    }
+
+    /// Registers a processor for its kind (replacing a built-in one of the same kind).
+    pub fn processor(mut self, processor: impl Processor) -> Self {
+        self.processors.push(Arc::new(processor));
+        self
+    }
+
+    /// Opens the store, recovers items a crash left running, and starts the actors.
+    /// Must be called inside an actix `System`.
+    pub async fn start(self) -> Result<Engine, StartError> {
+        let EngineBuilder {
+            config,
+            processors: custom,
+        } = self;
+        let url = DatabaseUrl::parse(&config.database_url).map_err(StartError::Config)?;
+        let workspace = config.workspace.canonicalize().map_err(|e| {
+            StartError::Config(format!("workspace {}: {e}", config.workspace.display()))
+        })?;
+        if !workspace.is_dir() {
+            return Err(StartError::Config(format!(
+                "workspace {} is not a directory",
+                workspace.display()
+            )));
+        }
+        let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
+        if config.builtin_processors {
+            let io = |e: std::io::Error| StartError::Config(format!("workspace: {e}"));
+            processors.push(Arc::new(validation::processor(&workspace).map_err(io)?));
+            processors.push(Arc::new(test_suite::processor(&workspace).map_err(io)?));
+        }
+        for p in custom {
+            processors.retain(|q| q.kind() != p.kind());
+            processors.push(p);
+        }
+        for kind in config.kind_concurrency.keys() {
+            if !processors.iter().any(|p| p.kind() == kind) {
+                return Err(StartError::Config(format!(
+                    "kind concurrency names unknown kind '{kind}' (known: {})",
+                    processors
+                        .iter()
+                        .map(|p| p.kind())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let limited = processors
+            .into_iter()
+            .map(|p| {
+                let limit = config
+                    .kind_concurrency
+                    .get(p.kind())
+                    .copied()
+                    .or(config.default_concurrency)
+                    .unwrap_or_else(|| p.default_concurrency());
+                (p, limit.clamp(1, u32::MAX as usize) as u32)
+            })
+            .collect();
+
+        let store = tokio::task::spawn_blocking(move || Store::open(&url))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let node_id: Arc<str> = Arc::from(format!(
+            "{}-{}",
+            hostname(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        let node = node_id.clone();
+        let (recovery, open_jobs) = store
+            .write(move |conn| {
+                let t = now();
+                let recovery = queries::recover_abandoned_items(conn, t)?;
+                queries::register_node(conn, &node, &hostname(), std::process::id(), t)?;
+                Ok((recovery, queries::open_jobs(conn)?))
+            })
+            .await?;
+        if recovery.requeued + recovery.failed + recovery.cancelled > 0 {
+            log::warn!(
+                "recovered items left running by a previous run: {} requeued, {} failed after their last attempt, {} cancelled",
+                recovery.requeued, recovery.failed, recovery.cancelled
+            );
+        }
+        log::info!(
+            "engine {node_id} started on {} with {} open jobs; workspace {}",
+            store.path().display(),
+            open_jobs.len(),
+            workspace.display()
+        );
+        let tracker = Tracker::default().start();
+        let supervisor = Supervisor::new(SupervisorConfig {
+            store: store.clone(),
+            tracker,
+            node_id: node_id.clone(),
+            processors: limited,
+            open_jobs,
+        })
+        .start();
+        Ok(Engine {
+            supervisor,
+            node_id,
+            workspace: Arc::new(workspace),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A running engine. Cheap to clone; every method is one message to the Supervisor.
+#[derive(Clone)]
+pub struct Engine {
+    supervisor: Addr<Supervisor>,
+    node_id: Arc<str>,
+    workspace: Arc<PathBuf>,
+}
+
+impl Engine {
+    /// The Supervisor, for sending it messages directly.
+    pub fn supervisor(&self) -> &Addr<Supervisor> {
+        &self.supervisor
+    }
+
+    /// This engine's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The canonical workspace root.
+    pub fn workspace(&self) -> &std::path::Path {
+        &self.workspace
+    }
+
+    /// Submits a job.
+    pub async fn submit(&self, job: NewJob) -> Result<JobView, EngineError> {
+        self.supervisor.send(SubmitJob(job)).await?
+    }
+
+    /// Reads a job with its live progress.
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobView>, EngineError> {
+        self.supervisor
+            .send(GetJob {
+                job_id: job_id.to_string(),
+            })
+            .await?
+    }
+
+    /// Cancels a job.
+    pub async fn cancel(&self, job_id: &str) -> Result<CancelOutcome, EngineError> {
+        self.supervisor
+            .send(CancelJob {
+                job_id: job_id.to_string(),
+            })
+            .await?
+    }
+
+    /// Counts jobs per status.
+    pub async fn stats(&self) -> Result<QueueStats, EngineError> {
+        self.supervisor.send(GetStats).await?
+    }
+
+    /// Stops claiming, lets running items finish for `grace`, stops the rest and puts them
+    /// back in the queue. Gives up waiting `grace + 10 s` after it began.
+    pub async fn shutdown(&self, grace: Duration) {
+        let wait = self.supervisor.send(Shutdown { grace });
+        if tokio::time::timeout(grace + Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            log::warn!("shutdown: items still running; they are recovered at next start");
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! batchforge: an actor-based, durable batch job engine for coding-agent workloads.
+//!
+//! A user submits a batch of items (validation commands, test runs, and the kinds an
+//! embedding application registers) over REST or from Rust; the engine runs them in
+//! parallel under per-job and per-kind limits, keeps every result in the database, and
+//! survives crashes and restarts.
+//!
+//! Layout:
+//! - [`model`]: jobs, items, statuses, outcomes: the domain types.
+//! - [`store`]: the only module that touches Diesel; [`store::queries`] holds every state
+//!   transition as a plain function over a connection.
+//! - [`actors`]: the Supervisor (owns the queue), one Worker per kind, the Tracker (live
+//!   progress); their protocol is [`actors::messages`].
+//! - [`processor`]: the public [`processor::Processor`] trait; [`processors`] the built-in
+//!   kinds (`batch_validation`, `batch_tests`) and the safe command runner they share.
+//! - [`engine`]: starting it all ([`engine::EngineBuilder`]) and the [`engine::Engine`] handle.
+//! - [`api`]: the REST surface; [`app`]: the HTTP application used by the binary and tests.
+
+pub mod actors;
+pub mod api;
+pub mod app;
+pub mod engine;
+pub mod model;
+pub mod processor;
+pub mod processors;
+pub mod store;
+
+pub use app::{Application, ServeConfig};
+pub use engine::{Engine, EngineBuilder, EngineConfig, StartError};
+pub use model::{ItemOutcome, ItemStatus, JobStatus, NewItem, NewJob};
+pub use processor::{FieldError, Item, ItemContext, Processor, ProgressReporter};

@@ -1,0 +1,367 @@
+//! Domain types shared by the store, the actors, the processors and the API.
+//!
+//! Status enums are the only representation of state inside the core; their string
+//! forms exist for the database and the wire.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Current time as unix seconds, the unit of every stored and returned timestamp.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A string that names a state but is not one of the allowed values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{value}' (expected one of {})", .expected.trim_end_matches(", "))]
+pub struct UnknownStatus {
+    /// Which kind of status was being parsed.
+    pub what: &'static str,
+    /// The rejected value.
+    pub value: String,
+    /// The allowed values, comma separated.
+    pub expected: &'static str,
+}
+
+macro_rules! status_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every variant, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored and wire form.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownStatus;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownStatus {
+                        what: $what,
+                        value: s.to_string(),
+                        expected: concat!($($text, ", "),+),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+status_enum!(
+    /// Lifecycle of a job: `queued → running → completed | failed | cancelled`.
+    JobStatus, "job status", {
+        /// Submitted, no item claimed yet.
+        Queued => "queued",
+        /// At least one item has been claimed.
+        Running => "running",
+        /// Every item reached a final state (some may have failed).
+        Completed => "completed",
+        /// The job could not run at all (no processor, invalid at run time).
+        Failed => "failed",
+        /// Cancelled by a user; terminal, never overwritten.
+        Cancelled => "cancelled",
+    }
+);
+
+impl JobStatus {
+    /// Whether no further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+status_enum!(
+    /// Lifecycle of an item: `queued → running → succeeded | failed | skipped | cancelled`.
+    ItemStatus, "item status", {
+        /// Waiting to be claimed.
+        Queued => "queued",
+        /// Claimed by a worker.
+        Running => "running",
+        /// Processed successfully.
+        Succeeded => "succeeded",
+        /// Processed, with a failing outcome or an error.
+        Failed => "failed",
+        /// Deliberately not processed.
+        Skipped => "skipped",
+        /// Stopped or never started because its job was cancelled.
+        Cancelled => "cancelled",
+    }
+);
+
+impl ItemStatus {
+    /// Whether the item holds its final result.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ItemStatus::Queued | ItemStatus::Running)
+    }
+}
+
+/// A job identifier in the seed's form, `{kind}-{12 hex}`.
+pub fn new_job_id(kind: &str) -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("{kind}-{}", &hex[..12])
+}
+
+/// A job as submitted, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Processor kind, e.g. `batch_validation`.
+    pub kind: String,
+    /// Job options handed to every item's processor call.
+    pub spec: Value,
+    /// Maximum items of this job running at once.
+    pub parallel: u32,
+    /// Free-form user metadata.
+    pub metadata: Value,
+    /// The items, in submission order.
+    pub items: Vec<NewItem>,
+}
+
+/// One item as submitted.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    /// The user's own id for the item (target id, module id, task id …).
+    pub key: String,
+    /// The item's input, passed to the processor.
+    pub payload: Value,
+}
+
+/// A stored job, as read back from the database.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    /// `{kind}-{12 hex}`.
+    pub id: String,
+    /// Processor kind.
+    pub kind: String,
+    /// Current status.
+    pub status: JobStatus,
+    /// Job options.
+    pub spec: Value,
+    /// Per-job concurrency.
+    pub parallel: u32,
+    /// Number of items.
+    pub total: u64,
+    /// Items that reached succeeded, failed or skipped.
+    pub processed: u64,
+    /// Items that succeeded.
+    pub succeeded: u64,
+    /// Items that failed.
+    pub failed: u64,
+    /// Items that were skipped.
+    pub skipped: u64,
+    /// Items cancelled with their job.
+    pub cancelled: u64,
+    /// The built result, once the last item finished.
+    pub result: Option<Value>,
+    /// Why the job failed, for `failed` jobs.
+    pub error: Option<String>,
+    /// User metadata.
+    pub metadata: Value,
+    /// Unix seconds.
+    pub created_at: f64,
+    /// Unix seconds of the first claim.
+    pub started_at: Option<f64>,
+    /// Unix seconds of the terminal transition.
+    pub completed_at: Option<f64>,
+}
+
+impl JobRecord {
+    /// The job's item counters.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            total: self.total,
+            processed: self.processed,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            skipped: self.skipped,
+            cancelled: self.cancelled,
+        }
+    }
+}
+
+/// A stored item, as read back from the database.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemRecord {
+    /// Position in submission order, from 0.
+    pub index: u32,
+    /// The user's id for the item.
+    pub key: String,
+    /// Current status.
+    pub status: ItemStatus,
+    /// How many times it has been claimed.
+    pub attempts: u32,
+    /// The submitted input.
+    pub payload: Value,
+    /// The processor's result.
+    pub result: Option<Value>,
+    /// Error message, for failed items.
+    pub error: Option<String>,
+    /// Unix seconds of the last claim.
+    pub started_at: Option<f64>,
+    /// Unix seconds of the final result.
+    pub finished_at: Option<f64>,
+}
+
+/// An item handed out to a worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedItem {
+    /// Owning job.
+    pub job_id: String,
+    /// Position in the job.
+    pub index: u32,
+    /// The user's id for the item.
+    pub key: String,
+    /// Input for the processor.
+    pub payload: Value,
+    /// 1 for the first run, more after crashes.
+    pub attempt: u32,
+}
+
+/// What a processor made of one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemOutcome {
+    /// Final status: succeeded, failed, skipped or cancelled.
+    pub status: ItemStatus,
+    /// The per-item result in the kind's own shape.
+    pub result: Value,
+    /// A one-line error for failed items.
+    pub error: Option<String>,
+}
+
+impl ItemOutcome {
+    /// A successful item.
+    pub fn succeeded(result: Value) -> Self {
+        ItemOutcome {
+            status: ItemStatus::Succeeded,
+            result,
+            error: None,
+        }
+    }
+
+    /// A failed item, with its result and a short reason.
+    pub fn failed(result: Value, error: impl Into<String>) -> Self {
+        ItemOutcome {
+            status: ItemStatus::Failed,
+            result,
+            error: Some(error.into()),
+        }
+    }
+
+    /// An item deliberately not processed.
+    pub fn skipped(result: Value) -> Self {
+        ItemOutcome {
+            status: ItemStatus::Skipped,
+            result,
+            error: None,
+        }
+    }
+
+    /// An item stopped by cancellation.
+    pub fn cancelled(result: Value) -> Self {
+        ItemOutcome {
+            status: ItemStatus::Cancelled,
+            result,
+            error: Some("cancelled".into()),
+        }
+    }
+}
+
+/// An item's outcome on its way to the store.
+#[derive(Debug, Clone)]
+pub struct FinishedItem {
+    /// Owning job.
+    pub job_id: String,
+    /// Position in the job.
+    pub index: u32,
+    /// What the processor made of it.
+    pub outcome: ItemOutcome,
+    /// Unix seconds when it finished.
+    pub finished_at: f64,
+}
+
+/// A job's item counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Items in the job.
+    pub total: u64,
+    /// Succeeded + failed + skipped.
+    pub processed: u64,
+    /// Succeeded items.
+    pub succeeded: u64,
+    /// Failed items.
+    pub failed: u64,
+    /// Skipped items.
+    pub skipped: u64,
+    /// Cancelled items.
+    pub cancelled: u64,
+}
+
+/// Counts of jobs per status, the answer of `GET /batch/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueStats {
+    /// All jobs.
+    pub total: u64,
+    /// Jobs waiting.
+    pub queued: u64,
+    /// Jobs running.
+    pub running: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Jobs failed.
+    pub failed: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_reject_unknown_values() {
+        for s in JobStatus::ALL {
+            assert_eq!(s.as_str().parse::<JobStatus>().unwrap(), *s);
+        }
+        for s in ItemStatus::ALL {
+            assert_eq!(s.as_str().parse::<ItemStatus>().unwrap(), *s);
+        }
+        let err = "bogus".parse::<JobStatus>().unwrap_err();
+        assert!(err.to_string().contains("'bogus'"));
+        assert!(err.to_string().contains("cancelled"));
+    }
+
+    #[test]
+    fn job_ids_have_the_seed_form() {
+        let id = new_job_id("batch_validation");
+        let hex = id.strip_prefix("batch_validation-").unwrap();
+        assert_eq!(hex.len(), 12);
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

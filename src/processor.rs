@@ -1,0 +1,119 @@
+//! The processor interface: how a kind of item is processed.
+//!
+//! An embedding application implements [`Processor`] for its own kind and registers it
+//! with [`crate::engine::EngineBuilder::processor`]; the built-in kinds use the same trait.
+
+use crate::actors::messages::ProgressUpdate;
+use crate::actors::tracker::Tracker;
+use crate::model::ItemOutcome;
+use actix::Addr;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::model::ItemStatus;
+
+/// Processes items of one kind.
+///
+/// `process` runs on the kind's worker thread as a local future, so the future need not be
+/// `Send`; the processor itself is shared across threads. Blocking or CPU-heavy work
+/// belongs on `tokio::task::spawn_blocking`, not inline.
+#[async_trait::async_trait(?Send)]
+pub trait Processor: Send + Sync + 'static {
+    /// The kind this processor handles, e.g. `batch_validation`.
+    fn kind(&self) -> &str;
+
+    /// How many items of this kind may run at once across all jobs, unless configured.
+    fn default_concurrency(&self) -> usize {
+        16
+    }
+
+    /// Checks a job's options at submission, before anything is stored. The error names
+    /// the offending option.
+    fn validate_options(&self, _options: &Value) -> Result<(), FieldError> {
+        Ok(())
+    }
+
+    /// Processes one item. It must return soon after `ctx.cancel` fires, with an
+    /// [`ItemOutcome::cancelled`] outcome if the work was cut short.
+    async fn process(&self, item: Item, ctx: ItemContext) -> ItemOutcome;
+}
+
+/// A submitted value that is not acceptable, with the field it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, as a path into the request (`check_command`, `targets[3].path`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One item handed to a processor.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The owning job's id.
+    pub job_id: String,
+    /// Position of the item in its job, from 0.
+    pub index: u32,
+    /// The user's id for the item.
+    pub key: String,
+    /// The submitted input.
+    pub payload: Value,
+    /// 1 on the first run; more when an earlier run was interrupted by a crash.
+    pub attempt: u32,
+}
+
+/// What a processor gets besides the item: the job's options, cancellation, progress.
+#[derive(Clone)]
+pub struct ItemContext {
+    /// The job's options (the submitted body without its items).
+    pub options: Arc<Value>,
+    /// Fires when the job is cancelled or the engine shuts down.
+    pub cancel: CancellationToken,
+    /// Reports live progress for this item's job.
+    pub progress: ProgressReporter,
+}
+
+/// Sends live progress notes for one job to the Tracker.
+#[derive(Clone)]
+pub struct ProgressReporter {
+    job_id: Arc<str>,
+    tracker: Option<Addr<Tracker>>,
+}
+
+impl ProgressReporter {
+    pub(crate) fn new(job_id: Arc<str>, tracker: Addr<Tracker>) -> Self {
+        ProgressReporter {
+            job_id,
+            tracker: Some(tracker),
+        }
+    }
+
+    /// A reporter that drops every note, for calling a processor outside the engine.
+    pub fn detached(job_id: &str) -> Self {
+        ProgressReporter {
+            job_id: Arc::from(job_id),
+            tracker: None,
+        }
+    }
+
+    /// Says what the job is doing now (shown as `current_item` in its progress).
+    pub fn current(&self, note: impl Into<String>) {
+        if let Some(tracker) = &self.tracker {
+            tracker.do_send(ProgressUpdate::CurrentItem {
+                job_id: self.job_id.clone(),
+                note: note.into(),
+            });
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Running one external command safely: no shell, confined to the workspace, bounded in
+//! time and output, and killed with its whole process group when it must stop.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// Default cap on each of stdout and stderr.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// Default per-item timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Splits a command line into argv the way a POSIX shell would, without running one.
+pub fn split_command(command: &str) -> Result<Vec<String>, String> {
+    let argv = shell_words::split(command).map_err(|e| format!("cannot parse '{command}': {e}"))?;
+    if argv.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(argv)
+}
+
+/// Finds `program` as `execvp` would: a name with a slash is taken relative to `cwd`,
+/// anything else is looked up on `PATH`.
+pub fn find_program(program: &str, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+/// Resolves a user-given path inside `root` (already canonical). Refuses `..` escapes,
+/// absolute paths elsewhere and symlinks that lead out. Returns the path relative to the
+/// root (`.` for the root itself).
+pub fn confine_path(root: &Path, path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err("path is empty".into());
+    }
+    if path.contains('\0') {
+        return Err(format!(
+            "path '{}' contains a NUL byte",
+            path.escape_debug()
+        ));
+    }
+    let joined = root.join(path);
+    let resolved = match joined.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Say "outside" rather than "missing" for paths that lexically escape.
+            if !lexically_inside(root, &joined) {
+                return Err(format!("path '{path}' is outside the workspace root"));
+            }
+            return Err(format!("path '{path}' does not exist in the workspace"));
+        }
+        Err(e) => return Err(format!("path '{path}': {e}")),
+    };
+    match resolved.strip_prefix(root) {
+        Ok(rel) if rel.as_os_str().is_empty() => Ok(PathBuf::from(".")),
+        Ok(rel) => Ok(rel.to_path_buf()),
+        Err(_) => Err(format!("path '{path}' is outside the workspace root")),
+    }
+}
+
+fn lexically_inside(root: &Path, path: &Path) -> bool {
+    let mut parts: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                if matches!(parts.last(), Some(Component::Normal(_))) {
+                    parts.pop();
+                } else {
+                    return false;
+                }
+            }
+            Component::CurDir => {}
+            other => parts.push(other),
+        }
+    }
+    parts.iter().collect::<PathBuf>().starts_with(root)
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// Program and arguments; no shell is involved.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Killed (with its process group) after this long.
+    pub timeout: Duration,
+    /// Cap for each of stdout and stderr.
+    pub max_output_bytes: usize,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutput {
+    /// Exit code, `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    /// Signal that ended it, if any.
+    pub signal: Option<i32>,
+    /// Captured stdout (lossy UTF-8), at most the cap.
+    pub stdout: String,
+    /// Captured stderr (lossy UTF-8), at most the cap.
+    pub stderr: String,
+    /// Whether either stream was cut at the cap.
+    pub truncated: bool,
+    /// Killed because it ran past the timeout.
+    pub timed_out: bool,
+    /// Killed because the item was cancelled.
+    pub cancelled: bool,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// Kills the process group on drop, so no child outlives its item even when the future
+/// running it is dropped.
+struct GroupGuard(i32);
+
+impl GroupGuard {
+    fn kill(&self) {
+        // SAFETY: killpg only sends a signal; a group that is gone yields ESRCH.
+        unsafe {
+            libc::killpg(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                if n > room {
+                    truncated = true;
+                }
+                // Keep draining past the cap so the child never blocks on a full pipe.
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+/// Runs a command to completion, timeout or cancellation. Fails only when it cannot start.
+pub async fn run_command(
+    spec: &CommandSpec,
+    cancel: &CancellationToken,
+) -> std::io::Result<CommandOutput> {
+    let started = Instant::now();
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let guard = child.id().map(|pid| GroupGuard(pid as i32));
+    let out = tokio::spawn(read_capped(
+        child.stdout.take().expect("stdout is piped"),
+        spec.max_output_bytes,
+    ));
+    let err = tokio::spawn(read_capped(
+        child.stderr.take().expect("stderr is piped"),
+        spec.max_output_bytes,
+    ));
+    let (mut timed_out, mut cancelled) = (false, false);
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        _ = tokio::time::sleep(spec.timeout) => {
+            timed_out = true;
+            if let Some(g) = &guard { g.kill(); }
+            child.wait().await?
+        }
+        _ = cancel.cancelled() => {
+            cancelled = true;
+            if let Some(g) = &guard { g.kill(); }
+            child.wait().await?
+        }
+    };
+    // Whatever the command left behind in its group goes now, which also closes the pipes.
+    drop(guard);
+    let collect = |h: tokio::task::JoinHandle<(Vec<u8>, bool)>| async move {
+        match tokio::time::timeout(Duration::from_secs(2), h).await {
+            Ok(Ok(v)) => v,
+            _ => (Vec::new(), false),
+        }
+    };
+    let (stdout, t1) = collect(out).await;
+    let (stderr, t2) = collect(err).await;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(CommandOutput {
+        exit_code: status.code(),
+        signal: status.signal(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        truncated: t1 || t2,
+        timed_out,
+        cancelled,
+        duration: started.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_confined_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("src")).unwrap();
+        std::fs::write(root.join("src/a.py"), "").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+        assert_eq!(
+            confine_path(&root, "src/a.py").unwrap(),
+            PathBuf::from("src/a.py")
+        );
+        assert_eq!(
+            confine_path(&root, "src/../src/a.py").unwrap(),
+            PathBuf::from("src/a.py")
+        );
+        assert_eq!(confine_path(&root, ".").unwrap(), PathBuf::from("."));
+        let abs = root.join("src/a.py");
+        assert_eq!(
+            confine_path(&root, abs.to_str().unwrap()).unwrap(),
+            PathBuf::from("src/a.py")
+        );
+        assert!(confine_path(&root, "../../etc/passwd")
+            .unwrap_err()
+            .contains("outside"));
+        assert!(confine_path(&root, "/etc/passwd")
+            .unwrap_err()
+            .contains("outside"));
+        assert!(confine_path(&root, "out/passwd")
+            .unwrap_err()
+            .contains("outside"));
+        assert!(confine_path(&root, "../nope")
+            .unwrap_err()
+            .contains("outside"));
+        assert!(confine_path(&root, "missing.py")
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(confine_path(&root, "").is_err());
+    }
+
+    #[test]
+    fn commands_split_like_a_shell_without_one() {
+        assert_eq!(
+            split_command("pytest -q -k 'a b'").unwrap(),
+            ["pytest", "-q", "-k", "a b"]
+        );
+        assert!(split_command("   ").is_err());
+        assert!(split_command("echo 'unclosed").is_err());
+    }
+
+    #[test]
+    fn programs_are_found_on_path() {
+        assert!(find_program("sh", Path::new("/")).is_some());
+        assert!(find_program("no-such-program-batchforge", Path::new("/")).is_none());
+    }
+}

@@ -1,0 +1,10 @@
+//! Built-in processors. Each kind lives in its own file; [`command`] is the subprocess
+//! runner they share.
+
+pub mod command;
+pub mod test_suite;
+pub mod validation;
+
+pub use command_kind::CommandProcessor;
+
+mod command_kind;

@@ -1,0 +1,253 @@
+//! The store: the only module that touches Diesel.
+//!
+//! State transitions live in [`queries`] as plain functions over a connection, one per
+//! transition. [`Store`] wraps the connection pool and runs those functions on tokio's
+//! blocking pool, so no Diesel call and no `pool.get()` (which can block while the pool
+//! is exhausted) ever runs on an async event-loop thread.
+//!
+//! SQLite allows one writer at a time. Rather than letting several pooled connections
+//! race for the write lock (and sleep in SQLite's busy handler), every write goes through
+//! one dedicated connection behind a mutex: writers queue in order and each write is one
+//! `BEGIN IMMEDIATE` transaction. Reads use the pool and run beside the writer (WAL).
+
+pub mod queries;
+mod rows;
+pub mod schema;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The SQLite migrations, compiled into the binary.
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Everything that can go wrong between the engine and its database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// No connection could be had from the pool.
+    #[error("connection pool error: {0}")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    /// The database could not be opened or migrated.
+    #[error("cannot open database {url}: {reason}")]
+    Open {
+        /// The database URL as given.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A stored JSON column did not parse.
+    #[error("corrupt JSON in column {column}: {source}")]
+    Json {
+        /// Which column.
+        column: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// The blocking task running the query panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// A parsed database URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite://relative/path.db`, `sqlite:///absolute/path.db`, `sqlite:path.db`
+    /// or a bare file path.
+    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err("database URL is empty".into());
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(format!(
+                "database URL '{url}': PostgreSQL is not supported by this build yet; use sqlite://PATH"
+            ));
+        }
+        let path = if let Some(rest) = url.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest
+        } else if url.contains("://") {
+            return Err(format!(
+                "database URL '{url}': unsupported scheme (expected sqlite://PATH)"
+            ));
+        } else {
+            url
+        };
+        if path.is_empty() || path == ":memory:" {
+            return Err(format!(
+                "database URL '{url}': a file path is required (an in-memory database would lose every job)"
+            ));
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    }
+}
+
+/// Applies the per-connection settings every connection needs.
+#[derive(Debug)]
+struct SqlitePragmas;
+
+const PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                       PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16000;";
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(PRAGMAS)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+struct Inner {
+    pool: Pool<ConnectionManager<SqliteConnection>>,
+    /// The one connection that writes; see the module docs for why writes serialize here.
+    writer: Mutex<SqliteConnection>,
+    path: PathBuf,
+}
+
+/// Handle to the database: cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies WAL mode and runs the embedded
+    /// migrations. Blocking: call it from a blocking context or before the event loop.
+    pub fn open(url: &DatabaseUrl) -> Result<Store, StoreError> {
+        let DatabaseUrl::Sqlite(path) = url;
+        let open_err = |reason: String| StoreError::Open {
+            url: path.display().to_string(),
+            reason,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| open_err("path is not valid UTF-8".into()))?
+            .to_string();
+        let mut writer =
+            SqliteConnection::establish(&path_str).map_err(|e| open_err(e.to_string()))?;
+        writer
+            .batch_execute("PRAGMA journal_mode = WAL;")
+            .and_then(|_| writer.batch_execute(PRAGMAS))
+            .map_err(|e| open_err(e.to_string()))?;
+        writer
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        let pool = Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(30))
+            .connection_customizer(Box::new(SqlitePragmas))
+            .build(ConnectionManager::<SqliteConnection>::new(path_str))
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                writer: Mutex::new(writer),
+                path: path.clone(),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs a read on a pooled connection, off the event loop.
+    pub fn read<R, F>(&self, f: F) -> impl Future<Output = Result<R, StoreError>> + 'static
+    where
+        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = inner.pool.get()?;
+                f(&mut conn)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+        }
+    }
+
+    /// Runs a write as one immediate transaction on the writer connection, off the event
+    /// loop. Rolled back if `f` returns an error.
+    pub fn write<R, F>(&self, f: F) -> impl Future<Output = Result<R, StoreError>> + 'static
+    where
+        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        async move {
+            tokio::task::spawn_blocking(move || inner.write_blocking(f))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        }
+    }
+
+    /// The blocking form of [`Store::write`], for callers already off the event loop.
+    pub fn write_blocking<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError>,
+    {
+        self.inner.write_blocking(f)
+    }
+}
+
+impl Inner {
+    fn write_blocking<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError>,
+    {
+        // A panic inside an earlier write poisons the mutex, but the transaction was rolled
+        // back by Diesel, so the connection itself is still sound.
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.immediate_transaction(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_parse_to_sqlite_paths() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/batch_jobs.db").unwrap(),
+            DatabaseUrl::Sqlite("data/batch_jobs.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            DatabaseUrl::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("jobs.db").unwrap(),
+            DatabaseUrl::Sqlite("jobs.db".into())
+        );
+        assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+        assert!(DatabaseUrl::parse("mysql://x")
+            .unwrap_err()
+            .contains("scheme"));
+        assert!(DatabaseUrl::parse("postgres://localhost/test")
+            .unwrap_err()
+            .contains("PostgreSQL"));
+    }
+}

@@ -1,0 +1,662 @@
+//! Every state transition of the queue, one plain function over a connection each.
+//!
+//! Callers (the Supervisor through [`super::Store::write`], tests directly) run them inside
+//! a transaction; functions that touch many items do so in one statement or one loop inside
+//! that transaction, never one transaction per item.
+
+use super::rows::{parse_json, ItemRow, JobRow, NewItemRow, NewJobRow};
+use super::schema::{job_items, jobs, nodes};
+use super::StoreError;
+use crate::model::{
+    ClaimedItem, Counts, FinishedItem, ItemRecord, ItemStatus, JobRecord, JobStatus, NewJob,
+    QueueStats,
+};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use std::collections::HashMap;
+
+type Conn = SqliteConnection;
+
+/// Rows per multi-row INSERT: 6 bound values each stays far below SQLite's variable limit.
+const INSERT_CHUNK: usize = 1000;
+
+/// How many times an item may be left running by a crash before it is failed for good.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+
+/// Submission: inserts a job as `queued` with all its items `queued`.
+pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(), StoreError> {
+    diesel::insert_into(jobs::table)
+        .values(NewJobRow {
+            id,
+            kind: &job.kind,
+            status: JobStatus::Queued.as_str(),
+            spec: job.spec.to_string(),
+            parallel: job.parallel as i32,
+            total: job.items.len() as i32,
+            metadata: job.metadata.to_string(),
+            created_at: now,
+        })
+        .execute(conn)?;
+    for (chunk_no, chunk) in job.items.chunks(INSERT_CHUNK).enumerate() {
+        let rows: Vec<NewItemRow> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, item)| NewItemRow {
+                job_id: id,
+                idx: (chunk_no * INSERT_CHUNK + i) as i32,
+                key: &item.key,
+                payload: item.payload.to_string(),
+                status: ItemStatus::Queued.as_str(),
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+            })
+            .collect();
+        diesel::insert_into(job_items::table)
+            .values(&rows)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Claim: moves up to `limit` of a job's items `queued → running` in submission order,
+/// counting an attempt; the job moves `queued → running` on its first claim.
+pub fn claim_items(
+    conn: &mut Conn,
+    job_id: &str,
+    limit: u32,
+    node_id: &str,
+    now: f64,
+) -> Result<Vec<ClaimedItem>, StoreError> {
+    use job_items::dsl as i;
+    let idxs: Vec<i32> = i::job_items
+        .filter(i::job_id.eq(job_id))
+        .filter(i::status.eq(ItemStatus::Queued.as_str()))
+        .order(i::idx.asc())
+        .limit(limit as i64)
+        .select(i::idx)
+        .load(conn)?;
+    if idxs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut claimed: Vec<(i32, String, String, i32)> = diesel::update(
+        i::job_items
+            .filter(i::job_id.eq(job_id))
+            .filter(i::idx.eq_any(&idxs)),
+    )
+    .set((
+        i::status.eq(ItemStatus::Running.as_str()),
+        i::attempts.eq(i::attempts + 1),
+        i::started_at.eq(now),
+        i::node_id.eq(node_id),
+    ))
+    .returning((i::idx, i::key, i::payload, i::attempts))
+    .get_results(conn)?;
+    claimed.sort_unstable_by_key(|c| c.0);
+    diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(job_id))
+            .filter(jobs::status.eq(JobStatus::Queued.as_str())),
+    )
+    .set((
+        jobs::status.eq(JobStatus::Running.as_str()),
+        jobs::started_at.eq(now),
+    ))
+    .execute(conn)?;
+    claimed
+        .into_iter()
+        .map(|(idx, key, payload, attempts)| {
+            Ok(ClaimedItem {
+                job_id: job_id.to_string(),
+                index: idx as u32,
+                key,
+                payload: parse_json("job_items.payload", &payload)?,
+                attempt: attempts.max(1) as u32,
+            })
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Tally {
+    processed: i32,
+    succeeded: i32,
+    failed: i32,
+    skipped: i32,
+    cancelled: i32,
+}
+
+impl Tally {
+    fn add(&mut self, status: ItemStatus) {
+        match status {
+            ItemStatus::Succeeded => self.succeeded += 1,
+            ItemStatus::Failed => self.failed += 1,
+            ItemStatus::Skipped => self.skipped += 1,
+            ItemStatus::Cancelled => {
+                self.cancelled += 1;
+                return;
+            }
+            ItemStatus::Queued | ItemStatus::Running => return,
+        }
+        self.processed += 1;
+    }
+
+    fn apply(&self, conn: &mut Conn, job_id: &str) -> Result<(), StoreError> {
+        diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
+            .set((
+                jobs::processed.eq(jobs::processed + self.processed),
+                jobs::succeeded.eq(jobs::succeeded + self.succeeded),
+                jobs::failed.eq(jobs::failed + self.failed),
+                jobs::skipped.eq(jobs::skipped + self.skipped),
+                jobs::cancelled.eq(jobs::cancelled + self.cancelled),
+            ))
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
+/// Completion: moves finished items `running → succeeded | failed | skipped | cancelled`
+/// with their results, adds them to their jobs' counters, and finalizes every job whose
+/// last item this was. Items no longer `running` (already recorded) are left untouched,
+/// so a result is never written twice. Returns the ids of the jobs that finished.
+pub fn record_finished(
+    conn: &mut Conn,
+    finished: &[FinishedItem],
+    now: f64,
+) -> Result<Vec<String>, StoreError> {
+    use job_items::dsl as i;
+    let mut tallies: HashMap<&str, Tally> = HashMap::new();
+    for item in finished {
+        debug_assert!(item.outcome.status.is_terminal());
+        let updated = diesel::update(
+            i::job_items
+                .filter(i::job_id.eq(&item.job_id))
+                .filter(i::idx.eq(item.index as i32))
+                .filter(i::status.eq(ItemStatus::Running.as_str())),
+        )
+        .set((
+            i::status.eq(item.outcome.status.as_str()),
+            i::result.eq(item.outcome.result.to_string()),
+            i::error.eq(item.outcome.error.as_deref()),
+            i::finished_at.eq(item.finished_at),
+            i::node_id.eq(None::<String>),
+        ))
+        .execute(conn)?;
+        if updated == 1 {
+            tallies
+                .entry(item.job_id.as_str())
+                .or_default()
+                .add(item.outcome.status);
+        }
+    }
+    let mut done = Vec::new();
+    for (job_id, tally) in &tallies {
+        tally.apply(conn, job_id)?;
+        if finalize_job(conn, job_id, now)? {
+            done.push(job_id.to_string());
+        }
+    }
+    Ok(done)
+}
+
+/// Finalization: once every item of a job is final, builds the job's result and moves the
+/// job `queued | running → completed`. A cancelled job keeps its status and only gains its
+/// result. Returns whether the job is now finished with a result.
+pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, StoreError> {
+    type Row = (String, i32, i32, i32, Option<f64>, Option<f64>, bool);
+    let Some((status, total, processed, cancelled, started_at, completed_at, has_result)) =
+        jobs::table
+            .filter(jobs::id.eq(job_id))
+            .select((
+                jobs::status,
+                jobs::total,
+                jobs::processed,
+                jobs::cancelled,
+                jobs::started_at,
+                jobs::completed_at,
+                jobs::result.is_not_null(),
+            ))
+            .first::<Row>(conn)
+            .optional()?
+    else {
+        return Ok(false);
+    };
+    if processed + cancelled < total || has_result {
+        return Ok(false);
+    }
+    let result = build_result(conn, job_id, started_at.map(|s| now - s).unwrap_or(0.0))?;
+    let status = if status == JobStatus::Cancelled.as_str() {
+        JobStatus::Cancelled
+    } else {
+        JobStatus::Completed
+    };
+    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
+        .set((
+            jobs::status.eq(status.as_str()),
+            jobs::result.eq(result),
+            jobs::completed_at.eq(completed_at.unwrap_or(now)),
+        ))
+        .execute(conn)?;
+    Ok(true)
+}
+
+/// Builds `{summary, results, elapsed_seconds}` by splicing the items' stored JSON in
+/// submission order, without parsing each result again.
+fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, StoreError> {
+    use job_items::dsl as i;
+    let rows: Vec<(String, String, Option<String>, Option<String>)> = i::job_items
+        .filter(i::job_id.eq(job_id))
+        .order(i::idx.asc())
+        .select((i::key, i::status, i::result, i::error))
+        .load(conn)?;
+    let mut tally = Tally::default();
+    let mut results = String::with_capacity(rows.len() * 64 + 2);
+    results.push('[');
+    for (n, (key, status, result, error)) in rows.iter().enumerate() {
+        if n > 0 {
+            results.push(',');
+        }
+        if let Ok(s) = status.parse::<ItemStatus>() {
+            tally.add(s);
+        }
+        match result {
+            Some(r) => results.push_str(r),
+            None => results.push_str(
+                &serde_json::json!({"key": key, "status": status, "error": error}).to_string(),
+            ),
+        }
+    }
+    results.push(']');
+    let summary = serde_json::json!({
+        "total": rows.len(),
+        "successful": tally.succeeded,
+        "failed": tally.failed,
+        "skipped": tally.skipped,
+        "cancelled": tally.cancelled,
+    });
+    Ok(format!(
+        r#"{{"summary":{summary},"results":{results},"elapsed_seconds":{}}}"#,
+        serde_json::Number::from_f64(elapsed).unwrap_or_else(|| 0.into())
+    ))
+}
+
+/// What [`cancel_job`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job is now cancelled; this many items were still running and must be stopped.
+    Cancelled {
+        /// Items left `running`, to be stopped by their workers.
+        running: u64,
+    },
+    /// No such job.
+    NotFound,
+    /// The job had already reached this terminal status.
+    AlreadyFinished(JobStatus),
+}
+
+/// Cancellation: moves a job `queued | running → cancelled` and its queued items
+/// `queued → cancelled`. Running items stay `running` until their workers stop them.
+pub fn cancel_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutcome, StoreError> {
+    use job_items::dsl as i;
+    let Some(status) = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::status)
+        .first::<String>(conn)
+        .optional()?
+    else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let status: JobStatus = status
+        .parse()
+        .map_err(|e: crate::model::UnknownStatus| StoreError::Task(format!("job {job_id}: {e}")))?;
+    if status.is_terminal() {
+        return Ok(CancelOutcome::AlreadyFinished(status));
+    }
+    let dropped = diesel::update(
+        i::job_items
+            .filter(i::job_id.eq(job_id))
+            .filter(i::status.eq(ItemStatus::Queued.as_str())),
+    )
+    .set((
+        i::status.eq(ItemStatus::Cancelled.as_str()),
+        i::error.eq("cancelled before it started"),
+        i::finished_at.eq(now),
+    ))
+    .execute(conn)?;
+    let running: i64 = i::job_items
+        .filter(i::job_id.eq(job_id))
+        .filter(i::status.eq(ItemStatus::Running.as_str()))
+        .select(count_star())
+        .first(conn)?;
+    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
+        .set((
+            jobs::status.eq(JobStatus::Cancelled.as_str()),
+            jobs::cancelled.eq(jobs::cancelled + dropped as i32),
+            jobs::completed_at.eq(now),
+        ))
+        .execute(conn)?;
+    // With nothing running, the result can be built now; otherwise the last running item
+    // builds it when its worker reports back.
+    finalize_job(conn, job_id, now)?;
+    Ok(CancelOutcome::Cancelled {
+        running: running as u64,
+    })
+}
+
+/// Job failure: moves a job that cannot run `queued | running → failed` with `error`,
+/// and its unfinished items `queued | running → failed`.
+pub fn fail_job(conn: &mut Conn, job_id: &str, error: &str, now: f64) -> Result<(), StoreError> {
+    use job_items::dsl as i;
+    let open = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
+    let changed = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(job_id))
+            .filter(jobs::status.eq_any(open)),
+    )
+    .set((
+        jobs::status.eq(JobStatus::Failed.as_str()),
+        jobs::error.eq(error),
+        jobs::completed_at.eq(now),
+    ))
+    .execute(conn)?;
+    if changed == 0 {
+        return Ok(());
+    }
+    let failed = diesel::update(
+        i::job_items
+            .filter(i::job_id.eq(job_id))
+            .filter(i::status.eq_any([ItemStatus::Queued.as_str(), ItemStatus::Running.as_str()])),
+    )
+    .set((
+        i::status.eq(ItemStatus::Failed.as_str()),
+        i::error.eq(error),
+        i::finished_at.eq(now),
+    ))
+    .execute(conn)? as i32;
+    Tally {
+        processed: failed,
+        failed,
+        ..Tally::default()
+    }
+    .apply(conn, job_id)
+}
+
+/// What [`recover_abandoned_items`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Items put back to `queued`.
+    pub requeued: u64,
+    /// Items failed because they had used all their attempts.
+    pub failed: u64,
+    /// Items of cancelled jobs marked cancelled.
+    pub cancelled: u64,
+    /// Jobs that finished as a result.
+    pub finished_jobs: Vec<String>,
+}
+
+/// Crash recovery: items left `running` by a stopped engine go `running → queued` (their
+/// attempt stays counted), or `running → failed` once they have used `max_attempts`, or
+/// `running → cancelled` when their job was cancelled meanwhile.
+pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, StoreError> {
+    use job_items::dsl as i;
+    let running = ItemStatus::Running.as_str();
+    let job_ids: Vec<String> = i::job_items
+        .filter(i::status.eq(running))
+        .select(i::job_id)
+        .distinct()
+        .load(conn)?;
+    let mut report = Recovery::default();
+    for job_id in job_ids {
+        let job_status: Option<String> = jobs::table
+            .filter(jobs::id.eq(&job_id))
+            .select(jobs::status)
+            .first(conn)
+            .optional()?;
+        let mine = i::job_items
+            .filter(i::job_id.eq(&job_id))
+            .filter(i::status.eq(running));
+        let mut tally = Tally::default();
+        if job_status.as_deref() == Some(JobStatus::Cancelled.as_str()) {
+            let n = diesel::update(mine)
+                .set((
+                    i::status.eq(ItemStatus::Cancelled.as_str()),
+                    i::error.eq("cancelled while the engine was down"),
+                    i::finished_at.eq(now),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as i32;
+            tally.cancelled = n;
+            report.cancelled += n as u64;
+        } else {
+            let exhausted = diesel::update(mine.filter(i::attempts.ge(i::max_attempts)))
+                .set((
+                    i::status.eq(ItemStatus::Failed.as_str()),
+                    i::error
+                        .eq("abandoned: the engine stopped while this item ran, on every attempt"),
+                    i::finished_at.eq(now),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as i32;
+            tally.failed = exhausted;
+            tally.processed = exhausted;
+            report.failed += exhausted as u64;
+            report.requeued += diesel::update(mine)
+                .set((
+                    i::status.eq(ItemStatus::Queued.as_str()),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as u64;
+        }
+        tally.apply(conn, &job_id)?;
+        if finalize_job(conn, &job_id, now)? {
+            report.finished_jobs.push(job_id);
+        }
+    }
+    Ok(report)
+}
+
+/// Release at shutdown: moves items this engine was still running `running → queued`,
+/// giving back the attempt, since the item itself did nothing wrong.
+pub fn release_items(conn: &mut Conn, items: &[(String, u32)]) -> Result<u64, StoreError> {
+    use job_items::dsl as i;
+    let mut n = 0;
+    for (job_id, idx) in items {
+        n += diesel::update(
+            i::job_items
+                .filter(i::job_id.eq(job_id))
+                .filter(i::idx.eq(*idx as i32))
+                .filter(i::status.eq(ItemStatus::Running.as_str())),
+        )
+        .set((
+            i::status.eq(ItemStatus::Queued.as_str()),
+            i::attempts.eq(i::attempts - 1),
+            i::node_id.eq(None::<String>),
+        ))
+        .execute(conn)? as u64;
+    }
+    Ok(n)
+}
+
+/// Node registration: records this engine process in `nodes` (insert or refresh).
+pub fn register_node(
+    conn: &mut Conn,
+    id: &str,
+    host: &str,
+    pid: u32,
+    now: f64,
+) -> Result<(), StoreError> {
+    diesel::replace_into(nodes::table)
+        .values((
+            nodes::id.eq(id),
+            nodes::host.eq(host),
+            nodes::pid.eq(pid as i32),
+            nodes::started_at.eq(now),
+            nodes::heartbeat_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Read: the counters of some jobs.
+pub fn job_counts(
+    conn: &mut Conn,
+    job_ids: &[String],
+) -> Result<Vec<(String, Counts)>, StoreError> {
+    let rows: Vec<(String, i32, i32, i32, i32, i32, i32)> = jobs::table
+        .filter(jobs::id.eq_any(job_ids))
+        .select((
+            jobs::id,
+            jobs::total,
+            jobs::processed,
+            jobs::succeeded,
+            jobs::failed,
+            jobs::skipped,
+            jobs::cancelled,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, total, processed, succeeded, failed, skipped, cancelled)| {
+                let n = |v: i32| v.max(0) as u64;
+                let counts = Counts {
+                    total: n(total),
+                    processed: n(processed),
+                    succeeded: n(succeeded),
+                    failed: n(failed),
+                    skipped: n(skipped),
+                    cancelled: n(cancelled),
+                };
+                (id, counts)
+            },
+        )
+        .collect())
+}
+
+/// Read: one job.
+pub fn get_job(conn: &mut Conn, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(JobRow::into_record)
+        .transpose()
+}
+
+/// Read: jobs that still have work (`queued` or `running`), oldest first.
+pub fn open_jobs(conn: &mut Conn) -> Result<Vec<JobRecord>, StoreError> {
+    jobs::table
+        .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]))
+        .order((jobs::created_at.asc(), jobs::id.asc()))
+        .select(JobRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(JobRow::into_record)
+        .collect()
+}
+
+/// Read: a page of jobs, newest first, with the total matching the filters.
+pub fn list_jobs(
+    conn: &mut Conn,
+    status: Option<JobStatus>,
+    kind: Option<&str>,
+    limit: u32,
+    offset: u64,
+) -> Result<(Vec<JobRecord>, u64), StoreError> {
+    let filtered = || {
+        let mut q = jobs::table.into_boxed();
+        if let Some(s) = status {
+            q = q.filter(jobs::status.eq(s.as_str()));
+        }
+        if let Some(k) = kind {
+            q = q.filter(jobs::kind.eq(k.to_string()));
+        }
+        q
+    };
+    let total: i64 = filtered().select(count_star()).first(conn)?;
+    let rows = filtered()
+        .order((jobs::created_at.desc(), jobs::id.desc()))
+        .limit(limit as i64)
+        .offset(offset as i64)
+        .select(JobRow::as_select())
+        .load(conn)?;
+    let jobs = rows
+        .into_iter()
+        .map(JobRow::into_record)
+        .collect::<Result<_, _>>()?;
+    Ok((jobs, total as u64))
+}
+
+/// Read: a page of a job's items in submission order, with the total matching the filter.
+pub fn list_items(
+    conn: &mut Conn,
+    job_id: &str,
+    status: Option<ItemStatus>,
+    limit: u32,
+    offset: u64,
+) -> Result<(Vec<ItemRecord>, u64), StoreError> {
+    use job_items::dsl as i;
+    let filtered = || {
+        let mut q = i::job_items
+            .filter(i::job_id.eq(job_id.to_string()))
+            .into_boxed();
+        if let Some(s) = status {
+            q = q.filter(i::status.eq(s.as_str()));
+        }
+        q
+    };
+    let total: i64 = filtered().select(count_star()).first(conn)?;
+    let items = filtered()
+        .order(i::idx.asc())
+        .limit(limit as i64)
+        .offset(offset as i64)
+        .select(ItemRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(ItemRow::into_record)
+        .collect::<Result<_, _>>()?;
+    Ok((items, total as u64))
+}
+
+/// Read: how many jobs are in each status.
+pub fn queue_stats(conn: &mut Conn) -> Result<QueueStats, StoreError> {
+    let counts: Vec<(String, i64)> = jobs::table
+        .group_by(jobs::status)
+        .select((jobs::status, count_star()))
+        .load(conn)?;
+    let mut stats = QueueStats::default();
+    for (status, n) in counts {
+        let n = n as u64;
+        stats.total += n;
+        match status.parse::<JobStatus>() {
+            Ok(JobStatus::Queued) => stats.queued += n,
+            Ok(JobStatus::Running) => stats.running += n,
+            Ok(JobStatus::Completed) => stats.completed += n,
+            Ok(JobStatus::Failed) => stats.failed += n,
+            Ok(JobStatus::Cancelled) => stats.cancelled += n,
+            Err(_) => {}
+        }
+    }
+    Ok(stats)
+}
+
+/// Read: a job's status, `None` when unknown.
+pub fn get_job_status(conn: &mut Conn, job_id: &str) -> Result<Option<JobStatus>, StoreError> {
+    let status: Option<String> = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::status)
+        .first(conn)
+        .optional()?;
+    status
+        .map(|s| {
+            s.parse::<JobStatus>()
+                .map_err(|e| StoreError::Task(format!("job {job_id}: {e}")))
+        })
+        .transpose()
+}
+
+/// Read: checks that the database answers.
+pub fn ping(conn: &mut Conn) -> Result<(), StoreError> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1")).execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Row structs for Diesel and their conversion into domain records.
+
+use super::schema::{job_items, jobs};
+use super::StoreError;
+use crate::model::{ItemRecord, ItemStatus, JobRecord, JobStatus};
+use diesel::prelude::*;
+use serde_json::Value;
+
+pub(crate) fn parse_json(column: &'static str, text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Json { column, source })
+}
+
+fn parse_status<T: std::str::FromStr<Err = crate::model::UnknownStatus>>(
+    column: &'static str,
+    text: &str,
+) -> Result<T, StoreError> {
+    text.parse::<T>().map_err(|e| StoreError::Json {
+        column,
+        source: serde::de::Error::custom(e.to_string()),
+    })
+}
+
+/// A `jobs` row.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = jobs, check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct JobRow {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub spec: String,
+    pub parallel: i32,
+    pub total: i32,
+    pub processed: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub skipped: i32,
+    pub cancelled: i32,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub metadata: String,
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+}
+
+impl JobRow {
+    pub fn into_record(self) -> Result<JobRecord, StoreError> {
+        Ok(JobRecord {
+            status: parse_status::<JobStatus>("jobs.status", &self.status)?,
+            spec: parse_json("jobs.spec", &self.spec)?,
+            result: self
+                .result
+                .as_deref()
+                .map(|r| parse_json("jobs.result", r))
+                .transpose()?,
+            metadata: parse_json("jobs.metadata", &self.metadata)?,
+            id: self.id,
+            kind: self.kind,
+            parallel: self.parallel.max(1) as u32,
+            total: self.total as u64,
+            processed: self.processed as u64,
+            succeeded: self.succeeded as u64,
+            failed: self.failed as u64,
+            skipped: self.skipped as u64,
+            cancelled: self.cancelled as u64,
+            error: self.error,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
+/// A `job_items` row, without the columns only the queue itself reads.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = job_items, check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct ItemRow {
+    pub idx: i32,
+    pub key: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+impl ItemRow {
+    pub fn into_record(self) -> Result<ItemRecord, StoreError> {
+        Ok(ItemRecord {
+            index: self.idx as u32,
+            status: parse_status::<ItemStatus>("job_items.status", &self.status)?,
+            payload: parse_json("job_items.payload", &self.payload)?,
+            result: self
+                .result
+                .as_deref()
+                .map(|r| parse_json("job_items.result", r))
+                .transpose()?,
+            key: self.key,
+            attempts: self.attempts.max(0) as u32,
+            error: self.error,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+/// A new `jobs` row.
+#[derive(Insertable)]
+#[diesel(table_name = jobs)]
+pub(crate) struct NewJobRow<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub status: &'a str,
+    pub spec: String,
+    pub parallel: i32,
+    pub total: i32,
+    pub metadata: String,
+    pub created_at: f64,
+}
+
+/// A new `job_items` row.
+#[derive(Insertable)]
+#[diesel(table_name = job_items)]
+pub(crate) struct NewItemRow<'a> {
+    pub job_id: &'a str,
+    pub idx: i32,
+    pub key: &'a str,
+    pub payload: String,
+    pub status: &'a str,
+    pub max_attempts: i32,
+}

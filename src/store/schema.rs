@@ -1,0 +1,61 @@
+//! Diesel table definitions, matching `migrations/sqlite`.
+
+diesel::table! {
+    /// One batch: a kind, its options and its counters.
+    jobs (id) {
+        id -> Text,
+        kind -> Text,
+        status -> Text,
+        spec -> Text,
+        priority -> Integer,
+        parallel -> Integer,
+        total -> Integer,
+        processed -> Integer,
+        succeeded -> Integer,
+        failed -> Integer,
+        skipped -> Integer,
+        cancelled -> Integer,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        metadata -> Text,
+        idempotency_key -> Nullable<Text>,
+        run_at -> Nullable<Double>,
+        created_at -> Double,
+        started_at -> Nullable<Double>,
+        completed_at -> Nullable<Double>,
+    }
+}
+
+diesel::table! {
+    /// One unit of work of a job.
+    job_items (job_id, idx) {
+        job_id -> Text,
+        idx -> Integer,
+        key -> Text,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        max_attempts -> Integer,
+        available_at -> Nullable<Double>,
+        node_id -> Nullable<Text>,
+        lease_expires_at -> Nullable<Double>,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        started_at -> Nullable<Double>,
+        finished_at -> Nullable<Double>,
+    }
+}
+
+diesel::table! {
+    /// Engine processes that share the database.
+    nodes (id) {
+        id -> Text,
+        host -> Text,
+        pid -> Integer,
+        started_at -> Double,
+        heartbeat_at -> Double,
+    }
+}
+
+diesel::joinable!(job_items -> jobs (job_id));
+diesel::allow_tables_to_appear_in_same_query!(jobs, job_items, nodes);
