@@ -174,7 +174,16 @@ pub async fn run_command(
         .argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    // SAFETY: prctl is async-signal-safe. If the engine itself dies (even by SIGKILL),
+    // the kernel kills the command instead of leaving it running unsupervised.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(args)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())

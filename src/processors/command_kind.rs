@@ -98,17 +98,17 @@ impl Processor for CommandProcessor {
         }
         match options.get("timeout_seconds") {
             None | Some(Value::Null) => {}
-            Some(v) => {
-                match v.as_f64() {
-                    Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECONDS => {}
-                    _ => return Err(FieldError::new(
+            Some(v) => match v.as_f64() {
+                Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECONDS => {}
+                _ => {
+                    return Err(FieldError::new(
                         "timeout_seconds",
                         format!(
                             "must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS}], got {v}"
                         ),
-                    )),
+                    ))
                 }
-            }
+            },
         }
         match options.get("max_output_bytes") {
             None | Some(Value::Null) => {}

@@ -1,0 +1,235 @@
+//! The real binary as a child: SIGKILL mid-batch and restart, SIGTERM drains and requeues.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+struct Server {
+    child: tokio::process::Child,
+    address: String,
+}
+
+async fn start_server(dir: &Path, workspace: &Path, extra: &[&str]) -> Server {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
+        .arg("serve")
+        .args(["--bind", "127.0.0.1:0"])
+        .args([
+            "--database-url",
+            &format!("sqlite://{}", dir.join("jobs.db").display()),
+        ])
+        .arg("--workspace")
+        .arg(workspace)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("batchforge binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("server announces its address in time")
+        .unwrap()
+        .expect("a line on stdout");
+    let address = line
+        .strip_prefix("batchforge listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, address }
+}
+
+async fn get(address: &str, path: &str) -> Value {
+    send(&client(), "GET", &format!("{address}{path}"), None)
+        .await
+        .1
+}
+
+async fn wait_server_job(
+    address: &str,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(limit, &format!("job {id}"), || async {
+        let job = get(address, &format!("/batch/jobs/{id}")).await;
+        done(&job).then_some(job)
+    })
+    .await
+}
+
+async fn all_items(address: &str, id: &str) -> Vec<Value> {
+    get(address, &format!("/batch/jobs/{id}/items?limit=1000")).await["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn run_counts(workspace: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for l in lines(&workspace.join("runs")) {
+        *counts.entry(l).or_default() += 1;
+    }
+    counts
+}
+
+#[actix_web::test]
+async fn after_kill_9_a_restart_finishes_the_batch_without_rerunning_committed_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let n = 30;
+    for i in 0..n {
+        std::fs::write(ws.join(format!("f{i}")), "").unwrap();
+    }
+    let server = start_server(dir.path(), &ws, &[]).await;
+    let targets: Vec<Value> = (0..n)
+        .map(|i| json!({"id": format!("t{i}"), "path": format!("f{i}")}))
+        .collect();
+    let (_, job) = send(
+        &client(),
+        "POST",
+        &format!("{}/batch/validation", server.address),
+        Some(
+            json!({"targets": targets, "check_command": "sh -c 'echo \"$0\" >> runs; sleep 0.4'", "parallel": 4})
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await;
+    let id = job["job_id"].as_str().unwrap().to_string();
+    wait_server_job(&server.address, &id, Duration::from_secs(60), |j| {
+        j["metadata"]["progress"]["processed"].as_u64() >= Some(8)
+    })
+    .await;
+    let committed: Vec<String> = all_items(&server.address, &id)
+        .await
+        .iter()
+        .filter(|i| i["status"] == "succeeded")
+        .map(|i| i["input"]["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(committed.len() >= 8);
+
+    let mut child = server.child;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+
+    let server = start_server(dir.path(), &ws, &[]).await;
+    let job = wait_server_job(&server.address, &id, Duration::from_secs(120), |j| {
+        j["status"] == "completed"
+    })
+    .await;
+    assert_eq!(job["result"]["summary"]["successful"], n);
+    assert_eq!(
+        job["result"]["results"].as_array().unwrap().len(),
+        n as usize
+    );
+
+    let items = all_items(&server.address, &id).await;
+    assert_eq!(items.len(), n as usize);
+    let runs = run_counts(&ws);
+    for item in &items {
+        assert_eq!(item["status"], "succeeded", "{item}");
+        let path = item["input"]["path"].as_str().unwrap();
+        assert!(
+            runs.get(path).copied().unwrap_or(0) >= 1,
+            "{path} never ran"
+        );
+    }
+    for path in &committed {
+        assert_eq!(
+            runs[path], 1,
+            "{path} was committed before the kill but ran again"
+        );
+    }
+    let rerun: Vec<&Value> = items.iter().filter(|i| i["attempts"] == 2).collect();
+    assert!(
+        !rerun.is_empty(),
+        "items running at the kill are retried with their attempt counted"
+    );
+    for item in rerun {
+        let path = item["input"]["path"].as_str().unwrap();
+        assert!(!committed.contains(&path.to_string()));
+    }
+    let mut child = server.child;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
+
+#[actix_web::test]
+async fn sigterm_stops_running_items_requeues_them_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("delay"), "3603.6161").unwrap();
+    for i in 0..4 {
+        std::fs::write(ws.join(format!("f{i}")), "").unwrap();
+    }
+    let server = start_server(dir.path(), &ws, &["--shutdown-grace", "0.5"]).await;
+    let targets: Vec<Value> = (0..4)
+        .map(|i| json!({"id": format!("t{i}"), "path": format!("f{i}")}))
+        .collect();
+    let (_, job) = send(
+        &client(),
+        "POST",
+        &format!("{}/batch/validation", server.address),
+        Some(
+            json!({"targets": targets, "check_command": "sh -c 'echo \"$0\" >> runs; exec sleep $(cat delay)'", "parallel": 2})
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await;
+    let id = job["job_id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(20), "two items to start", || async {
+        (processes_with("3603.6161").len() >= 2).then_some(())
+    })
+    .await;
+
+    let mut child = server.child;
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("server exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        processes_with("3603.6161").is_empty(),
+        "running items were not stopped"
+    );
+
+    std::fs::write(ws.join("delay"), "0.05").unwrap();
+    let server = start_server(dir.path(), &ws, &[]).await;
+    let job = wait_server_job(&server.address, &id, Duration::from_secs(60), |j| {
+        j["status"] == "completed"
+    })
+    .await;
+    assert_eq!(job["result"]["summary"]["successful"], 4);
+    let items = all_items(&server.address, &id).await;
+    // The interrupted items gave their attempt back: shutdown was not their fault.
+    assert!(items.iter().all(|i| i["attempts"] == 1), "{items:?}");
+    assert_eq!(
+        lines(&ws.join("runs")).len(),
+        6,
+        "two interrupted runs plus four full ones"
+    );
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("put 2 interrupted items back in the queue"),
+        "{log}"
+    );
+    let mut child = server.child;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

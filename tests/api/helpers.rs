@@ -1,0 +1,261 @@
+//! Test harness: a fresh database and workspace per test, the app on port 0, typed HTTP
+//! helpers, and bounded polling.
+
+use awc::http::StatusCode;
+use batchforge::{Application, EngineBuilder, EngineConfig, ServeConfig};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// A running app on a fresh database.
+pub struct TestApp {
+    pub address: String,
+    pub dir: TempDir,
+    pub workspace: PathBuf,
+    client: awc::Client,
+}
+
+/// Options for [`spawn_app_with`].
+#[derive(Default)]
+pub struct AppOptions {
+    pub kind_concurrency: HashMap<String, usize>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default(), |b| b).await
+}
+
+pub async fn spawn_app_with(
+    options: AppOptions,
+    customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
+) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir(&workspace).unwrap();
+    let config = ServeConfig {
+        engine: EngineConfig {
+            database_url: format!("sqlite://{}", dir.path().join("jobs.db").display()),
+            workspace: workspace.clone(),
+            default_concurrency: None,
+            kind_concurrency: options.kind_concurrency,
+            builtin_processors: true,
+        },
+        bind: "127.0.0.1:0".into(),
+        shutdown_grace: Duration::from_secs(1),
+        http_workers: Some(2),
+    };
+    let app = Application::build_with(config, customize)
+        .await
+        .expect("app starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        workspace: workspace.canonicalize().unwrap(),
+        dir,
+        client: client(),
+    }
+}
+
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish()
+}
+
+/// Sends a request and decodes the JSON answer (Null for an empty body).
+pub async fn send(
+    client: &awc::Client,
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+) -> (StatusCode, Value) {
+    let req = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        "DELETE" => client.delete(url),
+        other => panic!("method {other}"),
+    };
+    let mut resp = match body {
+        Some(b) => req
+            .insert_header(("content-type", "application/json"))
+            .send_body(b.to_vec())
+            .await
+            .expect("request"),
+        None => req.send().await.expect("request"),
+    };
+    let bytes = resp.body().limit(512 * 1024 * 1024).await.expect("body");
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{url} answered non-JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    (resp.status(), value)
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, body.to_string().as_bytes()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &[u8]) -> (StatusCode, Value) {
+        send(
+            &self.client,
+            "POST",
+            &format!("{}{path}", self.address),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        send(
+            &self.client,
+            "GET",
+            &format!("{}{path}", self.address),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        send(
+            &self.client,
+            "DELETE",
+            &format!("{}{path}", self.address),
+            None,
+        )
+        .await
+    }
+
+    /// Submits and returns the job id, asserting 200.
+    pub async fn submit(&self, path: &str, body: &Value) -> String {
+        let (status, job) = self.post(path, body).await;
+        assert_eq!(status, StatusCode::OK, "submit answered {job}");
+        job["job_id"].as_str().expect("job_id").to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, job) = self.get(&format!("/batch/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        job
+    }
+
+    /// Polls the job until `done` holds, for at most `limit`.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let base = self.address.clone();
+        let client = self.client.clone();
+        wait_for(limit, &format!("job {id}"), || {
+            let url = format!("{base}/batch/jobs/{id}");
+            let client = client.clone();
+            let done = &done;
+            async move {
+                let (_, job) = send(&client, "GET", &url, None).await;
+                done(&job).then_some(job)
+            }
+        })
+        .await
+    }
+
+    /// Waits until the job reaches a terminal status.
+    pub async fn wait_finished(&self, id: &str, limit: Duration) -> Value {
+        self.wait_job(id, limit, |j| {
+            matches!(
+                j["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) && !j["result"].is_null()
+        })
+        .await
+    }
+
+    /// Every item of a job, paged through `/items`.
+    pub async fn all_items(&self, id: &str, page: u32) -> Vec<Value> {
+        let mut items = Vec::new();
+        loop {
+            let (status, body) = self
+                .get(&format!(
+                    "/batch/jobs/{id}/items?limit={page}&offset={}",
+                    items.len()
+                ))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let got = body["items"].as_array().unwrap().clone();
+            if got.is_empty() {
+                break;
+            }
+            items.extend(got);
+        }
+        items
+    }
+
+    pub fn write_file(&self, rel: &str, content: &str) {
+        let p = self.workspace.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+}
+
+/// Polls `probe` every 50 ms until it yields a value, panicking after `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmdline).contains(marker) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if state != Some('Z') && pid != std::process::id() {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Lines of a file in the workspace (empty when it does not exist).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,11 @@
+//! Integration tests through the public surface: HTTP on port 0 against a fresh SQLite
+//! file per test, the binary as a child process, and the library as an embedder uses it.
+
+mod helpers;
+
+mod bad_input;
+mod cancellation;
+mod commands;
+mod crash;
+mod embedding;
+mod lifecycle;
