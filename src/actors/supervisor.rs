@@ -254,6 +254,10 @@ impl Supervisor {
             self.unreserve(job_id, asked - got);
             if let Some(job) = self.jobs.get_mut(job_id) {
                 job.exhausted = true;
+                // Cancelled while this claim was in flight: nothing of it runs any more.
+                if job.cancelled && job.running == 0 {
+                    self.forget(job_id);
+                }
             }
         }
         if got == 0 {

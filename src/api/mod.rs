@@ -217,6 +217,13 @@ async fn health(engine: web::Data<Engine>) -> Reply {
     })))
 }
 
+/// The JSON 404 for paths no route matches; `App::default_service` takes it.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    HttpResponse::NotFound().json(json!({
+        "detail": format!("no route for {} {}", req.method(), req.path())
+    }))
+}
+
 fn mailbox(e: actix::MailboxError) -> ApiError {
     ApiError::from(crate::actors::messages::EngineError::from(e))
 }
