@@ -1,23 +1,30 @@
 //! The Supervisor: owns the queue.
 //!
-//! It admits jobs, claims items in chunks for workers with free capacity, records outcomes
+//! It admits jobs, claims items in chunks, starts them on the workers, records outcomes
 //! with group commit, finalizes jobs, cancels them, and drains on shutdown. All database
 //! work goes through [`Store`], which runs it on the blocking pool; the actor itself only
 //! keeps the in-memory scheduling state.
 //!
-//! Scheduling: each kind has a concurrency limit and each job its `parallel`. Free slots of
-//! a kind are granted one at a time, round-robin over that kind's jobs that still have
-//! queued items, so a small job submitted after a huge one gets slots as soon as any free
-//! up instead of waiting for the huge job to drain.
+//! Scheduling. Each kind has a concurrency limit and each job its `parallel`; both bound
+//! the items *running*. Claiming is decoupled from starting: besides its running items a
+//! kind keeps up to `limit` claimed items ready in memory, so when an item finishes the next
+//! one starts at once, without waiting for a database round trip, while the buffer is
+//! refilled by one batched claim in the background. Both the claims and the starts go
+//! round-robin over the kind's jobs, one item per turn, so a small job submitted after a
+//! huge one gets the next free slot instead of waiting for the huge one to drain.
 
 use crate::actors::messages::*;
 use crate::actors::tracker::Tracker;
 use crate::actors::worker::Worker;
-use crate::model::{new_job_id, now, FinishedItem, ItemStatus, JobRecord, JobStatus, QueueStats};
+use crate::model::{
+    new_job_id, now, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus, JobRecord, JobStatus,
+    QueueStats,
+};
 use crate::processor::{Processor, ProgressReporter};
 use crate::store::queries::{self, CancelOutcome};
 use crate::store::Store;
 use actix::prelude::*;
+use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,17 +53,29 @@ pub struct SupervisorConfig {
 struct KindSlot {
     processor: Arc<dyn Processor>,
     worker: Addr<Worker>,
+    /// Most items of this kind running at once.
     limit: u32,
-    /// Items running or reserved for a claim in flight.
-    running: u32,
+    /// Items running on the worker.
+    active: u32,
+    /// Items claimed and waiting in jobs' `ready` queues, plus claims in flight.
+    buffered: u32,
+    /// Jobs that may still have queued items, in round-robin order (pruned lazily).
+    claimable: VecDeque<Arc<str>>,
+    /// Jobs with ready items, in round-robin order (each at most once).
+    startable: VecDeque<Arc<str>>,
 }
 
 struct ActiveJob {
     ctx: Arc<JobContext>,
     kind: String,
     parallel: u32,
-    /// Items running or reserved for a claim in flight.
-    running: u32,
+    /// Items running on the worker.
+    active: u32,
+    /// Items asked for in the claim in flight.
+    claiming: u32,
+    /// Claimed (`running` in the store) but not started yet.
+    ready: VecDeque<ClaimedItem>,
+    in_startable: bool,
     /// A claim came back short: no queued items are left.
     exhausted: bool,
     cancelled: bool,
@@ -64,6 +83,13 @@ struct ActiveJob {
     announced: bool,
     counts: Counts,
     started_at: Option<f64>,
+}
+
+impl ActiveJob {
+    /// Nothing of this job is in the engine's hands any more.
+    fn idle(&self) -> bool {
+        self.active == 0 && self.claiming == 0 && self.ready.is_empty()
+    }
 }
 
 /// Owns the queue; see the module docs.
@@ -76,11 +102,9 @@ pub struct Supervisor {
     kinds: HashMap<String, KindSlot>,
     arbiters: Vec<ArbiterHandle>,
     jobs: HashMap<Arc<str>, ActiveJob>,
-    /// Per kind, the jobs that may still claim, in round-robin order.
-    rotation: HashMap<String, VecDeque<Arc<str>>>,
     /// Outcomes waiting for the next group commit.
     finished: Vec<FinishedItem>,
-    /// Items stopped by shutdown, to be put back in the queue.
+    /// Items claimed or stopped during shutdown, to be put back in the queue.
     to_release: Vec<(String, u32)>,
     flushing: bool,
     claiming: bool,
@@ -89,6 +113,15 @@ pub struct Supervisor {
     /// Parent of every job's token: cancelling it stops all running items.
     shutdown_token: CancellationToken,
     drained: Vec<oneshot::Sender<()>>,
+}
+
+fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
+    FinishedItem {
+        job_id: item.job_id.clone(),
+        index: item.index,
+        outcome: ItemOutcome::cancelled(json!({"key": item.key, "status": "cancelled"})),
+        finished_at: t,
+    }
 }
 
 impl Supervisor {
@@ -103,7 +136,6 @@ impl Supervisor {
             kinds: HashMap::new(),
             arbiters: Vec::new(),
             jobs: HashMap::new(),
-            rotation: HashMap::new(),
             finished: Vec::new(),
             to_release: Vec::new(),
             flushing: false,
@@ -124,17 +156,19 @@ impl Supervisor {
             cancel: self.shutdown_token.child_token(),
             progress: ProgressReporter::new(id.clone(), self.tracker.clone()),
         });
-        self.rotation
-            .entry(job.kind.clone())
-            .or_default()
-            .push_back(id.clone());
+        if let Some(slot) = self.kinds.get_mut(&job.kind) {
+            slot.claimable.push_back(id.clone());
+        }
         self.jobs.insert(
             id,
             ActiveJob {
                 ctx,
                 kind: job.kind.clone(),
                 parallel: job.parallel.max(1),
-                running: 0,
+                active: 0,
+                claiming: 0,
+                ready: VecDeque::new(),
+                in_startable: false,
                 exhausted: false,
                 cancelled: false,
                 announced: false,
@@ -152,51 +186,38 @@ impl Supervisor {
         }
     }
 
-    /// Decides how many items to claim from which jobs, reserving the slots.
+    /// Decides how many items to claim from which jobs, reserving buffer room: per kind at
+    /// most `limit` items buffered, per job at most `min(parallel, limit)`.
     fn plan_claims(&mut self) -> Vec<(Arc<str>, u32)> {
         let mut grants: HashMap<Arc<str>, u32> = HashMap::new();
-        let Supervisor {
-            kinds,
-            rotation,
-            jobs,
-            ..
-        } = self;
-        for (kind, slot) in kinds.iter_mut() {
-            let mut free = slot.limit.saturating_sub(slot.running);
-            let Some(queue) = rotation.get_mut(kind) else {
-                continue;
-            };
-            queue.retain(|id| jobs.get(id).is_some_and(|j| !j.exhausted && !j.cancelled));
-            let mut idle = 0;
-            while free > 0 && idle < queue.len() {
-                let id = queue.pop_front().expect("queue is not empty");
-                queue.push_back(id.clone());
-                let job = jobs.get_mut(&id).expect("retained jobs exist");
-                if job.running < job.parallel {
-                    job.running += 1;
-                    slot.running += 1;
-                    free -= 1;
-                    idle = 0;
-                    *grants.entry(id).or_default() += 1;
+        let Supervisor { kinds, jobs, .. } = self;
+        for slot in kinds.values_mut() {
+            let mut room = slot.limit.saturating_sub(slot.buffered);
+            let mut idle_turns = 0;
+            while room > 0 && idle_turns < slot.claimable.len() {
+                let Some(id) = slot.claimable.pop_front() else {
+                    break;
+                };
+                let Some(job) = jobs.get_mut(&id).filter(|j| !j.exhausted && !j.cancelled) else {
+                    continue; // dropped from the rotation for good
+                };
+                let cap = job.parallel.min(slot.limit);
+                if (job.ready.len() as u32) + job.claiming < cap {
+                    job.claiming += 1;
+                    slot.buffered += 1;
+                    room -= 1;
+                    idle_turns = 0;
+                    *grants.entry(id.clone()).or_default() += 1;
                 } else {
-                    idle += 1;
+                    idle_turns += 1;
                 }
+                slot.claimable.push_back(id);
             }
         }
         grants.into_iter().collect()
     }
 
-    /// Gives back reserved slots that a claim did not fill.
-    fn unreserve(&mut self, job_id: &str, n: u32) {
-        if let Some(job) = self.jobs.get_mut(job_id) {
-            job.running = job.running.saturating_sub(n);
-            if let Some(slot) = self.kinds.get_mut(&job.kind) {
-                slot.running = slot.running.saturating_sub(n);
-            }
-        }
-    }
-
-    /// Claims work for free slots, unless a claim is already in flight.
+    /// Claims work for free buffer room, unless a claim is already in flight.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.stopping || self.claiming {
             return;
@@ -214,66 +235,77 @@ impl Supervisor {
                 let mut out = Vec::with_capacity(plan.len());
                 for (job_id, n) in plan {
                     let items = queries::claim_items(conn, &job_id, n, &node, t)?;
-                    out.push((job_id, n, items, t));
+                    out.push((job_id, n, items));
                 }
-                Ok(out)
+                Ok((out, t))
             })
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.claiming = false;
                 match res {
-                    Ok(claims) => {
-                        for (job_id, n, items, t) in claims {
-                            act.dispatch(&job_id, n, items, t);
+                    Ok((claims, t)) => {
+                        for (job_id, n, items) in claims {
+                            act.take_claimed(&job_id, n, items, t);
                         }
+                        act.start_ready();
                     }
                     Err(e) => {
                         log::error!("claiming items failed: {e}; retrying");
                         for (job_id, n) in asked {
-                            act.unreserve(&job_id, n);
+                            act.settle_claim(&job_id, n);
                         }
                         ctx.run_later(RETRY_DELAY, |act, ctx| act.pump(ctx));
                     }
                 }
+                act.flush(ctx);
                 act.check_drained(ctx);
                 act.pump(ctx);
             })
             .spawn(ctx);
     }
 
-    /// Hands claimed items to the kind's worker.
-    fn dispatch(
-        &mut self,
-        job_id: &Arc<str>,
-        asked: u32,
-        items: Vec<crate::model::ClaimedItem>,
-        t: f64,
-    ) {
-        let got = items.len() as u32;
-        if got < asked {
-            self.unreserve(job_id, asked - got);
-            if let Some(job) = self.jobs.get_mut(job_id) {
-                job.exhausted = true;
-                // Cancelled while this claim was in flight: nothing of it runs any more.
-                if job.cancelled && job.running == 0 {
-                    self.forget(job_id);
-                }
+    /// Ends the reservation of `n` claimed-for slots of a job.
+    fn settle_claim(&mut self, job_id: &str, n: u32) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.claiming = job.claiming.saturating_sub(n);
+            if let Some(slot) = self.kinds.get_mut(&job.kind) {
+                slot.buffered = slot.buffered.saturating_sub(n);
             }
         }
-        if got == 0 {
+    }
+
+    /// Puts claimed items in their job's ready queue (or straight back, or cancelled).
+    fn take_claimed(&mut self, job_id: &Arc<str>, asked: u32, items: Vec<ClaimedItem>, t: f64) {
+        self.settle_claim(job_id, asked);
+        let got = items.len() as u32;
+        let stopping = self.stopping;
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            log::error!(
+                "claimed {got} items for unknown job {job_id}; they are recovered at next start"
+            );
             return;
+        };
+        if got < asked {
+            job.exhausted = true;
         }
-        if self.stopping {
+        if stopping {
             // Claimed while shutdown began: put them straight back.
-            self.unreserve(job_id, got);
             self.to_release
                 .extend(items.into_iter().map(|i| (i.job_id, i.index)));
             return;
         }
-        let Some(job) = self.jobs.get_mut(job_id) else {
-            log::error!("claimed items for unknown job {job_id}");
+        if job.cancelled {
+            // Claimed while the job was being cancelled: record them as cancelled.
+            self.finished
+                .extend(items.iter().map(|i| cancelled_outcome(i, t)));
+            if job.idle() && got == 0 {
+                self.forget(job_id);
+            }
             return;
-        };
+        }
+        if got == 0 {
+            return;
+        }
         if !job.announced {
             job.announced = true;
             self.tracker.do_send(ProgressUpdate::Started {
@@ -282,13 +314,59 @@ impl Supervisor {
                 started_at: job.started_at.unwrap_or(t),
             });
         }
-        let Some(slot) = self.kinds.get(&job.kind) else {
+        job.ready.extend(items);
+        let slot = self
+            .kinds
+            .get_mut(&job.kind)
+            .expect("admitted jobs have a kind");
+        slot.buffered += got;
+        if !job.in_startable {
+            job.in_startable = true;
+            slot.startable.push_back(job_id.clone());
+        }
+    }
+
+    /// Starts ready items while their kind and job have free slots.
+    fn start_ready(&mut self) {
+        if self.stopping {
             return;
-        };
-        slot.worker.do_send(RunItems {
-            job: job.ctx.clone(),
-            items,
-        });
+        }
+        let Supervisor { kinds, jobs, .. } = self;
+        for slot in kinds.values_mut() {
+            let mut batches: HashMap<Arc<str>, Vec<ClaimedItem>> = HashMap::new();
+            let mut idle_turns = 0;
+            while slot.active < slot.limit && idle_turns < slot.startable.len() {
+                let Some(id) = slot.startable.pop_front() else {
+                    break;
+                };
+                let Some(job) = jobs.get_mut(&id) else {
+                    continue;
+                };
+                if job.active < job.parallel {
+                    if let Some(item) = job.ready.pop_front() {
+                        job.active += 1;
+                        slot.active += 1;
+                        slot.buffered -= 1;
+                        batches.entry(id.clone()).or_default().push(item);
+                        idle_turns = 0;
+                    }
+                } else {
+                    idle_turns += 1;
+                }
+                if job.ready.is_empty() {
+                    job.in_startable = false;
+                } else {
+                    slot.startable.push_back(id);
+                }
+            }
+            for (id, items) in batches {
+                let job = &jobs[&id];
+                slot.worker.do_send(RunItems {
+                    job: job.ctx.clone(),
+                    items,
+                });
+            }
+        }
     }
 
     /// Commits buffered outcomes in one transaction, unless a commit is in flight; what
@@ -348,8 +426,8 @@ impl Supervisor {
         if !self.stopping || self.drained.is_empty() {
             return;
         }
-        let running: u32 = self.kinds.values().map(|k| k.running).sum();
-        if running > 0
+        let active: u32 = self.kinds.values().map(|k| k.active).sum();
+        if active > 0
             || self.claiming
             || self.flushing
             || self.releasing
@@ -400,27 +478,30 @@ impl Actor for Supervisor {
                     processor,
                     worker,
                     limit: limit.max(1),
-                    running: 0,
+                    active: 0,
+                    buffered: 0,
+                    claimable: VecDeque::new(),
+                    startable: VecDeque::new(),
                 },
             );
         }
         for job in std::mem::take(&mut self.pending_jobs) {
             if self.kinds.contains_key(&job.kind) {
                 self.admit(&job);
-            } else {
-                let error = format!("no processor registered for kind '{}'", job.kind);
-                log::warn!("job {}: {error}; marking it failed", job.id);
-                let id = job.id.clone();
-                self.store
-                    .write(move |conn| queries::fail_job(conn, &id, &error, now()))
-                    .into_actor(self)
-                    .map(|res, _, _| {
-                        if let Err(e) = res {
-                            log::error!("could not mark a job failed: {e}");
-                        }
-                    })
-                    .spawn(ctx);
+                continue;
             }
+            let error = format!("no processor registered for kind '{}'", job.kind);
+            log::warn!("job {}: {error}; marking it failed", job.id);
+            let id = job.id.clone();
+            self.store
+                .write(move |conn| queries::fail_job(conn, &id, &error, now()))
+                .into_actor(self)
+                .map(|res, _, _| {
+                    if let Err(e) = res {
+                        log::error!("could not mark a job failed: {e}");
+                    }
+                })
+                .spawn(ctx);
         }
         ctx.run_interval(PUMP_INTERVAL, |act, ctx| {
             act.flush(ctx);
@@ -479,19 +560,22 @@ impl Handler<ItemFinished> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, ItemFinished(item): ItemFinished, ctx: &mut Self::Context) {
-        // An item stopped by shutdown (not by its job's cancellation) goes back to the queue.
-        let release = self.stopping
-            && item.outcome.status == ItemStatus::Cancelled
-            && self
-                .jobs
-                .get(item.job_id.as_str())
-                .is_some_and(|job| !job.cancelled);
-        self.unreserve(&item.job_id, 1);
+        let mut release = false;
+        if let Some(job) = self.jobs.get_mut(item.job_id.as_str()) {
+            // An item stopped by shutdown (not by its job's cancellation) goes back.
+            release =
+                self.stopping && !job.cancelled && item.outcome.status == ItemStatus::Cancelled;
+            job.active = job.active.saturating_sub(1);
+            if let Some(slot) = self.kinds.get_mut(&job.kind) {
+                slot.active = slot.active.saturating_sub(1);
+            }
+        }
         if release {
             self.to_release.push((item.job_id, item.index));
         } else {
             self.finished.push(item);
         }
+        self.start_ready();
         self.flush(ctx);
         self.pump(ctx);
         self.check_drained(ctx);
@@ -508,21 +592,40 @@ impl Handler<CancelJob> for Supervisor {
             self.store
                 .write(move |conn| queries::cancel_job(conn, &id, now()))
                 .into_actor(self)
-                .map(move |res, act, _| {
+                .map(move |res, act, ctx| {
                     let outcome = res?;
                     if let CancelOutcome::Cancelled { .. } = outcome {
-                        if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
-                            job.cancelled = true;
-                            // Fires every running item's token: processes get killed now.
-                            job.ctx.cancel.cancel();
-                            if job.running == 0 {
-                                act.forget(&job_id);
-                            }
-                        }
+                        act.cancel_in_memory(&job_id);
+                        act.flush(ctx);
                     }
                     Ok(outcome)
                 }),
         )
+    }
+}
+
+impl Supervisor {
+    /// After the store cancelled a job: stop its running items, record its ready ones as
+    /// cancelled, and forget it once nothing of it is left in the engine.
+    fn cancel_in_memory(&mut self, job_id: &str) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        job.cancelled = true;
+        // Fires every running item's token: their processes are killed now.
+        job.ctx.cancel.cancel();
+        let t = now();
+        let ready: Vec<ClaimedItem> = job.ready.drain(..).collect();
+        if let Some(slot) = self.kinds.get_mut(&job.kind) {
+            slot.buffered = slot.buffered.saturating_sub(ready.len() as u32);
+        }
+        if job.idle() {
+            // Nothing runs any more; the result is built by the cancelling transaction
+            // or by the commit of the ready items' cancelled outcomes below.
+            self.forget(job_id);
+        }
+        self.finished
+            .extend(ready.iter().map(|i| cancelled_outcome(i, t)));
     }
 }
 
@@ -631,6 +734,15 @@ impl Handler<Shutdown> for Supervisor {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.stopping = true;
+        // Claimed but never started: straight back to the queue.
+        for job in self.jobs.values_mut() {
+            job.in_startable = false;
+            self.to_release
+                .extend(job.ready.drain(..).map(|i| (i.job_id, i.index)));
+        }
+        for slot in self.kinds.values_mut() {
+            slot.startable.clear();
+        }
         let (tx, rx) = oneshot::channel();
         self.drained.push(tx);
         let token = self.shutdown_token.clone();
