@@ -65,6 +65,14 @@ struct KindSlot {
     startable: VecDeque<Arc<str>>,
 }
 
+/// Room reserved for one job in a claim in flight.
+#[derive(Clone)]
+struct Claim {
+    job_id: Arc<str>,
+    kind: String,
+    n: u32,
+}
+
 struct ActiveJob {
     ctx: Arc<JobContext>,
     kind: String,
@@ -188,10 +196,11 @@ impl Supervisor {
 
     /// Decides how many items to claim from which jobs, reserving buffer room: per kind at
     /// most `limit` items buffered, per job at most `min(parallel, limit)`.
-    fn plan_claims(&mut self) -> Vec<(Arc<str>, u32)> {
+    fn plan_claims(&mut self) -> Vec<Claim> {
         let mut grants: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut plan = Vec::new();
         let Supervisor { kinds, jobs, .. } = self;
-        for slot in kinds.values_mut() {
+        for (kind, slot) in kinds.iter_mut() {
             let mut room = slot.limit.saturating_sub(slot.buffered);
             let mut idle_turns = 0;
             while room > 0 && idle_turns < slot.claimable.len() {
@@ -213,8 +222,13 @@ impl Supervisor {
                 }
                 slot.claimable.push_back(id);
             }
+            plan.extend(grants.drain().map(|(job_id, n)| Claim {
+                job_id,
+                kind: kind.clone(),
+                n,
+            }));
         }
-        grants.into_iter().collect()
+        plan
     }
 
     /// Claims work for free buffer room, unless a claim is already in flight.
@@ -233,9 +247,9 @@ impl Supervisor {
             .write(move |conn| {
                 let t = now();
                 let mut out = Vec::with_capacity(plan.len());
-                for (job_id, n) in plan {
-                    let items = queries::claim_items(conn, &job_id, n, &node, t)?;
-                    out.push((job_id, n, items));
+                for claim in plan {
+                    let items = queries::claim_items(conn, &claim.job_id, claim.n, &node, t)?;
+                    out.push((claim, items));
                 }
                 Ok((out, t))
             })
@@ -244,17 +258,19 @@ impl Supervisor {
                 act.claiming = false;
                 match res {
                     Ok((claims, t)) => {
-                        for (job_id, n, items) in claims {
-                            act.take_claimed(&job_id, n, items, t);
+                        for (claim, items) in claims {
+                            act.take_claimed(&claim, items, t);
                         }
                         act.start_ready();
                     }
                     Err(e) => {
-                        log::error!("claiming items failed: {e}; retrying");
-                        for (job_id, n) in asked {
-                            act.settle_claim(&job_id, n);
+                        log::error!("claiming items failed: {e}; retrying in {RETRY_DELAY:?}");
+                        for claim in &asked {
+                            act.settle_claim(claim);
                         }
+                        act.check_drained(ctx);
                         ctx.run_later(RETRY_DELAY, |act, ctx| act.pump(ctx));
+                        return;
                     }
                 }
                 act.flush(ctx);
@@ -264,43 +280,47 @@ impl Supervisor {
             .spawn(ctx);
     }
 
-    /// Ends the reservation of `n` claimed-for slots of a job.
-    fn settle_claim(&mut self, job_id: &str, n: u32) {
-        if let Some(job) = self.jobs.get_mut(job_id) {
-            job.claiming = job.claiming.saturating_sub(n);
-            if let Some(slot) = self.kinds.get_mut(&job.kind) {
-                slot.buffered = slot.buffered.saturating_sub(n);
-            }
+    /// Ends the reservation a claim made. The kind's room is given back even when the job
+    /// was finalized and forgotten while the claim was in flight.
+    fn settle_claim(&mut self, claim: &Claim) {
+        if let Some(slot) = self.kinds.get_mut(&claim.kind) {
+            slot.buffered = slot.buffered.saturating_sub(claim.n);
+        }
+        if let Some(job) = self.jobs.get_mut(&claim.job_id) {
+            job.claiming = job.claiming.saturating_sub(claim.n);
         }
     }
 
     /// Puts claimed items in their job's ready queue (or straight back, or cancelled).
-    fn take_claimed(&mut self, job_id: &Arc<str>, asked: u32, items: Vec<ClaimedItem>, t: f64) {
-        self.settle_claim(job_id, asked);
+    fn take_claimed(&mut self, claim: &Claim, items: Vec<ClaimedItem>, t: f64) {
+        self.settle_claim(claim);
+        let job_id = &claim.job_id;
         let got = items.len() as u32;
         let stopping = self.stopping;
         let Some(job) = self.jobs.get_mut(job_id) else {
-            log::error!(
-                "claimed {got} items for unknown job {job_id}; they are recovered at next start"
-            );
+            if got > 0 {
+                log::error!(
+                    "claimed {got} items for unknown job {job_id}; they are recovered at next start"
+                );
+            }
             return;
         };
-        if got < asked {
+        if got < claim.n {
             job.exhausted = true;
         }
-        if stopping {
-            // Claimed while shutdown began: put them straight back.
-            self.to_release
-                .extend(items.into_iter().map(|i| (i.job_id, i.index)));
-            return;
-        }
+        // Cancellation wins over shutdown: a cancelled job's items never go back to the queue.
         if job.cancelled {
-            // Claimed while the job was being cancelled: record them as cancelled.
             self.finished
                 .extend(items.iter().map(|i| cancelled_outcome(i, t)));
             if job.idle() && got == 0 {
                 self.forget(job_id);
             }
+            return;
+        }
+        if stopping {
+            // Claimed while shutdown began: put them straight back.
+            self.to_release
+                .extend(items.into_iter().map(|i| (i.job_id, i.index)));
             return;
         }
         if got == 0 {
@@ -317,8 +337,8 @@ impl Supervisor {
         job.ready.extend(items);
         let slot = self
             .kinds
-            .get_mut(&job.kind)
-            .expect("admitted jobs have a kind");
+            .get_mut(&claim.kind)
+            .expect("claims name a registered kind");
         slot.buffered += got;
         if !job.in_startable {
             job.in_startable = true;
@@ -439,7 +459,7 @@ impl Supervisor {
             self.releasing = true;
             let items = std::mem::take(&mut self.to_release);
             self.store
-                .write(move |conn| queries::release_items(conn, &items))
+                .write(move |conn| queries::release_items(conn, &items, now()))
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.releasing = false;
@@ -528,6 +548,12 @@ impl Handler<SubmitJob> for Supervisor {
         let Some(slot) = self.kinds.get(&job.kind) else {
             return Box::pin(fut::ready(Err(EngineError::NoProcessor(job.kind))));
         };
+        if job.items.is_empty() {
+            return Box::pin(fut::ready(Err(EngineError::Invalid {
+                field: "items".into(),
+                message: "a job needs at least one item".into(),
+            })));
+        }
         if let Err(e) = slot.processor.validate_options(&job.spec) {
             return Box::pin(fut::ready(Err(EngineError::Invalid {
                 field: e.field,
@@ -734,7 +760,8 @@ impl Handler<Shutdown> for Supervisor {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.stopping = true;
-        // Claimed but never started: straight back to the queue.
+        // Claimed but never started: straight back to the queue (the store turns those of
+        // jobs cancelled meanwhile into cancelled items).
         for job in self.jobs.values_mut() {
             job.in_startable = false;
             self.to_release

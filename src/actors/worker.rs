@@ -71,7 +71,15 @@ impl Handler<RunItems> for Worker {
                         .catch_unwind()
                         .await
                     {
-                        Ok(outcome) => outcome,
+                        Ok(outcome) if outcome.status.is_terminal() => outcome,
+                        Ok(outcome) => {
+                            let message = format!(
+                                "processor returned the non-final status '{}'",
+                                outcome.status
+                            );
+                            log::error!("{job_id}[{index}]: {message}");
+                            ItemOutcome::failed(outcome.result, message)
+                        }
                         Err(panic) => {
                             let what = panic
                                 .downcast_ref::<&str>()

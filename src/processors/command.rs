@@ -126,10 +126,15 @@ pub struct CommandOutput {
 }
 
 /// Kills the process group on drop, so no child outlives its item even when the future
-/// running it is dropped.
+/// running it is dropped; while it lives, the guardian kills the group if the engine dies.
 struct GroupGuard(i32);
 
 impl GroupGuard {
+    fn new(pgid: i32) -> Self {
+        super::guardian::watch(pgid);
+        GroupGuard(pgid)
+    }
+
     fn kill(&self) {
         // SAFETY: killpg only sends a signal; a group that is gone yields ESRCH.
         unsafe {
@@ -141,27 +146,38 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.kill();
+        super::guardian::unwatch(self.0);
     }
 }
 
-async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
-    let mut truncated = false;
+/// What a reader task has captured so far; shared so that a reader stuck on a pipe held
+/// open by an escaped descendant does not take the captured output with it.
+#[derive(Default)]
+struct Captured {
+    kept: Vec<u8>,
+    truncated: bool,
+}
+
+async fn read_capped<R: AsyncRead + Unpin>(
+    mut r: R,
+    cap: usize,
+    into: std::sync::Arc<std::sync::Mutex<Captured>>,
+) {
     let mut buf = [0u8; 8192];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
+                let mut c = into.lock().unwrap_or_else(|p| p.into_inner());
+                let room = cap.saturating_sub(c.kept.len());
                 if n > room {
-                    truncated = true;
+                    c.truncated = true;
                 }
                 // Keep draining past the cap so the child never blocks on a full pipe.
-                kept.extend_from_slice(&buf[..n.min(room)]);
+                c.kept.extend_from_slice(&buf[..n.min(room)]);
             }
         }
     }
-    (kept, truncated)
 }
 
 /// Runs a command to completion, timeout or cancellation. Fails only when it cannot start.
@@ -174,16 +190,7 @@ pub async fn run_command(
         .argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut command = Command::new(program);
-    // SAFETY: prctl is async-signal-safe. If the engine itself dies (even by SIGKILL),
-    // the kernel kills the command instead of leaving it running unsupervised.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = command
+    let mut child = Command::new(program)
         .args(args)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
@@ -192,14 +199,17 @@ pub async fn run_command(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
-    let guard = child.id().map(|pid| GroupGuard(pid as i32));
+    let guard = child.id().map(|pid| GroupGuard::new(pid as i32));
+    let (out_buf, err_buf) = (Default::default(), Default::default());
     let out = tokio::spawn(read_capped(
         child.stdout.take().expect("stdout is piped"),
         spec.max_output_bytes,
+        std::sync::Arc::clone(&out_buf),
     ));
     let err = tokio::spawn(read_capped(
         child.stderr.take().expect("stderr is piped"),
         spec.max_output_bytes,
+        std::sync::Arc::clone(&err_buf),
     ));
     let (mut timed_out, mut cancelled) = (false, false);
     let status = tokio::select! {
@@ -217,14 +227,21 @@ pub async fn run_command(
     };
     // Whatever the command left behind in its group goes now, which also closes the pipes.
     drop(guard);
-    let collect = |h: tokio::task::JoinHandle<(Vec<u8>, bool)>| async move {
-        match tokio::time::timeout(Duration::from_secs(2), h).await {
-            Ok(Ok(v)) => v,
-            _ => (Vec::new(), false),
+    // A descendant that left the group may still hold the pipes: keep what was read and
+    // flag the output as cut rather than wait for it.
+    let collect = |mut h: tokio::task::JoinHandle<()>,
+                   buf: std::sync::Arc<std::sync::Mutex<Captured>>| async move {
+        let finished = tokio::time::timeout(Duration::from_secs(2), &mut h)
+            .await
+            .is_ok();
+        if !finished {
+            h.abort(); // drops our end of the pipe
         }
+        let mut c = buf.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut c.kept), c.truncated || !finished)
     };
-    let (stdout, t1) = collect(out).await;
-    let (stderr, t2) = collect(err).await;
+    let (stdout, t1) = collect(out, out_buf).await;
+    let (stderr, t2) = collect(err, err_buf).await;
     use std::os::unix::process::ExitStatusExt;
     Ok(CommandOutput {
         exit_code: status.code(),

@@ -152,7 +152,13 @@ impl Processor for CommandProcessor {
             Ok(a) => a,
             Err(e) => return error(result, format!("{}: {e}", self.command_option)),
         };
-        argv.push(relative.to_string_lossy().into_owned());
+        // `./` keeps a file named like an option (`-rf`) from being read as one.
+        let arg = relative.to_string_lossy().into_owned();
+        argv.push(if arg.starts_with('-') {
+            format!("./{arg}")
+        } else {
+            arg
+        });
         ctx.progress.current(format!("{} {}", item.key, path));
         let spec = CommandSpec {
             argv,

@@ -2,6 +2,7 @@
 //! runner they share.
 
 pub mod command;
+mod guardian;
 pub mod test_suite;
 pub mod validation;
 

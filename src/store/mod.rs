@@ -217,10 +217,35 @@ impl Inner {
     where
         F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError>,
     {
-        // A panic inside an earlier write poisons the mutex, but the transaction was rolled
-        // back by Diesel, so the connection itself is still sound.
+        // A panic in an earlier write poisons the mutex; the connection was replaced then,
+        // so the guard's contents are sound.
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        conn.immediate_transaction(f)
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            conn.immediate_transaction(f)
+        }));
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                // Diesel does not roll back when the closure panics: the connection would
+                // stay inside the transaction and fail every later write. Replace it.
+                match self.fresh_writer() {
+                    Ok(fresh) => *conn = fresh,
+                    Err(e) => log::error!("could not reopen the writer after a panic: {e}"),
+                }
+                drop(conn);
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    fn fresh_writer(&self) -> Result<SqliteConnection, StoreError> {
+        let url = self.path.to_string_lossy().into_owned();
+        let mut conn = SqliteConnection::establish(&url).map_err(|e| StoreError::Open {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        conn.batch_execute(PRAGMAS)?;
+        Ok(conn)
     }
 }
 

@@ -166,7 +166,16 @@ pub fn record_finished(
     use job_items::dsl as i;
     let mut tallies: HashMap<&str, Tally> = HashMap::new();
     for item in finished {
-        debug_assert!(item.outcome.status.is_terminal());
+        if !item.outcome.status.is_terminal() {
+            // The Worker turns such outcomes into failures; never store a non-final one.
+            log::error!(
+                "ignoring non-final outcome '{}' for {}[{}]",
+                item.outcome.status,
+                item.job_id,
+                item.index
+            );
+            continue;
+        }
         let updated = diesel::update(
             i::job_items
                 .filter(i::job_id.eq(&item.job_id))
@@ -377,7 +386,16 @@ pub fn fail_job(conn: &mut Conn, job_id: &str, error: &str, now: f64) -> Result<
         failed,
         ..Tally::default()
     }
-    .apply(conn, job_id)
+    .apply(conn, job_id)?;
+    let started_at: Option<f64> = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::started_at)
+        .first(conn)?;
+    let result = build_result(conn, job_id, started_at.map(|s| now - s).unwrap_or(0.0))?;
+    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
+        .set(jobs::result.eq(result))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// What [`recover_abandoned_items`] did.
@@ -455,25 +473,60 @@ pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, St
 }
 
 /// Release at shutdown: moves items this engine was still running `running → queued`,
-/// giving back the attempt, since the item itself did nothing wrong.
-pub fn release_items(conn: &mut Conn, items: &[(String, u32)]) -> Result<u64, StoreError> {
+/// giving back the attempt, since the item itself did nothing wrong; items of a job that
+/// was cancelled meanwhile go `running → cancelled` instead (and may finish their job).
+pub fn release_items(
+    conn: &mut Conn,
+    items: &[(String, u32)],
+    now: f64,
+) -> Result<u64, StoreError> {
     use job_items::dsl as i;
-    let mut n = 0;
+    let mut cancelled_jobs: HashMap<&str, bool> = HashMap::new();
+    let mut tallies: HashMap<&str, Tally> = HashMap::new();
+    let mut released = 0;
     for (job_id, idx) in items {
-        n += diesel::update(
-            i::job_items
-                .filter(i::job_id.eq(job_id))
-                .filter(i::idx.eq(*idx as i32))
-                .filter(i::status.eq(ItemStatus::Running.as_str())),
-        )
-        .set((
-            i::status.eq(ItemStatus::Queued.as_str()),
-            i::attempts.eq(i::attempts - 1),
-            i::node_id.eq(None::<String>),
-        ))
-        .execute(conn)? as u64;
+        let cancelled = match cancelled_jobs.get(job_id.as_str()) {
+            Some(c) => *c,
+            None => {
+                let c = get_job_status(conn, job_id)? == Some(JobStatus::Cancelled);
+                cancelled_jobs.insert(job_id, c);
+                c
+            }
+        };
+        let item = i::job_items
+            .filter(i::job_id.eq(job_id))
+            .filter(i::idx.eq(*idx as i32))
+            .filter(i::status.eq(ItemStatus::Running.as_str()));
+        if cancelled {
+            let n = diesel::update(item)
+                .set((
+                    i::status.eq(ItemStatus::Cancelled.as_str()),
+                    i::error.eq("cancelled"),
+                    i::finished_at.eq(now),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)?;
+            if n == 1 {
+                tallies
+                    .entry(job_id)
+                    .or_default()
+                    .add(ItemStatus::Cancelled);
+            }
+        } else {
+            released += diesel::update(item)
+                .set((
+                    i::status.eq(ItemStatus::Queued.as_str()),
+                    i::attempts.eq(i::attempts - 1),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as u64;
+        }
     }
-    Ok(n)
+    for (job_id, tally) in tallies {
+        tally.apply(conn, job_id)?;
+        finalize_job(conn, job_id, now)?;
+    }
+    Ok(released)
 }
 
 /// Node registration: records this engine process in `nodes` (insert or refresh).

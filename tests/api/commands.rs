@@ -113,3 +113,36 @@ async fn output_past_the_cap_is_cut_and_flagged() {
     assert_eq!(r["stderr"], "err\n");
     assert_eq!(r["truncated"], true);
 }
+
+#[actix_web::test]
+async fn a_file_named_like_an_option_is_passed_as_a_path() {
+    let app = spawn_app().await;
+    app.write_file("-n", "not an option\n");
+    let r = one_result(
+        &app,
+        json!({"targets": [{"id": "dash", "path": "-n"}], "check_command": "cat"}),
+    )
+    .await;
+    assert_eq!(r["status"], "passed", "{r}");
+    assert_eq!(r["stdout"], "not an option\n");
+    assert_eq!(r["path"], "-n");
+}
+
+#[actix_web::test]
+async fn output_read_before_an_escaped_descendant_holds_the_pipe_is_kept() {
+    let app = spawn_app().await;
+    app.write_file("f", "");
+    let marker = "3605.1717";
+    let r = one_result(
+        &app,
+        json!({"targets": [{"id": "x", "path": "f"}], "check_command": format!("sh -c 'echo hi; setsid sleep {marker} & sleep 0.3'")}),
+    )
+    .await;
+    for pid in processes_with(marker) {
+        // SAFETY: killing the test's own escaped process.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert_eq!(r["status"], "passed", "{r}");
+    assert_eq!(r["stdout"], "hi\n");
+    assert_eq!(r["truncated"], true, "output may be incomplete: {r}");
+}

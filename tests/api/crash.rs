@@ -230,3 +230,42 @@ async fn sigterm_stops_running_items_requeues_them_and_exits_cleanly() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+#[actix_web::test]
+async fn commands_and_their_children_die_with_a_killed_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("f"), "").unwrap();
+    let marker = "3606.2323";
+    let server = start_server(dir.path(), &ws, &[]).await;
+    let targets: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("t{i}"), "path": "f"}))
+        .collect();
+    send(
+        &client(),
+        "POST",
+        &format!("{}/batch/validation", server.address),
+        Some(
+            json!({"targets": targets, "check_command": format!("sh -c 'sleep {marker} & wait'"), "parallel": 3})
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(20),
+        "commands and their children to start",
+        || async { (processes_with(marker).len() >= 6).then_some(()) },
+    )
+    .await;
+    let mut child = server.child;
+    child.start_kill().unwrap(); // SIGKILL: the engine gets no chance to clean up
+    child.wait().await.unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "orphaned commands to be killed",
+        || async { processes_with(marker).is_empty().then_some(()) },
+    )
+    .await;
+}

@@ -20,6 +20,11 @@ impl Processor for Doubler {
         ctx.progress.current(format!("doubling {}", item.key));
         match item.payload["n"].as_i64() {
             Some(13) => panic!("unlucky number"),
+            Some(7) => ItemOutcome {
+                status: batchforge::ItemStatus::Running,
+                result: json!({"id": item.key}),
+                error: None,
+            },
             Some(n) => ItemOutcome::succeeded(
                 json!({"id": item.key, "doubled": n * 2, "factor": ctx.options["factor"]}),
             ),
@@ -36,7 +41,7 @@ async fn a_custom_processor_runs_over_rest_and_a_panic_fails_only_its_item() {
             "/batch/jobs",
             &json!({
                 "type": "double",
-                "items": [{"id": "a", "n": 2}, {"id": "b", "n": 13}, {"id": "c", "n": "x"}, {"id": 4, "n": 5}],
+                "items": [{"id": "a", "n": 2}, {"id": "b", "n": 13}, {"id": "c", "n": "x"}, {"id": 4, "n": 5}, {"id": "e", "n": 7}],
                 "options": {"k": 1},
                 "factor": 2
             }),
@@ -53,7 +58,7 @@ async fn a_custom_processor_runs_over_rest_and_a_panic_fails_only_its_item() {
         .contains("processor panicked: unlucky number"));
     assert_eq!(results[3]["doubled"], 10);
     assert_eq!(job["result"]["summary"]["successful"], 2);
-    assert_eq!(job["result"]["summary"]["failed"], 2);
+    assert_eq!(job["result"]["summary"]["failed"], 3);
     let (_, failed) = app
         .get(&format!("/batch/jobs/{id}/items?status=failed"))
         .await;
@@ -63,8 +68,12 @@ async fn a_custom_processor_runs_over_rest_and_a_panic_fails_only_its_item() {
         .iter()
         .map(|i| i["id"].as_str().unwrap())
         .collect();
-    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(keys, ["b", "c", "e"]);
     assert_eq!(failed["items"][1]["error"], "n is not an integer");
+    assert!(failed["items"][2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("non-final status 'running'"));
 }
 
 #[actix_web::test]
@@ -89,7 +98,7 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
             items: (0..10)
                 .map(|n| NewItem {
                     key: format!("k{n}"),
-                    payload: json!({"n": n}),
+                    payload: json!({"n": n * 2}),
                 })
                 .collect(),
         })
@@ -107,7 +116,7 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
     .await;
     assert_eq!(done.record.succeeded, 10);
     let result: &Value = done.record.result.as_ref().unwrap();
-    assert_eq!(result["results"][9]["doubled"], 18);
+    assert_eq!(result["results"][9]["doubled"], 36);
     assert_eq!(done.record.metadata["who"], "embedder");
     let err = engine
         .submit(NewJob {
@@ -120,5 +129,20 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("batch_validation"), "{err}");
+    let err = engine
+        .submit(NewJob {
+            kind: "double".into(),
+            spec: json!({}),
+            parallel: 1,
+            metadata: json!({}),
+            items: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("items: a job needs at least one item"),
+        "{err}"
+    );
     assert_eq!(engine.stats().await.unwrap().completed, 1);
 }
