@@ -19,6 +19,7 @@
 pub mod actors;
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod engine;
 pub mod model;
 pub mod processor;

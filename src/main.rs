@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the engine and its REST API.
     Serve(ServeArgs),
+    /// Measure the engine: runs `batchforge serve` children and prints a table per scenario.
+    Bench(batchforge::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -44,6 +46,9 @@ struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "BATCHFORGE_HTTP_WORKERS")]
     http_workers: Option<usize>,
+    /// Also register the `noop` kind, whose items succeed at once (benchmarks, smoke tests).
+    #[arg(long)]
+    noop_processor: bool,
 }
 
 fn parse_kind_limit(s: &str) -> Result<(String, usize), String> {
@@ -64,6 +69,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => match batchforge::bench::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -88,8 +100,16 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
         http_workers: args.http_workers,
     };
+    let noop = args.noop_processor;
     let result = actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(config).await?;
+        let app = Application::build_with(config, |b| {
+            if noop {
+                b.processor(batchforge::processors::noop::Noop)
+            } else {
+                b
+            }
+        })
+        .await?;
         let bind_host = app.port();
         println!("batchforge listening on http://127.0.0.1:{bind_host}");
         let _ = std::io::stdout().flush();

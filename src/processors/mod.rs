@@ -3,6 +3,7 @@
 
 pub mod command;
 mod guardian;
+pub mod noop;
 pub mod test_suite;
 pub mod validation;
 

@@ -1,0 +1,571 @@
+//! `batchforge bench`: measures the engine through its real surfaces and prints a table per
+//! scenario, with the parameters, so anyone can rerun it.
+//!
+//! The server under test is always a `batchforge serve --noop-processor` child process, so
+//! its memory is measured alone and the load generator (this process) does not share its
+//! event loop. Queues that must be "already there" are written straight into the database
+//! through the library's store API before the child starts.
+
+use crate::model::{new_job_id, now, NewItem, NewJob};
+use crate::processors::noop;
+use crate::store::{queries, DatabaseUrl, Store, StoreError};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which measurement to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One pre-queued batch of no-op items, until all are committed (with the read path).
+    BurnDown,
+    /// Many single-item jobs submitted over HTTP by concurrent clients.
+    SmallJobs,
+    /// Validation items running `true`, against `xargs -P` on the same commands.
+    Commands,
+    /// Peak RSS and database size with a million queued items, and the restart time with
+    /// some of them left `running` by a kill.
+    Footprint,
+}
+
+/// Parameters of `batchforge bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Scenarios to run (default: all).
+    #[arg(long = "scenario", value_enum)]
+    pub scenarios: Vec<Scenario>,
+    /// Items in the burn-down batch.
+    #[arg(long, default_value_t = 100_000)]
+    pub items: usize,
+    /// Single-item jobs in the small-jobs scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub jobs: usize,
+    /// Concurrent HTTP clients in the small-jobs scenario.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Validation items in the commands scenario.
+    #[arg(long, default_value_t = 5_000)]
+    pub commands: usize,
+    /// Queued items in the footprint scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub footprint_items: usize,
+    /// Of those, items left `running` as if by a kill.
+    #[arg(long, default_value_t = 10_000)]
+    pub abandoned: usize,
+    /// `parallel` of the benchmark jobs (no-op kinds run at most this many at once).
+    #[arg(long, default_value_t = 1000)]
+    pub parallel: u32,
+    /// Per-kind concurrency passed to the server (default: the processor's own).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Keep the working directory (databases, server logs) here instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Anything that stops a benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Setting up or talking to the server failed.
+    #[error("{0}")]
+    Setup(String),
+    /// The store failed while preparing a queue.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file or process operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, BenchError>;
+
+fn setup(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Setup(e.to_string())
+}
+
+/// Runs the chosen scenarios and prints their tables.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let scenarios = if args.scenarios.is_empty() {
+        vec![
+            Scenario::BurnDown,
+            Scenario::SmallJobs,
+            Scenario::Commands,
+            Scenario::Footprint,
+        ]
+    } else {
+        args.scenarios.clone()
+    };
+    let tmp;
+    let root = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile_dir()?;
+            tmp.0.clone()
+        }
+    };
+    println!(
+        "batchforge bench — {} cores, SQLite WAL synchronous=NORMAL, release={}, dir {}",
+        cores(),
+        !cfg!(debug_assertions),
+        root.display()
+    );
+    let system = actix_web::rt::System::new();
+    for scenario in scenarios {
+        let dir = root.join(format!("{scenario:?}").to_lowercase());
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(dir.join("ws"))?;
+        println!();
+        match scenario {
+            Scenario::BurnDown => system.block_on(burn_down(&args, &dir))?,
+            Scenario::SmallJobs => system.block_on(small_jobs(&args, &dir))?,
+            Scenario::Commands => system.block_on(commands(&args, &dir))?,
+            Scenario::Footprint => system.block_on(footprint(&args, &dir))?,
+        }
+    }
+    Ok(())
+}
+
+/// A temporary directory removed on drop (kept small: no extra dependency at run time).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<TempDir> {
+    let p = std::env::temp_dir().join(format!("batchforge-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A `batchforge serve` child.
+struct Server {
+    child: Child,
+    base: String,
+    started: Instant,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[String]) -> Result<Server> {
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let started = Instant::now();
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .args(["--bind", "127.0.0.1:0", "--noop-processor"])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("bench.db").display()))
+            .arg("--workspace")
+            .arg(dir.join("ws"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .map_err(setup)?;
+        let base = line
+            .trim()
+            .strip_prefix("batchforge listening on ")
+            .ok_or_else(|| {
+                setup(format!(
+                    "server did not start (see {}): {line:?}",
+                    dir.join("server.log").display()
+                ))
+            })?
+            .to_string();
+        Ok(Server {
+            child,
+            base,
+            started,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .finish()
+}
+
+async fn call(
+    client: &awc::Client,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    let req = match method {
+        "POST" => client.post(url),
+        _ => client.get(url),
+    };
+    let mut resp = match body {
+        Some(b) => req.send_json(b).await,
+        None => req.send().await,
+    }
+    .map_err(|e| setup(format!("{method} {url}: {e}")))?;
+    let bytes = resp
+        .body()
+        .limit(1 << 30)
+        .await
+        .map_err(|e| setup(format!("{method} {url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(setup(format!(
+            "{method} {url} answered {}: {}",
+            resp.status(),
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
+    serde_json::from_slice(&bytes).map_err(setup)
+}
+
+/// Writes a job of `n` no-op items straight into the store, `abandoned` of them claimed by
+/// a node that no longer exists. Returns the job id.
+fn prefill(dir: &Path, n: usize, parallel: u32, abandoned: usize) -> Result<String> {
+    let store = Store::open(&DatabaseUrl::Sqlite(dir.join("bench.db")))?;
+    let job = NewJob {
+        kind: noop::KIND.into(),
+        spec: json!({"parallel": parallel}),
+        parallel,
+        metadata: json!({}),
+        items: (0..n)
+            .map(|i| NewItem {
+                key: i.to_string(),
+                payload: json!({}),
+            })
+            .collect(),
+    };
+    let id = new_job_id(noop::KIND);
+    let job_id = id.clone();
+    store.write_blocking(move |conn| {
+        queries::insert_job(conn, &job_id, &job, now())?;
+        if abandoned > 0 {
+            queries::claim_items(conn, &job_id, abandoned as u32, "killed-node", now())?;
+        }
+        Ok(())
+    })?;
+    Ok(id)
+}
+
+/// p50 and p99 of a set of durations, in milliseconds.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+        samples[i].as_secs_f64() * 1000.0
+    };
+    (at(0.50), at(0.99))
+}
+
+fn table(title: &str, params: &str, rows: &[(&str, String, &str)]) {
+    println!("## {title}");
+    println!("parameters: {params}");
+    println!("| metric | value | target |");
+    println!("|---|---|---|");
+    for (metric, value, target) in rows {
+        println!("| {metric} | {value} | {target} |");
+    }
+}
+
+fn concurrency_args(args: &BenchArgs) -> Vec<String> {
+    args.concurrency
+        .map(|c| vec!["--concurrency".to_string(), c.to_string()])
+        .unwrap_or_default()
+}
+
+async fn burn_down(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let id = prefill(dir, args.items, args.parallel, 0)?;
+    let server = Server::start(dir, &concurrency_args(args))?;
+    let client = client();
+    let url = format!("{}/batch/jobs/{id}", server.base);
+    let t0 = Instant::now();
+    let mut latencies = Vec::new();
+    let job = loop {
+        let sent = Instant::now();
+        let job = call(&client, "GET", &url, None).await?;
+        if job["status"] == "completed" {
+            break job;
+        }
+        latencies.push(sent.elapsed());
+        if t0.elapsed() > Duration::from_secs(1800) {
+            return Err(setup("burn-down did not finish in 30 minutes"));
+        }
+    };
+    let observed = t0.elapsed().as_secs_f64();
+    let engine =
+        job["completed_at"].as_f64().unwrap_or(0.0) - job["started_at"].as_f64().unwrap_or(0.0);
+    let ok = job["result"]["summary"]["successful"].as_u64().unwrap_or(0);
+    server.stop()?;
+    if ok != args.items as u64 {
+        return Err(setup(format!(
+            "only {ok} of {} items succeeded",
+            args.items
+        )));
+    }
+    let (p50, p99) = percentiles(&mut latencies);
+    table(
+        "Burn-down and read path",
+        &format!(
+            "{} no-op items queued before start, parallel {}, one client polling GET /batch/jobs/{{id}} back to back",
+            args.items, args.parallel
+        ),
+        &[
+            ("first claim → last commit (server timestamps)", format!("{engine:.2} s"), ""),
+            ("items/s (server timestamps)", format!("{:.0}", args.items as f64 / engine), "≥ 50,000"),
+            ("items/s (observed by the client, incl. startup)", format!("{:.0}", args.items as f64 / observed), ""),
+            ("GET /batch/jobs/{id} during the run: requests", latencies.len().to_string(), ""),
+            ("GET p50", format!("{p50:.2} ms"), ""),
+            ("GET p99", format!("{p99:.2} ms"), "< 20 ms"),
+        ],
+    );
+    Ok(())
+}
+
+async fn small_jobs(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let server = Server::start(dir, &concurrency_args(args))?;
+    let base = server.base.clone();
+    let per_client = args.jobs.div_ceil(args.clients.max(1));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let base = base.clone();
+        let n = per_client.min(args.jobs.saturating_sub(c * per_client));
+        tasks.push(actix_web::rt::spawn(async move {
+            let client = client();
+            let body = json!({"type": noop::KIND, "items": [{}]});
+            let mut latencies = Vec::with_capacity(n);
+            for _ in 0..n {
+                let sent = Instant::now();
+                call(&client, "POST", &format!("{base}/batch/jobs"), Some(&body)).await?;
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.jobs);
+    for t in tasks {
+        latencies.extend(t.await.map_err(setup)??);
+    }
+    let submitted = t0.elapsed().as_secs_f64();
+    let client = client();
+    loop {
+        let stats = call(&client, "GET", &format!("{base}/batch/stats"), None).await?;
+        if stats["stats"]["completed"].as_u64() == Some(latencies.len() as u64) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            return Err(setup("small jobs did not finish in 30 minutes"));
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = t0.elapsed().as_secs_f64();
+    server.stop()?;
+    let (p50, p99) = percentiles(&mut latencies);
+    table(
+        "Many small jobs over HTTP",
+        &format!(
+            "{} single-item no-op jobs, POST /batch/jobs from {} concurrent clients, then GET /batch/stats until all completed",
+            latencies.len(),
+            args.clients
+        ),
+        &[
+            ("all submitted", format!("{submitted:.2} s"), ""),
+            ("all completed", format!("{all:.2} s"), ""),
+            ("jobs/s end to end", format!("{:.0}", latencies.len() as f64 / all), "≥ 5,000"),
+            ("submit p50", format!("{p50:.2} ms"), ""),
+            ("submit p99", format!("{p99:.2} ms"), ""),
+        ],
+    );
+    Ok(())
+}
+
+async fn commands(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let p = cores();
+    std::fs::write(dir.join("ws").join("f"), "")?;
+    let server = Server::start(dir, &["--concurrency".to_string(), p.to_string()])?;
+    let client = client();
+    let targets: Vec<Value> = (0..args.commands)
+        .map(|i| json!({"id": i.to_string(), "path": "f"}))
+        .collect();
+    let t0 = Instant::now();
+    let job = call(
+        &client,
+        "POST",
+        &format!("{}/batch/validation", server.base),
+        Some(&json!({"targets": targets, "check_command": "true", "parallel": p})),
+    )
+    .await?;
+    let url = format!(
+        "{}/batch/jobs/{}",
+        server.base,
+        job["job_id"].as_str().unwrap_or_default()
+    );
+    let job = loop {
+        let job = call(&client, "GET", &url, None).await?;
+        if job["status"] == "completed" {
+            break job;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    };
+    let engine = t0.elapsed().as_secs_f64();
+    server.stop()?;
+    let ok = job["result"]["summary"]["successful"].as_u64().unwrap_or(0);
+    if ok != args.commands as u64 {
+        return Err(setup(format!(
+            "only {ok} of {} commands passed",
+            args.commands
+        )));
+    }
+    let t1 = Instant::now();
+    let mut xargs = Command::new("xargs")
+        .args(["-P", &p.to_string(), "-n1", "true"])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = xargs.stdin.take().expect("piped");
+        for _ in 0..args.commands {
+            stdin.write_all(b"f\n")?;
+        }
+    }
+    if !xargs.wait()?.success() {
+        return Err(setup("xargs failed"));
+    }
+    let xargs = t1.elapsed().as_secs_f64();
+    table(
+        "Commands against xargs -P",
+        &format!(
+            "{} validation items `true f`, parallel = concurrency = {p} (cores); `xargs -P {p} -n1 true` on the same arguments",
+            args.commands
+        ),
+        &[
+            ("batchforge submit → completed", format!("{engine:.2} s ({:.0} items/s)", args.commands as f64 / engine), ""),
+            ("xargs -P", format!("{xargs:.2} s ({:.0} items/s)", args.commands as f64 / xargs), ""),
+            ("ratio", format!("{:.2}", engine / xargs), "≤ 1.3"),
+        ],
+    );
+    Ok(())
+}
+
+/// Resident set size and its peak, in MiB, of a process.
+fn rss_mib(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn db_size_mib(dir: &Path) -> f64 {
+    ["bench.db", "bench.db-wal", "bench.db-shm"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len() as f64 / (1024.0 * 1024.0))
+        .sum()
+}
+
+async fn footprint(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let t_fill = Instant::now();
+    let id = prefill(dir, args.footprint_items, args.parallel, args.abandoned)?;
+    let fill = t_fill.elapsed().as_secs_f64();
+    let db_queued = db_size_mib(dir);
+    let server = Server::start(dir, &concurrency_args(args))?;
+    let client = client();
+    let url = format!("{}/batch/jobs/{id}", server.base);
+    let mut first_commit = None;
+    let mut peak_running = 0.0f64;
+    let job = loop {
+        let job = call(&client, "GET", &url, None).await?;
+        if first_commit.is_none() && job["metadata"]["progress"]["processed"].as_u64() >= Some(1) {
+            first_commit = Some(server.started.elapsed().as_secs_f64());
+        }
+        if job["status"] == "completed" {
+            break job;
+        }
+        if let Some((rss, _)) = rss_mib(server.pid()) {
+            peak_running = peak_running.max(rss);
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    };
+    let (_, peak_all) = rss_mib(server.pid()).unwrap_or((0.0, 0.0));
+    let engine =
+        job["completed_at"].as_f64().unwrap_or(0.0) - job["started_at"].as_f64().unwrap_or(0.0);
+    let ok = job["result"]["summary"]["successful"].as_u64().unwrap_or(0);
+    server.stop()?;
+    if ok != args.footprint_items as u64 {
+        return Err(setup(format!(
+            "only {ok} of {} items succeeded",
+            args.footprint_items
+        )));
+    }
+    table(
+        "Footprint and restart",
+        &format!(
+            "{} no-op items written to the store ({:.1} s), {} of them left `running` by a dead node, then `batchforge serve` started on it",
+            args.footprint_items, fill, args.abandoned
+        ),
+        &[
+            ("process start → first item committed", format!("{:.2} s", first_commit.unwrap_or(f64::NAN)), "< 2 s (to first claim)"),
+            ("peak RSS while the items were queued and running", format!("{peak_running:.1} MiB"), "< 100 MB"),
+            ("peak RSS including finalization (VmHWM)", format!("{peak_all:.1} MiB"), ""),
+            ("database with the items queued", format!("{db_queued:.1} MiB"), ""),
+            ("database after completion", format!("{:.1} MiB", db_size_mib(dir)), ""),
+            ("burn-down of the million (server timestamps)", format!("{engine:.1} s ({:.0} items/s)", args.footprint_items as f64 / engine), ""),
+        ],
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let (p50, p99) = percentiles(&mut v);
+        assert_eq!(p50, 50.0);
+        assert_eq!(p99, 99.0);
+        assert_eq!(percentiles(&mut []), (0.0, 0.0));
+    }
+}
