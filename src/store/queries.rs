@@ -68,20 +68,20 @@ pub fn claim_items(
     now: f64,
 ) -> Result<Vec<ClaimedItem>, StoreError> {
     use job_items::dsl as i;
-    let idxs: Vec<i32> = i::job_items
-        .filter(i::job_id.eq(job_id))
-        .filter(i::status.eq(ItemStatus::Queued.as_str()))
-        .order(i::idx.asc())
+    // One statement with a fixed shape (the chunk is a sub-select, not a literal list), so
+    // its prepared form is cached across claims.
+    let q = diesel::alias!(job_items as q);
+    let chunk = q
+        .filter(q.field(i::job_id).eq(job_id))
+        .filter(q.field(i::status).eq(ItemStatus::Queued.as_str()))
+        .order(q.field(i::idx).asc())
         .limit(limit as i64)
-        .select(i::idx)
-        .load(conn)?;
-    if idxs.is_empty() {
-        return Ok(Vec::new());
-    }
+        .select(q.field(i::idx));
     let mut claimed: Vec<(i32, String, String, i32)> = diesel::update(
         i::job_items
             .filter(i::job_id.eq(job_id))
-            .filter(i::idx.eq_any(&idxs)),
+            .filter(i::status.eq(ItemStatus::Queued.as_str()))
+            .filter(i::idx.eq_any(chunk)),
     )
     .set((
         i::status.eq(ItemStatus::Running.as_str()),
@@ -91,6 +91,9 @@ pub fn claim_items(
     ))
     .returning((i::idx, i::key, i::payload, i::attempts))
     .get_results(conn)?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
     claimed.sort_unstable_by_key(|c| c.0);
     diesel::update(
         jobs::table
@@ -417,10 +420,15 @@ pub struct Recovery {
 pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, StoreError> {
     use job_items::dsl as i;
     let running = ItemStatus::Running.as_str();
-    let job_ids: Vec<String> = i::job_items
-        .filter(i::status.eq(running))
-        .select(i::job_id)
-        .distinct()
+    // Only running jobs, and cancelled ones still waiting for their running items (no
+    // result yet), can hold running items; each is then searched through the status index.
+    let job_ids: Vec<String> = jobs::table
+        .filter(
+            jobs::status.eq(JobStatus::Running.as_str()).or(jobs::status
+                .eq(JobStatus::Cancelled.as_str())
+                .and(jobs::result.is_null())),
+        )
+        .select(jobs::id)
         .load(conn)?;
     let mut report = Recovery::default();
     for job_id in job_ids {

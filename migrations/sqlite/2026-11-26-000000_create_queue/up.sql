@@ -52,6 +52,3 @@ CREATE TABLE nodes (
     started_at DOUBLE NOT NULL,
     heartbeat_at DOUBLE NOT NULL
 );
-
--- Only running items, so recovery after a crash finds them without scanning the queue.
-CREATE INDEX job_items_running ON job_items (job_id) WHERE status = 'running';
