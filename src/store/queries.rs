@@ -166,8 +166,7 @@ pub fn record_finished(
     finished: &[FinishedItem],
     now: f64,
 ) -> Result<Vec<String>, StoreError> {
-    use job_items::dsl as i;
-    let mut tallies: HashMap<&str, Tally> = HashMap::new();
+    let mut rows = Vec::with_capacity(finished.len());
     for item in finished {
         if !item.outcome.status.is_terminal() {
             // The Worker turns such outcomes into failures; never store a non-final one.
@@ -179,25 +178,38 @@ pub fn record_finished(
             );
             continue;
         }
-        let updated = diesel::update(
-            i::job_items
-                .filter(i::job_id.eq(&item.job_id))
-                .filter(i::idx.eq(item.index as i32))
-                .filter(i::status.eq(ItemStatus::Running.as_str())),
-        )
-        .set((
-            i::status.eq(item.outcome.status.as_str()),
-            i::result.eq(item.outcome.result.to_string()),
-            i::error.eq(item.outcome.error.as_deref()),
-            i::finished_at.eq(item.finished_at),
-            i::node_id.eq(None::<String>),
-        ))
-        .execute(conn)?;
-        if updated == 1 {
-            tallies
-                .entry(item.job_id.as_str())
-                .or_default()
-                .add(item.outcome.status);
+        rows.push(serde_json::json!([
+            item.job_id,
+            item.index,
+            item.outcome.status.as_str(),
+            item.outcome.result.to_string(),
+            item.outcome.error,
+            item.finished_at,
+        ]));
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement for the whole batch: Diesel prepares every UPDATE afresh, so a
+    // statement per item would spend most of a commit in SQLite's parser. The outcomes
+    // travel as one JSON array and are joined on the primary key.
+    let recorded: Vec<Recorded> = diesel::sql_query(
+        "UPDATE job_items SET status = v.status, result = v.result, error = v.error, \
+                finished_at = v.finished_at, node_id = NULL \
+         FROM (SELECT value ->> '$[0]' AS job_id, value ->> '$[1]' AS idx, \
+                      value ->> '$[2]' AS status, value ->> '$[3]' AS result, \
+                      value ->> '$[4]' AS error, value ->> '$[5]' AS finished_at \
+               FROM json_each(?)) AS v \
+         WHERE job_items.job_id = v.job_id AND job_items.idx = v.idx \
+           AND job_items.status = 'running' \
+         RETURNING job_items.job_id, job_items.status",
+    )
+    .bind::<diesel::sql_types::Text, _>(serde_json::Value::Array(rows).to_string())
+    .load(conn)?;
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    for r in recorded {
+        if let Ok(status) = r.status.parse::<ItemStatus>() {
+            tallies.entry(r.job_id).or_default().add(status);
         }
     }
     let mut done = Vec::new();
@@ -208,6 +220,15 @@ pub fn record_finished(
         }
     }
     Ok(done)
+}
+
+/// A row that [`record_finished`] changed.
+#[derive(diesel::QueryableByName)]
+struct Recorded {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    job_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
 }
 
 /// Finalization: once every item of a job is final, builds the job's result and moves the
