@@ -193,6 +193,29 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// The record of `job` as [`crate::store::queries::insert_job`] stores it.
+    pub fn queued(id: &str, job: &NewJob, created_at: f64) -> JobRecord {
+        JobRecord {
+            id: id.to_string(),
+            kind: job.kind.clone(),
+            status: JobStatus::Queued,
+            spec: job.spec.clone(),
+            parallel: job.parallel.max(1),
+            total: job.items.len() as u64,
+            processed: 0,
+            succeeded: 0,
+            failed: 0,
+            skipped: 0,
+            cancelled: 0,
+            result: None,
+            error: None,
+            metadata: job.metadata.clone(),
+            created_at,
+            started_at: None,
+            completed_at: None,
+        }
+    }
+
     /// The job's item counters.
     pub fn counts(&self) -> Counts {
         Counts {

@@ -18,11 +18,11 @@ use crate::actors::tracker::Tracker;
 use crate::actors::worker::Worker;
 use crate::model::{
     new_job_id, now, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus, JobRecord, JobStatus,
-    QueueStats,
+    NewJob, QueueStats,
 };
 use crate::processor::{Processor, ProgressReporter};
 use crate::store::queries::{self, CancelOutcome};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use actix::prelude::*;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -121,6 +121,17 @@ pub struct Supervisor {
     /// Parent of every job's token: cancelling it stops all running items.
     shutdown_token: CancellationToken,
     drained: Vec<oneshot::Sender<()>>,
+    /// Submissions waiting for the next insert transaction (group commit).
+    pending_submits: Vec<PendingSubmit>,
+    submitting: bool,
+}
+
+type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
+
+struct PendingSubmit {
+    id: String,
+    job: NewJob,
+    reply: SubmitReply,
 }
 
 fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
@@ -152,6 +163,8 @@ impl Supervisor {
             stopping: false,
             shutdown_token: CancellationToken::new(),
             drained: Vec::new(),
+            pending_submits: Vec::new(),
+            submitting: false,
         }
     }
 
@@ -541,7 +554,7 @@ impl Actor for Supervisor {
 impl Handler<SubmitJob> for Supervisor {
     type Result = ResponseActFuture<Self, Result<JobView, EngineError>>;
 
-    fn handle(&mut self, SubmitJob(job): SubmitJob, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, SubmitJob(job): SubmitJob, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
             return Box::pin(fut::ready(Err(EngineError::ShuttingDown)));
         }
@@ -560,25 +573,71 @@ impl Handler<SubmitJob> for Supervisor {
                 message: e.message,
             })));
         }
-        let id = new_job_id(&job.kind);
-        Box::pin(
-            self.store
-                .write(move |conn| {
-                    queries::insert_job(conn, &id, &job, now())?;
-                    queries::get_job(conn, &id)
-                })
-                .into_actor(self)
-                .map(|res, act, ctx| {
-                    let record = res?.ok_or_else(|| {
-                        EngineError::Store(crate::store::StoreError::Task(
-                            "job vanished right after insert".into(),
-                        ))
-                    })?;
-                    act.admit(&record);
-                    act.pump(ctx);
-                    Ok(JobView { record, live: None })
-                }),
-        )
+        let (reply, answer) = oneshot::channel();
+        self.pending_submits.push(PendingSubmit {
+            id: new_job_id(&job.kind),
+            job,
+            reply,
+        });
+        self.insert_pending(ctx);
+        Box::pin(fut::wrap_future(async move {
+            answer.await.unwrap_or(Err(EngineError::ShuttingDown))
+        }))
+    }
+}
+
+impl Supervisor {
+    /// Inserts every waiting submission in one transaction, unless an insert is in flight;
+    /// what arrives meanwhile goes into the next one. Each job gets its own savepoint, so
+    /// one that fails does not take the others with it.
+    fn insert_pending(&mut self, ctx: &mut Context<Self>) {
+        if self.submitting || self.pending_submits.is_empty() {
+            return;
+        }
+        self.submitting = true;
+        let (jobs, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_submits)
+            .into_iter()
+            .map(|p| ((p.id, p.job), p.reply))
+            .unzip();
+        self.store
+            .write(move |conn| {
+                let t = now();
+                let mut out = Vec::with_capacity(jobs.len());
+                for (id, job) in jobs {
+                    let record = JobRecord::queued(&id, &job, t);
+                    let inserted = diesel::Connection::transaction(conn, |conn| {
+                        queries::insert_job(conn, &id, &job, t)
+                    });
+                    out.push(inserted.map(|()| record));
+                }
+                Ok(out)
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.submitting = false;
+                match res {
+                    Ok(records) => {
+                        for (record, reply) in records.into_iter().zip(replies) {
+                            let answer = record.map_err(EngineError::from).map(|record| {
+                                act.admit(&record);
+                                JobView { record, live: None }
+                            });
+                            let _ = reply.send(answer);
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("inserting {} submitted jobs failed: {e}", replies.len());
+                        for reply in replies {
+                            let _ = reply.send(Err(EngineError::Store(StoreError::Task(
+                                e.to_string(),
+                            ))));
+                        }
+                    }
+                }
+                act.pump(ctx);
+                act.insert_pending(ctx);
+            })
+            .spawn(ctx);
     }
 }
 
