@@ -130,8 +130,11 @@ type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
 
 struct PendingSubmit {
     id: String,
-    job: NewJob,
+    /// Shared with the insert closure, so a retry does not need a copy of a huge job.
+    job: Arc<NewJob>,
     reply: SubmitReply,
+    /// Insert on its own: a shared insert it was part of failed.
+    alone: bool,
 }
 
 fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
@@ -576,8 +579,9 @@ impl Handler<SubmitJob> for Supervisor {
         let (reply, answer) = oneshot::channel();
         self.pending_submits.push(PendingSubmit {
             id: new_job_id(&job.kind),
-            job,
+            job: Arc::new(job),
             reply,
+            alone: false,
         });
         self.insert_pending(ctx);
         Box::pin(fut::wrap_future(async move {
@@ -588,49 +592,57 @@ impl Handler<SubmitJob> for Supervisor {
 
 impl Supervisor {
     /// Inserts every waiting submission in one transaction, unless an insert is in flight;
-    /// what arrives meanwhile goes into the next one. Each job gets its own savepoint, so
-    /// one that fails does not take the others with it.
+    /// what arrives meanwhile goes into the next one. If a shared insert fails, its jobs
+    /// are retried one transaction each, so one bad job cannot fail the others.
     fn insert_pending(&mut self, ctx: &mut Context<Self>) {
         if self.submitting || self.pending_submits.is_empty() {
             return;
         }
         self.submitting = true;
-        let (jobs, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_submits)
-            .into_iter()
-            .map(|p| ((p.id, p.job), p.reply))
-            .unzip();
+        let batch: Vec<PendingSubmit> = match self.pending_submits.iter().position(|p| p.alone) {
+            Some(i) => vec![self.pending_submits.remove(i)],
+            None => std::mem::take(&mut self.pending_submits),
+        };
+        let shared = batch.len() > 1;
+        let jobs: Vec<(String, Arc<NewJob>)> = batch
+            .iter()
+            .map(|p| (p.id.clone(), p.job.clone()))
+            .collect();
         self.store
             .write(move |conn| {
                 let t = now();
-                let mut out = Vec::with_capacity(jobs.len());
-                for (id, job) in jobs {
-                    let record = JobRecord::queued(&id, &job, t);
-                    let inserted = diesel::Connection::transaction(conn, |conn| {
-                        queries::insert_job(conn, &id, &job, t)
-                    });
-                    out.push(inserted.map(|()| record));
-                }
-                Ok(out)
+                jobs.iter()
+                    .map(|(id, job)| {
+                        queries::insert_job(conn, id, job, t)?;
+                        Ok(JobRecord::queued(id, job, t))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
             })
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.submitting = false;
                 match res {
                     Ok(records) => {
-                        for (record, reply) in records.into_iter().zip(replies) {
-                            let answer = record.map_err(EngineError::from).map(|record| {
-                                act.admit(&record);
-                                JobView { record, live: None }
-                            });
-                            let _ = reply.send(answer);
+                        for (record, pending) in records.into_iter().zip(batch) {
+                            act.admit(&record);
+                            let _ = pending.reply.send(Ok(JobView { record, live: None }));
                         }
                     }
+                    Err(e) if shared => {
+                        log::warn!(
+                            "a shared insert of {} jobs failed ({e}); inserting them one by one",
+                            batch.len()
+                        );
+                        act.pending_submits.extend(
+                            batch
+                                .into_iter()
+                                .map(|p| PendingSubmit { alone: true, ..p }),
+                        );
+                    }
                     Err(e) => {
-                        log::error!("inserting {} submitted jobs failed: {e}", replies.len());
-                        for reply in replies {
-                            let _ = reply.send(Err(EngineError::Store(StoreError::Task(
-                                e.to_string(),
-                            ))));
+                        log::error!("inserting job {} failed: {e}", batch[0].id);
+                        for p in batch {
+                            let _ = p.reply.send(Err(EngineError::Store(e.to_string().into())));
                         }
                     }
                 }

@@ -57,6 +57,12 @@ pub enum StoreError {
     Task(String),
 }
 
+impl From<String> for StoreError {
+    fn from(message: String) -> Self {
+        StoreError::Task(message)
+    }
+}
+
 /// A parsed database URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -155,15 +161,20 @@ impl Store {
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(30))
             .connection_customizer(Box::new(SqlitePragmas))
-            .build(ConnectionManager::<SqliteConnection>::new(path_str))
+            .build(ConnectionManager::<SqliteConnection>::new(path_str.clone()))
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                pool,
-                writer: Mutex::new(writer),
-                path: path.clone(),
-            }),
-        })
+        // Checkpoints move off the writer: it only appends to the WAL, and a background
+        // thread copies the WAL back into the database file.
+        writer
+            .batch_execute("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(|e| open_err(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            pool,
+            writer: Mutex::new(writer),
+            path: path.clone(),
+        });
+        spawn_checkpointer(Arc::downgrade(&inner), path_str);
+        Ok(Store { inner })
     }
 
     /// The database file.
@@ -209,6 +220,36 @@ impl Store {
         F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError>,
     {
         self.inner.write_blocking(f)
+    }
+}
+
+/// How often the background checkpointer runs.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Runs passive WAL checkpoints on its own connection until the store is dropped. Passive
+/// checkpoints never block the writer or readers; SQLite restarts the WAL from its
+/// beginning after a complete one, which bounds its size.
+fn spawn_checkpointer(store: std::sync::Weak<Inner>, url: String) {
+    let spawned = std::thread::Builder::new()
+        .name("batchforge-checkpoint".into())
+        .spawn(move || {
+            let mut conn = match SqliteConnection::establish(&url) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("checkpointer cannot open {url}: {e}; the WAL will grow");
+                    return;
+                }
+            };
+            let _ = conn.batch_execute("PRAGMA busy_timeout = 10000;");
+            while store.strong_count() > 0 {
+                std::thread::sleep(CHECKPOINT_INTERVAL);
+                if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                    log::warn!("WAL checkpoint failed: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the checkpointer thread: {e}; the WAL will grow");
     }
 }
 
