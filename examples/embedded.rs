@@ -90,7 +90,7 @@ async fn main() -> std::io::Result<()> {
                 .map_err(std::io::Error::other)?
                 .expect("the job exists");
             if view.record.status.is_terminal() {
-                let result = view.record.result.unwrap_or_default();
+                let result = view.record.result_value().unwrap_or_default();
                 println!("{}", serde_json::to_string_pretty(&result)?);
                 let words: u64 = result["results"]
                     .as_array()

@@ -276,6 +276,7 @@ fn prefill(dir: &Path, n: usize, parallel: u32, abandoned: usize) -> Result<Stri
         }
         Ok(())
     })?;
+    store.checkpoint_blocking()?;
     Ok(id)
 }
 

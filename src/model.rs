@@ -178,8 +178,9 @@ pub struct JobRecord {
     pub skipped: u64,
     /// Items cancelled with their job.
     pub cancelled: u64,
-    /// The built result, once the last item finished.
-    pub result: Option<Value>,
+    /// The built result, once the last item finished, as stored: kept as JSON text so a
+    /// result of a million entries is copied, not parsed, on its way to a client.
+    pub result: Option<std::sync::Arc<serde_json::value::RawValue>>,
     /// Why the job failed, for `failed` jobs.
     pub error: Option<String>,
     /// User metadata.
@@ -214,6 +215,13 @@ impl JobRecord {
             started_at: None,
             completed_at: None,
         }
+    }
+
+    /// The result parsed into a value (`{summary, results, elapsed_seconds}`).
+    pub fn result_value(&self) -> Option<Value> {
+        self.result
+            .as_ref()
+            .and_then(|r| serde_json::from_str(r.get()).ok())
     }
 
     /// The job's item counters.

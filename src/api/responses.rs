@@ -19,7 +19,7 @@ pub struct JobResponse {
     /// Percentage of items processed, 0–100.
     pub progress: f64,
     /// `{summary, results, elapsed_seconds}` once finished.
-    pub result: Option<Value>,
+    pub result: Option<std::sync::Arc<serde_json::value::RawValue>>,
     /// Why a failed job failed.
     pub error: Option<String>,
     /// Unix seconds.

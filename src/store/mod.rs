@@ -163,10 +163,16 @@ impl Store {
             .connection_customizer(Box::new(SqlitePragmas))
             .build(ConnectionManager::<SqliteConnection>::new(path_str.clone()))
             .map_err(|e| open_err(e.to_string()))?;
-        // Checkpoints move off the writer: it only appends to the WAL, and a background
-        // thread copies the WAL back into the database file.
+        // Checkpoints mostly move off the writer: a background thread copies the WAL back
+        // into the database file while the writer keeps appending. The writer's own
+        // auto-checkpoint stays as a backstop at a higher mark: by then most frames are
+        // copied, so it is short, and as it runs between commits it can complete, which
+        // lets SQLite restart the WAL (a background checkpoint racing a busy writer never
+        // quite catches up). The size limit truncates the file after such a restart.
         writer
-            .batch_execute("PRAGMA wal_autocheckpoint = 0;")
+            .batch_execute(
+                "PRAGMA wal_autocheckpoint = 8000; PRAGMA journal_size_limit = 67108864;",
+            )
             .map_err(|e| open_err(e.to_string()))?;
         let inner = Arc::new(Inner {
             pool,
@@ -212,6 +218,14 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
         }
+    }
+
+    /// Copies the whole WAL into the database file and truncates it (blocking; waits for
+    /// readers). For tools and benchmarks that want the file size to mean something.
+    pub fn checkpoint_blocking(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.batch_execute("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
     }
 
     /// The blocking form of [`Store::write`], for callers already off the event loop.

@@ -274,33 +274,49 @@ pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, Sto
 
 /// Builds `{summary, results, elapsed_seconds}` by splicing the items' stored JSON in
 /// submission order, without parsing each result again.
+/// `(idx, key, status, result, error)` of one item, as the result is built from it.
+type ResultRow = (i32, String, String, Option<String>, Option<String>);
+
 fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, StoreError> {
     use job_items::dsl as i;
-    let rows: Vec<(String, String, Option<String>, Option<String>)> = i::job_items
-        .filter(i::job_id.eq(job_id))
-        .order(i::idx.asc())
-        .select((i::key, i::status, i::result, i::error))
-        .load(conn)?;
+    // Pages keep memory bounded by the result text itself, not by a row vector of the
+    // whole job (a million rows would otherwise cost hundreds of MB at once).
+    const PAGE: i64 = 5000;
     let mut tally = Tally::default();
-    let mut results = String::with_capacity(rows.len() * 64 + 2);
-    results.push('[');
-    for (n, (key, status, result, error)) in rows.iter().enumerate() {
-        if n > 0 {
-            results.push(',');
-        }
-        if let Ok(s) = status.parse::<ItemStatus>() {
-            tally.add(s);
-        }
-        match result {
-            Some(r) => results.push_str(r),
-            None => results.push_str(
-                &serde_json::json!({"key": key, "status": status, "error": error}).to_string(),
-            ),
+    let mut results = String::from("[");
+    let mut total = 0u64;
+    let mut after = -1i32;
+    loop {
+        let rows: Vec<ResultRow> = i::job_items
+            .filter(i::job_id.eq(job_id))
+            .filter(i::idx.gt(after))
+            .order(i::idx.asc())
+            .limit(PAGE)
+            .select((i::idx, i::key, i::status, i::result, i::error))
+            .load(conn)?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.0;
+        for (_, key, status, result, error) in &rows {
+            if total > 0 {
+                results.push(',');
+            }
+            total += 1;
+            if let Ok(s) = status.parse::<ItemStatus>() {
+                tally.add(s);
+            }
+            match result {
+                Some(r) => results.push_str(r),
+                None => results.push_str(
+                    &serde_json::json!({"key": key, "status": status, "error": error}).to_string(),
+                ),
+            }
         }
     }
     results.push(']');
     let summary = serde_json::json!({
-        "total": rows.len(),
+        "total": total,
         "successful": tally.succeeded,
         "failed": tally.failed,
         "skipped": tally.skipped,

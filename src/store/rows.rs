@@ -50,8 +50,14 @@ impl JobRow {
             spec: parse_json("jobs.spec", &self.spec)?,
             result: self
                 .result
-                .as_deref()
-                .map(|r| parse_json("jobs.result", r))
+                .map(|r| {
+                    serde_json::value::RawValue::from_string(r)
+                        .map_err(|source| StoreError::Json {
+                            column: "jobs.result",
+                            source,
+                        })
+                        .map(std::sync::Arc::from)
+                })
                 .transpose()?,
             metadata: parse_json("jobs.metadata", &self.metadata)?,
             id: self.id,

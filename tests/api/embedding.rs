@@ -115,7 +115,7 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
     })
     .await;
     assert_eq!(done.record.succeeded, 10);
-    let result: &Value = done.record.result.as_ref().unwrap();
+    let result: Value = done.record.result_value().unwrap();
     assert_eq!(result["results"][9]["doubled"], 36);
     assert_eq!(done.record.metadata["who"], "embedder");
     let err = engine
