@@ -31,6 +31,19 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+/// Claimed-but-not-started items a kind keeps at least, so that kinds with small limits
+/// still claim in batches rather than one item per transaction.
+const MIN_BUFFER: u32 = 32;
+/// How long finished outcomes may wait for company before a commit, when few are pending.
+const FLUSH_LINGER: Duration = Duration::from_millis(2);
+/// Pending outcomes that make a commit start at once.
+const FLUSH_BATCH: usize = 64;
+
+/// How many claimed items a kind with this limit keeps ready.
+fn buffer_target(limit: u32) -> u32 {
+    limit.max(MIN_BUFFER)
+}
+
 /// How often the Supervisor looks for claimable work even when nothing woke it.
 const PUMP_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before retrying a failed store write.
@@ -115,6 +128,10 @@ pub struct Supervisor {
     /// Items claimed or stopped during shutdown, to be put back in the queue.
     to_release: Vec<(String, u32)>,
     flushing: bool,
+    /// A lingering flush is scheduled.
+    flush_scheduled: bool,
+    /// The linger is over: the next flush commits whatever is pending.
+    flush_due: bool,
     claiming: bool,
     releasing: bool,
     stopping: bool,
@@ -161,6 +178,8 @@ impl Supervisor {
             finished: Vec::new(),
             to_release: Vec::new(),
             flushing: false,
+            flush_scheduled: false,
+            flush_due: false,
             claiming: false,
             releasing: false,
             stopping: false,
@@ -217,7 +236,14 @@ impl Supervisor {
         let mut plan = Vec::new();
         let Supervisor { kinds, jobs, .. } = self;
         for (kind, slot) in kinds.iter_mut() {
-            let mut room = slot.limit.saturating_sub(slot.buffered);
+            let target = buffer_target(slot.limit);
+            let mut room = target.saturating_sub(slot.buffered);
+            // Refill in batches: claim when half the buffer is gone, or at once when slots
+            // sit idle with nothing ready.
+            let starving = slot.active < slot.limit && slot.buffered == 0;
+            if room * 2 < target && !starving {
+                continue;
+            }
             let mut idle_turns = 0;
             while room > 0 && idle_turns < slot.claimable.len() {
                 let Some(id) = slot.claimable.pop_front() else {
@@ -226,8 +252,7 @@ impl Supervisor {
                 let Some(job) = jobs.get_mut(&id).filter(|j| !j.exhausted && !j.cancelled) else {
                     continue; // dropped from the rotation for good
                 };
-                let cap = job.parallel.min(slot.limit);
-                if (job.ready.len() as u32) + job.claiming < cap {
+                if (job.ready.len() as u32) + job.claiming < target {
                     job.claiming += 1;
                     slot.buffered += 1;
                     room -= 1;
@@ -411,6 +436,20 @@ impl Supervisor {
         if self.flushing || self.finished.is_empty() {
             return;
         }
+        // A few outcomes wait a moment for more, so a slow trickle of items does not cost
+        // a transaction each; a full batch (or a shutdown) commits at once.
+        if self.finished.len() < FLUSH_BATCH && !self.stopping && !self.flush_due {
+            if !self.flush_scheduled {
+                self.flush_scheduled = true;
+                ctx.run_later(FLUSH_LINGER, |act, ctx| {
+                    act.flush_scheduled = false;
+                    act.flush_due = true;
+                    act.flush(ctx);
+                });
+            }
+            return;
+        }
+        self.flush_due = false;
         self.flushing = true;
         let batch = Arc::new(std::mem::take(&mut self.finished));
         let for_store = batch.clone();

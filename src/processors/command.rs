@@ -127,26 +127,32 @@ pub struct CommandOutput {
 
 /// Kills the process group on drop, so no child outlives its item even when the future
 /// running it is dropped; while it lives, the guardian kills the group if the engine dies.
-struct GroupGuard(i32);
+struct GroupGuard {
+    pgid: i32,
+    /// Keeps the group registered with the guardian; dropped after `drop` killed it.
+    _watch: super::guardian::Watch,
+}
 
 impl GroupGuard {
     fn new(pgid: i32) -> Self {
-        super::guardian::watch(pgid);
-        GroupGuard(pgid)
+        GroupGuard {
+            pgid,
+            _watch: super::guardian::watch(pgid),
+        }
     }
 
     fn kill(&self) {
         // SAFETY: killpg only sends a signal; a group that is gone yields ESRCH.
         unsafe {
-            libc::killpg(self.0, libc::SIGKILL);
+            libc::killpg(self.pgid, libc::SIGKILL);
         }
     }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
+        // The group dies before the guardian forgets it (fields drop after this body).
         self.kill();
-        super::guardian::unwatch(self.0);
     }
 }
 

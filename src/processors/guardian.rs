@@ -1,104 +1,118 @@
 //! The guardian: one tiny helper process, forked the first time a command runs, that kills
 //! every running command's process group if the engine process dies, even by SIGKILL.
 //!
-//! The engine tells it `+PGID` when a command starts and `-PGID` when its group is gone,
-//! over a pipe whose write end only the engine holds. When the engine dies the kernel
-//! closes that end; the guardian reads end-of-file, kills the groups it still knows, and
-//! exits. Commands themselves are started with plain `posix_spawn` (no `pre_exec` hook),
-//! which keeps spawning cheap in a large multi-threaded process.
+//! Running groups are kept in a table of shared memory (mapped before the fork, so both
+//! processes see it): the engine writes a group id into a free slot when a command starts
+//! and clears it when the group is gone, with plain atomic stores and no system call.
+//! The guardian sleeps in `read` on a pipe whose write end only the engine holds. When the
+//! engine dies the kernel closes that end, the read returns end-of-file, and the guardian
+//! kills every group still in the table and exits. Commands themselves start with plain
+//! `posix_spawn` (no `pre_exec` hook), which keeps spawning cheap in a large process.
 
-use std::os::fd::RawFd;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-/// Most command groups tracked at once; more are still killed on cancel and timeout, but
-/// not on an engine crash.
-const CAPACITY: usize = 65_536;
+/// Most command groups tracked at once; more still run and are killed on cancel and
+/// timeout, just not on an engine crash (a warning says so).
+const CAPACITY: usize = 16_384;
 
 struct Guardian {
-    fd: RawFd,
+    /// `CAPACITY` slots in memory shared with the guardian process; 0 is free.
+    table: &'static [AtomicI32],
+    /// Free slot numbers (engine side only).
+    free: Mutex<Vec<usize>>,
 }
 
 static GUARDIAN: OnceLock<Option<Guardian>> = OnceLock::new();
 
-fn guardian() -> Option<&'static Guardian> {
-    GUARDIAN.get_or_init(start).as_ref()
+/// A group registered with the guardian; dropping it unregisters the group.
+pub(crate) struct Watch {
+    slot: Option<usize>,
 }
 
-/// Asks the guardian to kill `pgid` if the engine dies.
-pub(crate) fn watch(pgid: i32) {
-    if let Some(g) = guardian() {
-        g.send(b'+', pgid);
+/// Asks the guardian to kill `pgid` if the engine dies, until the returned value drops.
+pub(crate) fn watch(pgid: i32) -> Watch {
+    let Some(g) = GUARDIAN.get_or_init(start).as_ref() else {
+        return Watch { slot: None };
+    };
+    let slot = g.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    match slot {
+        Some(i) => g.table[i].store(pgid, Ordering::SeqCst),
+        None => log::warn!(
+            "more than {CAPACITY} commands at once: group {pgid} is not guarded against an engine crash"
+        ),
     }
+    Watch { slot }
 }
 
-/// Tells the guardian `pgid` is gone.
-pub(crate) fn unwatch(pgid: i32) {
-    if let Some(g) = GUARDIAN.get().and_then(Option::as_ref) {
-        g.send(b'-', pgid);
-    }
-}
-
-impl Guardian {
-    fn send(&self, sign: u8, pgid: i32) {
-        let line = format!("{}{pgid}\n", sign as char);
-        let mut rest = line.as_bytes();
-        while !rest.is_empty() {
-            // SAFETY: writing a live buffer to our own pipe. Lines are shorter than
-            // PIPE_BUF, so concurrent writers never interleave.
-            let n = unsafe { libc::write(self.fd, rest.as_ptr().cast(), rest.len()) };
-            if n < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return; // the guardian is gone; nothing better to do
-            }
-            rest = &rest[n as usize..];
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let (Some(i), Some(Some(g))) = (self.slot, GUARDIAN.get()) {
+            g.table[i].store(0, Ordering::SeqCst);
+            g.free.lock().unwrap_or_else(|p| p.into_inner()).push(i);
         }
     }
 }
 
 fn start() -> Option<Guardian> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 fills the two-element array. O_CLOEXEC keeps the write end out of
-    // every command we later spawn, so only this process holds it.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    let fail = |what: &str| {
         log::error!(
-            "cannot start the command guardian: {}; commands may outlive a crashed engine",
+            "cannot start the command guardian ({what}: {}); commands may outlive a crashed engine",
             std::io::Error::last_os_error()
         );
-        return None;
+        None
+    };
+    let bytes = CAPACITY * std::mem::size_of::<AtomicI32>();
+    // SAFETY: a fresh anonymous shared mapping; checked for MAP_FAILED below.
+    let mem = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if mem == libc::MAP_FAILED {
+        return fail("mmap");
+    }
+    // SAFETY: the mapping is zeroed, aligned for i32, `bytes` long, and never unmapped.
+    let table: &'static [AtomicI32] =
+        unsafe { std::slice::from_raw_parts(mem as *const AtomicI32, CAPACITY) };
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array. O_CLOEXEC keeps the write end out of
+    // every command spawned later, so only this process holds it.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return fail("pipe");
     }
     let (read_end, write_end) = (fds[0], fds[1]);
-    // Everything the child touches is allocated before the fork: after fork() in a
-    // multi-threaded process the child may only make async-signal-safe calls.
-    let mut table = vec![0i32; CAPACITY].into_boxed_slice();
-    let mut buf = [0u8; 4096];
-    // SAFETY: see above; the child runs only `guard`, which makes raw syscalls and never
-    // allocates, locks, panics or returns.
+    // SAFETY: after fork() in a multi-threaded process the child may only make
+    // async-signal-safe calls; `guard` makes raw system calls only and never returns.
     match unsafe { libc::fork() } {
         -1 => {
-            log::error!(
-                "cannot fork the command guardian: {}; commands may outlive a crashed engine",
-                std::io::Error::last_os_error()
-            );
             unsafe {
                 libc::close(read_end);
                 libc::close(write_end);
             }
-            None
+            fail("fork")
         }
-        0 => unsafe { guard(read_end, write_end, &mut table, &mut buf) },
+        0 => unsafe { guard(read_end, write_end, table) },
         pid => {
-            // SAFETY: the read end belongs to the child now.
+            // SAFETY: the read end belongs to the child now. The write end is never
+            // written: it exists so that its closing, at the engine's death, wakes the child.
             unsafe { libc::close(read_end) };
             log::debug!("command guardian started as pid {pid}");
-            Some(Guardian { fd: write_end })
+            Some(Guardian {
+                table,
+                free: Mutex::new((0..CAPACITY).rev().collect()),
+            })
         }
     }
 }
 
 /// The guardian's whole life. Only async-signal-safe calls; never returns.
-unsafe fn guard(read_end: RawFd, write_end: RawFd, table: &mut [i32], buf: &mut [u8]) -> ! {
+unsafe fn guard(read_end: i32, write_end: i32, table: &[AtomicI32]) -> ! {
     libc::close(write_end);
     // Its own session: a terminal's Ctrl-C meant for the engine must not kill it first.
     libc::setsid();
@@ -121,45 +135,16 @@ unsafe fn guard(read_end: RawFd, write_end: RawFd, table: &mut [i32], buf: &mut 
             libc::close(fd);
         }
     }
-    let mut used = 0usize; // entries beyond `used` are all free
-    let (mut sign, mut value, mut digits) = (0u8, 0i64, false);
+    let mut byte = 0u8;
     loop {
-        let n = libc::read(pipe_fd, buf.as_mut_ptr().cast(), buf.len());
+        let n = libc::read(pipe_fd, (&mut byte as *mut u8).cast(), 1);
         if n < 0 && *libc::__errno_location() == libc::EINTR {
             continue;
         }
-        if n <= 0 {
-            break; // the engine is gone
-        }
-        for &b in buf.iter().take(n as usize) {
-            match b {
-                b'+' | b'-' => (sign, value, digits) = (b, 0, false),
-                b'0'..=b'9' => {
-                    value = value.saturating_mul(10).saturating_add((b - b'0') as i64);
-                    digits = true;
-                }
-                b'\n' => {
-                    if digits && value > 1 && value <= i32::MAX as i64 {
-                        let pgid = value as i32;
-                        if sign == b'+' {
-                            if let Some(slot) = table.iter_mut().take(used).find(|s| **s == 0) {
-                                *slot = pgid;
-                            } else if used < table.len() {
-                                table[used] = pgid;
-                                used += 1;
-                            }
-                        } else if let Some(slot) = table.iter_mut().take(used).find(|s| **s == pgid)
-                        {
-                            *slot = 0;
-                        }
-                    }
-                    (sign, value, digits) = (0, 0, false);
-                }
-                _ => {}
-            }
-        }
+        break; // end-of-file (or an error): the engine is gone
     }
-    for &pgid in table.iter().take(used) {
+    for slot in table {
+        let pgid = slot.load(Ordering::SeqCst);
         if pgid > 1 {
             libc::kill(-pgid, libc::SIGKILL);
         }
