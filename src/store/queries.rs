@@ -157,6 +157,31 @@ impl Tally {
     }
 }
 
+/// Adds many jobs' tallies in one statement (Diesel prepares every UPDATE afresh, so one
+/// per job would cost a parse each).
+fn apply_tallies(conn: &mut Conn, tallies: &HashMap<String, Tally>) -> Result<(), StoreError> {
+    if tallies.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = tallies
+        .iter()
+        .map(|(id, t)| {
+            serde_json::json!([id, t.processed, t.succeeded, t.failed, t.skipped, t.cancelled])
+        })
+        .collect();
+    diesel::sql_query(
+        "UPDATE jobs SET processed = processed + v.p, succeeded = succeeded + v.s, \
+                failed = failed + v.f, skipped = skipped + v.k, cancelled = cancelled + v.c \
+         FROM (SELECT value ->> '$[0]' AS id, value ->> '$[1]' AS p, value ->> '$[2]' AS s, \
+                      value ->> '$[3]' AS f, value ->> '$[4]' AS k, value ->> '$[5]' AS c \
+               FROM json_each(?)) AS v \
+         WHERE jobs.id = v.id",
+    )
+    .bind::<diesel::sql_types::Text, _>(serde_json::Value::Array(rows).to_string())
+    .execute(conn)?;
+    Ok(())
+}
+
 /// Completion: moves finished items `running → succeeded | failed | skipped | cancelled`
 /// with their results, adds them to their jobs' counters, and finalizes every job whose
 /// last item this was. Items no longer `running` (already recorded) are left untouched,
@@ -212,9 +237,9 @@ pub fn record_finished(
             tallies.entry(r.job_id).or_default().add(status);
         }
     }
+    apply_tallies(conn, &tallies)?;
     let mut done = Vec::new();
-    for (job_id, tally) in &tallies {
-        tally.apply(conn, job_id)?;
+    for job_id in tallies.keys() {
         if finalize_job(conn, job_id, now)? {
             done.push(job_id.to_string());
         }
@@ -298,6 +323,7 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
             break;
         };
         after = last.0;
+        let short = (rows.len() as i64) < PAGE;
         for (_, key, status, result, error) in &rows {
             if total > 0 {
                 results.push(',');
@@ -312,6 +338,9 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
                     &serde_json::json!({"key": key, "status": status, "error": error}).to_string(),
                 ),
             }
+        }
+        if short {
+            break;
         }
     }
     results.push(']');
