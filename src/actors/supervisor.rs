@@ -22,7 +22,7 @@ use crate::model::{
 };
 use crate::processor::{Processor, ProgressReporter};
 use crate::store::queries::{self, CancelOutcome};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use actix::prelude::*;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -127,12 +127,12 @@ pub struct Supervisor {
     finished: Vec<FinishedItem>,
     /// Items claimed or stopped during shutdown, to be put back in the queue.
     to_release: Vec<(String, u32)>,
-    flushing: bool,
+    /// A write is in flight; see [`Supervisor::cycle`].
+    writing: bool,
     /// A lingering flush is scheduled.
     flush_scheduled: bool,
     /// The linger is over: the next flush commits whatever is pending.
     flush_due: bool,
-    claiming: bool,
     releasing: bool,
     stopping: bool,
     /// Parent of every job's token: cancelling it stops all running items.
@@ -140,10 +140,18 @@ pub struct Supervisor {
     drained: Vec<oneshot::Sender<()>>,
     /// Submissions waiting for the next insert transaction (group commit).
     pending_submits: Vec<PendingSubmit>,
-    submitting: bool,
 }
 
 type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
+
+/// What one write committed.
+struct Written {
+    done: Vec<String>,
+    counts: Vec<(String, Counts)>,
+    inserted: Vec<JobRecord>,
+    claimed: Vec<(Claim, Vec<ClaimedItem>)>,
+    at: f64,
+}
 
 struct PendingSubmit {
     id: String,
@@ -177,16 +185,14 @@ impl Supervisor {
             jobs: HashMap::new(),
             finished: Vec::new(),
             to_release: Vec::new(),
-            flushing: false,
+            writing: false,
             flush_scheduled: false,
             flush_due: false,
-            claiming: false,
             releasing: false,
             stopping: false,
             shutdown_token: CancellationToken::new(),
             drained: Vec::new(),
             pending_submits: Vec::new(),
-            submitting: false,
         }
     }
 
@@ -272,53 +278,152 @@ impl Supervisor {
         plan
     }
 
-    /// Claims work for free buffer room, unless a claim is already in flight.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping || self.claiming {
+    /// The one write path (group commit): in a single transaction it records every
+    /// pending outcome, inserts every pending submission and claims items for every free
+    /// buffer slot, unless a write is already in flight; whatever arrives meanwhile goes
+    /// into the next one. A few outcomes alone wait `FLUSH_LINGER` for company.
+    fn cycle(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
             return;
         }
-        let plan = self.plan_claims();
-        if plan.is_empty() {
+        // A submission that failed inside a shared write is retried alone.
+        if let Some(i) = self.pending_submits.iter().position(|p| p.alone) {
+            let submit = self.pending_submits.remove(i);
+            self.write(ctx, Vec::new(), vec![submit], Vec::new());
             return;
         }
-        self.claiming = true;
-        let node = self.node_id.clone();
+        let plan = if self.stopping {
+            Vec::new()
+        } else {
+            self.plan_claims()
+        };
+        let outcomes_due = self.finished.len() >= FLUSH_BATCH || self.flush_due || self.stopping;
+        if plan.is_empty() && self.pending_submits.is_empty() && !outcomes_due {
+            if !self.finished.is_empty() && !self.flush_scheduled {
+                self.flush_scheduled = true;
+                ctx.run_later(FLUSH_LINGER, |act, ctx| {
+                    act.flush_scheduled = false;
+                    act.flush_due = true;
+                    act.cycle(ctx);
+                });
+            }
+            return;
+        }
+        self.flush_due = false;
+        let outcomes = std::mem::take(&mut self.finished);
+        let submits = std::mem::take(&mut self.pending_submits);
+        self.write(ctx, outcomes, submits, plan);
+    }
+
+    fn write(
+        &mut self,
+        ctx: &mut Context<Self>,
+        outcomes: Vec<FinishedItem>,
+        submits: Vec<PendingSubmit>,
+        plan: Vec<Claim>,
+    ) {
+        self.writing = true;
+        let outcomes = Arc::new(outcomes);
+        let for_store = outcomes.clone();
+        let mut touched: Vec<String> = outcomes.iter().map(|f| f.job_id.clone()).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let new_jobs: Vec<(String, Arc<NewJob>)> = submits
+            .iter()
+            .map(|p| (p.id.clone(), p.job.clone()))
+            .collect();
         let asked = plan.clone();
+        let node = self.node_id.clone();
         self.store
             .write(move |conn| {
                 let t = now();
-                let mut out = Vec::with_capacity(plan.len());
+                let mut done = Vec::new();
+                let mut counts = Vec::new();
+                if !for_store.is_empty() {
+                    done = queries::record_finished(conn, &for_store, t)?;
+                    counts = queries::job_counts(conn, &touched)?;
+                }
+                let mut inserted = Vec::with_capacity(new_jobs.len());
+                for (id, job) in &new_jobs {
+                    queries::insert_job(conn, id, job, t)?;
+                    inserted.push(JobRecord::queued(id, job, t));
+                }
+                let mut claimed = Vec::with_capacity(plan.len());
                 for claim in plan {
                     let items = queries::claim_items(conn, &claim.job_id, claim.n, &node, t)?;
-                    out.push((claim, items));
+                    claimed.push((claim, items));
                 }
-                Ok((out, t))
+                Ok(Written {
+                    done,
+                    counts,
+                    inserted,
+                    claimed,
+                    at: t,
+                })
             })
             .into_actor(self)
             .map(move |res, act, ctx| {
-                act.claiming = false;
+                act.writing = false;
                 match res {
-                    Ok((claims, t)) => {
-                        for (claim, items) in claims {
-                            act.take_claimed(&claim, items, t);
-                        }
-                        act.start_ready();
-                    }
+                    Ok(w) => act.written(w, submits),
                     Err(e) => {
-                        log::error!("claiming items failed: {e}; retrying in {RETRY_DELAY:?}");
+                        let shared = submits.len() > 1 || !outcomes.is_empty() || !asked.is_empty();
+                        log::error!(
+                            "a write of {} outcomes, {} submissions and {} claims failed: {e}",
+                            outcomes.len(),
+                            submits.len(),
+                            asked.len()
+                        );
                         for claim in &asked {
                             act.settle_claim(claim);
                         }
+                        // Outcomes go back in front, to be retried.
+                        let mut retry: Vec<FinishedItem> = outcomes.iter().cloned().collect();
+                        retry.append(&mut act.finished);
+                        act.finished = retry;
+                        for p in submits {
+                            if shared {
+                                act.pending_submits.push(PendingSubmit { alone: true, ..p });
+                            } else {
+                                let _ = p.reply.send(Err(EngineError::Store(e.to_string().into())));
+                            }
+                        }
                         act.check_drained(ctx);
-                        ctx.run_later(RETRY_DELAY, |act, ctx| act.pump(ctx));
+                        ctx.run_later(RETRY_DELAY, |act, ctx| {
+                            act.flush_due = true;
+                            act.cycle(ctx);
+                        });
                         return;
                     }
                 }
-                act.flush(ctx);
+                act.start_ready();
                 act.check_drained(ctx);
-                act.pump(ctx);
+                act.cycle(ctx);
             })
             .spawn(ctx);
+    }
+
+    /// Applies a committed write to the in-memory state and answers the submitters.
+    fn written(&mut self, w: Written, submits: Vec<PendingSubmit>) {
+        for (job_id, c) in w.counts {
+            if let Some(job) = self.jobs.get_mut(job_id.as_str()) {
+                job.counts = c;
+                self.tracker.do_send(ProgressUpdate::Counts {
+                    job_id: job.ctx.id.clone(),
+                    counts: c,
+                });
+            }
+        }
+        for job_id in w.done {
+            self.forget(&job_id);
+        }
+        for (record, pending) in w.inserted.into_iter().zip(submits) {
+            self.admit(&record);
+            let _ = pending.reply.send(Ok(JobView { record, live: None }));
+        }
+        for (claim, items) in w.claimed {
+            self.take_claimed(&claim, items, w.at);
+        }
     }
 
     /// Ends the reservation a claim made. The kind's room is given back even when the job
@@ -430,84 +535,13 @@ impl Supervisor {
         }
     }
 
-    /// Commits buffered outcomes in one transaction, unless a commit is in flight; what
-    /// arrives meanwhile waits for the next one (group commit).
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.finished.is_empty() {
-            return;
-        }
-        // A few outcomes wait a moment for more, so a slow trickle of items does not cost
-        // a transaction each; a full batch (or a shutdown) commits at once.
-        if self.finished.len() < FLUSH_BATCH && !self.stopping && !self.flush_due {
-            if !self.flush_scheduled {
-                self.flush_scheduled = true;
-                ctx.run_later(FLUSH_LINGER, |act, ctx| {
-                    act.flush_scheduled = false;
-                    act.flush_due = true;
-                    act.flush(ctx);
-                });
-            }
-            return;
-        }
-        self.flush_due = false;
-        self.flushing = true;
-        let batch = Arc::new(std::mem::take(&mut self.finished));
-        let for_store = batch.clone();
-        let mut touched: Vec<String> = batch.iter().map(|f| f.job_id.clone()).collect();
-        touched.sort_unstable();
-        touched.dedup();
-        self.store
-            .write(move |conn| {
-                let done = queries::record_finished(conn, &for_store, now())?;
-                let counts = queries::job_counts(conn, &touched)?;
-                Ok((done, counts))
-            })
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                act.flushing = false;
-                match res {
-                    Ok((done, counts)) => {
-                        for (job_id, c) in counts {
-                            if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
-                                job.counts = c;
-                                act.tracker.do_send(ProgressUpdate::Counts {
-                                    job_id: job.ctx.id.clone(),
-                                    counts: c,
-                                });
-                            }
-                        }
-                        for job_id in done {
-                            act.forget(&job_id);
-                        }
-                    }
-                    Err(e) => {
-                        log::error!(
-                            "recording {} finished items failed: {e}; retrying",
-                            batch.len()
-                        );
-                        act.finished.extend(batch.iter().cloned());
-                        ctx.run_later(RETRY_DELAY, |act, ctx| act.flush(ctx));
-                        return;
-                    }
-                }
-                act.flush(ctx);
-                act.check_drained(ctx);
-            })
-            .spawn(ctx);
-    }
-
     /// During shutdown, answers the waiters once nothing is in flight anymore.
     fn check_drained(&mut self, ctx: &mut Context<Self>) {
         if !self.stopping || self.drained.is_empty() {
             return;
         }
         let active: u32 = self.kinds.values().map(|k| k.active).sum();
-        if active > 0
-            || self.claiming
-            || self.flushing
-            || self.releasing
-            || !self.finished.is_empty()
-        {
+        if active > 0 || self.writing || self.releasing || !self.finished.is_empty() {
             return;
         }
         if !self.to_release.is_empty() {
@@ -579,10 +613,10 @@ impl Actor for Supervisor {
                 .spawn(ctx);
         }
         ctx.run_interval(PUMP_INTERVAL, |act, ctx| {
-            act.flush(ctx);
-            act.pump(ctx);
+            act.flush_due = true;
+            act.cycle(ctx);
         });
-        self.pump(ctx);
+        self.cycle(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -622,73 +656,10 @@ impl Handler<SubmitJob> for Supervisor {
             reply,
             alone: false,
         });
-        self.insert_pending(ctx);
+        self.cycle(ctx);
         Box::pin(fut::wrap_future(async move {
             answer.await.unwrap_or(Err(EngineError::ShuttingDown))
         }))
-    }
-}
-
-impl Supervisor {
-    /// Inserts every waiting submission in one transaction, unless an insert is in flight;
-    /// what arrives meanwhile goes into the next one. If a shared insert fails, its jobs
-    /// are retried one transaction each, so one bad job cannot fail the others.
-    fn insert_pending(&mut self, ctx: &mut Context<Self>) {
-        if self.submitting || self.pending_submits.is_empty() {
-            return;
-        }
-        self.submitting = true;
-        let batch: Vec<PendingSubmit> = match self.pending_submits.iter().position(|p| p.alone) {
-            Some(i) => vec![self.pending_submits.remove(i)],
-            None => std::mem::take(&mut self.pending_submits),
-        };
-        let shared = batch.len() > 1;
-        let jobs: Vec<(String, Arc<NewJob>)> = batch
-            .iter()
-            .map(|p| (p.id.clone(), p.job.clone()))
-            .collect();
-        self.store
-            .write(move |conn| {
-                let t = now();
-                jobs.iter()
-                    .map(|(id, job)| {
-                        queries::insert_job(conn, id, job, t)?;
-                        Ok(JobRecord::queued(id, job, t))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                act.submitting = false;
-                match res {
-                    Ok(records) => {
-                        for (record, pending) in records.into_iter().zip(batch) {
-                            act.admit(&record);
-                            let _ = pending.reply.send(Ok(JobView { record, live: None }));
-                        }
-                    }
-                    Err(e) if shared => {
-                        log::warn!(
-                            "a shared insert of {} jobs failed ({e}); inserting them one by one",
-                            batch.len()
-                        );
-                        act.pending_submits.extend(
-                            batch
-                                .into_iter()
-                                .map(|p| PendingSubmit { alone: true, ..p }),
-                        );
-                    }
-                    Err(e) => {
-                        log::error!("inserting job {} failed: {e}", batch[0].id);
-                        for p in batch {
-                            let _ = p.reply.send(Err(EngineError::Store(e.to_string().into())));
-                        }
-                    }
-                }
-                act.pump(ctx);
-                act.insert_pending(ctx);
-            })
-            .spawn(ctx);
     }
 }
 
@@ -712,8 +683,7 @@ impl Handler<ItemFinished> for Supervisor {
             self.finished.push(item);
         }
         self.start_ready();
-        self.flush(ctx);
-        self.pump(ctx);
+        self.cycle(ctx);
         self.check_drained(ctx);
     }
 }
@@ -732,7 +702,7 @@ impl Handler<CancelJob> for Supervisor {
                     let outcome = res?;
                     if let CancelOutcome::Cancelled { .. } = outcome {
                         act.cancel_in_memory(&job_id);
-                        act.flush(ctx);
+                        act.cycle(ctx);
                     }
                     Ok(outcome)
                 }),
@@ -887,7 +857,7 @@ impl Handler<Shutdown> for Supervisor {
             log::info!("shutdown: grace period over, stopping running items");
             token.cancel();
         });
-        self.flush(ctx);
+        self.cycle(ctx);
         self.check_drained(ctx);
         Box::pin(async move {
             let _ = rx.await;
