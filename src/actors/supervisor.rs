@@ -325,9 +325,6 @@ impl Supervisor {
         self.writing = true;
         let outcomes = Arc::new(outcomes);
         let for_store = outcomes.clone();
-        let mut touched: Vec<String> = outcomes.iter().map(|f| f.job_id.clone()).collect();
-        touched.sort_unstable();
-        touched.dedup();
         let new_jobs: Vec<(String, Arc<NewJob>)> = submits
             .iter()
             .map(|p| (p.id.clone(), p.job.clone()))
@@ -340,8 +337,9 @@ impl Supervisor {
                 let mut done = Vec::new();
                 let mut counts = Vec::new();
                 if !for_store.is_empty() {
-                    done = queries::record_finished(conn, &for_store, t)?;
-                    counts = queries::job_counts(conn, &touched)?;
+                    let recorded = queries::record_finished(conn, &for_store, t)?;
+                    done = recorded.done;
+                    counts = recorded.counts;
                 }
                 let mut inserted = Vec::with_capacity(new_jobs.len());
                 for (id, job) in &new_jobs {

@@ -159,9 +159,12 @@ impl Tally {
 
 /// Adds many jobs' tallies in one statement (Diesel prepares every UPDATE afresh, so one
 /// per job would cost a parse each).
-fn apply_tallies(conn: &mut Conn, tallies: &HashMap<String, Tally>) -> Result<(), StoreError> {
+fn apply_tallies(
+    conn: &mut Conn,
+    tallies: &HashMap<String, Tally>,
+) -> Result<Vec<(String, Counts)>, StoreError> {
     if tallies.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let rows: Vec<serde_json::Value> = tallies
         .iter()
@@ -169,17 +172,53 @@ fn apply_tallies(conn: &mut Conn, tallies: &HashMap<String, Tally>) -> Result<()
             serde_json::json!([id, t.processed, t.succeeded, t.failed, t.skipped, t.cancelled])
         })
         .collect();
-    diesel::sql_query(
+    let counts: Vec<CountsRow> = diesel::sql_query(
         "UPDATE jobs SET processed = processed + v.p, succeeded = succeeded + v.s, \
                 failed = failed + v.f, skipped = skipped + v.k, cancelled = cancelled + v.c \
          FROM (SELECT value ->> '$[0]' AS id, value ->> '$[1]' AS p, value ->> '$[2]' AS s, \
                       value ->> '$[3]' AS f, value ->> '$[4]' AS k, value ->> '$[5]' AS c \
                FROM json_each(?)) AS v \
-         WHERE jobs.id = v.id",
+         WHERE jobs.id = v.id \
+         RETURNING jobs.id, jobs.total, jobs.processed, jobs.succeeded, jobs.failed, \
+                   jobs.skipped, jobs.cancelled",
     )
     .bind::<diesel::sql_types::Text, _>(serde_json::Value::Array(rows).to_string())
-    .execute(conn)?;
-    Ok(())
+    .load::<CountsRow>(conn)?;
+    let counts = counts
+        .into_iter()
+    .map(|r| {
+        let n = |v: i32| v.max(0) as u64;
+        let counts = Counts {
+            total: n(r.total),
+            processed: n(r.processed),
+            succeeded: n(r.succeeded),
+            failed: n(r.failed),
+            skipped: n(r.skipped),
+            cancelled: n(r.cancelled),
+        };
+        (r.id, counts)
+    })
+    .collect();
+    Ok(counts)
+}
+
+/// A job's counters as [`apply_tallies`] returns them.
+#[derive(diesel::QueryableByName)]
+struct CountsRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    total: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    processed: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    succeeded: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    failed: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    skipped: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    cancelled: i32,
 }
 
 /// Completion: moves finished items `running → succeeded | failed | skipped | cancelled`
@@ -190,7 +229,7 @@ pub fn record_finished(
     conn: &mut Conn,
     finished: &[FinishedItem],
     now: f64,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Recorded, StoreError> {
     let mut rows = Vec::with_capacity(finished.len());
     for item in finished {
         if !item.outcome.status.is_terminal() {
@@ -213,12 +252,12 @@ pub fn record_finished(
         ]));
     }
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Recorded::default());
     }
     // One statement for the whole batch: Diesel prepares every UPDATE afresh, so a
     // statement per item would spend most of a commit in SQLite's parser. The outcomes
     // travel as one JSON array and are joined on the primary key.
-    let recorded: Vec<Recorded> = diesel::sql_query(
+    let changed: Vec<ChangedItem> = diesel::sql_query(
         "UPDATE job_items SET status = v.status, result = v.result, error = v.error, \
                 finished_at = v.finished_at, node_id = NULL \
          FROM (SELECT value ->> '$[0]' AS job_id, value ->> '$[1]' AS idx, \
@@ -232,24 +271,33 @@ pub fn record_finished(
     .bind::<diesel::sql_types::Text, _>(serde_json::Value::Array(rows).to_string())
     .load(conn)?;
     let mut tallies: HashMap<String, Tally> = HashMap::new();
-    for r in recorded {
+    for r in changed {
         if let Ok(status) = r.status.parse::<ItemStatus>() {
             tallies.entry(r.job_id).or_default().add(status);
         }
     }
-    apply_tallies(conn, &tallies)?;
+    let counts = apply_tallies(conn, &tallies)?;
     let mut done = Vec::new();
-    for job_id in tallies.keys() {
-        if finalize_job(conn, job_id, now)? {
-            done.push(job_id.to_string());
+    for (job_id, c) in &counts {
+        if c.processed + c.cancelled >= c.total && finalize_job(conn, job_id, now)? {
+            done.push(job_id.clone());
         }
     }
-    Ok(done)
+    Ok(Recorded { done, counts })
 }
 
-/// A row that [`record_finished`] changed.
+/// What [`record_finished`] changed.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Jobs whose last item this was, now finalized.
+    pub done: Vec<String>,
+    /// The new counters of every job that gained outcomes.
+    pub counts: Vec<(String, Counts)>,
+}
+
+/// An item that [`record_finished`] changed.
 #[derive(diesel::QueryableByName)]
-struct Recorded {
+struct ChangedItem {
     #[diesel(sql_type = diesel::sql_types::Text)]
     job_id: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -621,42 +669,6 @@ pub fn register_node(
         ))
         .execute(conn)?;
     Ok(())
-}
-
-/// Read: the counters of some jobs.
-pub fn job_counts(
-    conn: &mut Conn,
-    job_ids: &[String],
-) -> Result<Vec<(String, Counts)>, StoreError> {
-    let rows: Vec<(String, i32, i32, i32, i32, i32, i32)> = jobs::table
-        .filter(jobs::id.eq_any(job_ids))
-        .select((
-            jobs::id,
-            jobs::total,
-            jobs::processed,
-            jobs::succeeded,
-            jobs::failed,
-            jobs::skipped,
-            jobs::cancelled,
-        ))
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(id, total, processed, succeeded, failed, skipped, cancelled)| {
-                let n = |v: i32| v.max(0) as u64;
-                let counts = Counts {
-                    total: n(total),
-                    processed: n(processed),
-                    succeeded: n(succeeded),
-                    failed: n(failed),
-                    skipped: n(skipped),
-                    cancelled: n(cancelled),
-                };
-                (id, counts)
-            },
-        )
-        .collect())
 }
 
 /// Read: one job.
