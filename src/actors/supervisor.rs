@@ -84,6 +84,9 @@ struct Claim {
     job_id: Arc<str>,
     kind: String,
     n: u32,
+    /// Nothing of the job was claimed by this engine yet: the store may have to mark it
+    /// running.
+    first: bool,
 }
 
 struct ActiveJob {
@@ -238,7 +241,7 @@ impl Supervisor {
     /// Decides how many items to claim from which jobs, reserving buffer room: per kind at
     /// most `limit` items buffered, per job at most `min(parallel, limit)`.
     fn plan_claims(&mut self) -> Vec<Claim> {
-        let mut grants: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut grants: HashMap<Arc<str>, (u32, bool)> = HashMap::new();
         let mut plan = Vec::new();
         let Supervisor { kinds, jobs, .. } = self;
         for (kind, slot) in kinds.iter_mut() {
@@ -263,16 +266,17 @@ impl Supervisor {
                     slot.buffered += 1;
                     room -= 1;
                     idle_turns = 0;
-                    *grants.entry(id.clone()).or_default() += 1;
+                    grants.entry(id.clone()).or_insert((0, !job.announced)).0 += 1;
                 } else {
                     idle_turns += 1;
                 }
                 slot.claimable.push_back(id);
             }
-            plan.extend(grants.drain().map(|(job_id, n)| Claim {
+            plan.extend(grants.drain().map(|(job_id, (n, first))| Claim {
                 job_id,
                 kind: kind.clone(),
                 n,
+                first,
             }));
         }
         plan
@@ -348,7 +352,8 @@ impl Supervisor {
                 }
                 let mut claimed = Vec::with_capacity(plan.len());
                 for claim in plan {
-                    let items = queries::claim_items(conn, &claim.job_id, claim.n, &node, t)?;
+                    let items =
+                        queries::claim_items(conn, &claim.job_id, claim.n, &node, t, claim.first)?;
                     claimed.push((claim, items));
                 }
                 Ok(Written {

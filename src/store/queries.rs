@@ -59,13 +59,15 @@ pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(
 }
 
 /// Claim: moves up to `limit` of a job's items `queued → running` in submission order,
-/// counting an attempt; the job moves `queued → running` on its first claim.
+/// counting an attempt; the job moves `queued → running` on its first claim (callers that
+/// know the job already runs pass `first_claim: false` to skip that statement).
 pub fn claim_items(
     conn: &mut Conn,
     job_id: &str,
     limit: u32,
     node_id: &str,
     now: f64,
+    first_claim: bool,
 ) -> Result<Vec<ClaimedItem>, StoreError> {
     use job_items::dsl as i;
     // One statement with a fixed shape (the chunk is a sub-select, not a literal list), so
@@ -95,16 +97,18 @@ pub fn claim_items(
         return Ok(Vec::new());
     }
     claimed.sort_unstable_by_key(|c| c.0);
-    diesel::update(
-        jobs::table
-            .filter(jobs::id.eq(job_id))
-            .filter(jobs::status.eq(JobStatus::Queued.as_str())),
-    )
-    .set((
-        jobs::status.eq(JobStatus::Running.as_str()),
-        jobs::started_at.eq(now),
-    ))
-    .execute(conn)?;
+    if first_claim {
+        diesel::update(
+            jobs::table
+                .filter(jobs::id.eq(job_id))
+                .filter(jobs::status.eq(JobStatus::Queued.as_str())),
+        )
+        .set((
+            jobs::status.eq(JobStatus::Running.as_str()),
+            jobs::started_at.eq(now),
+        ))
+        .execute(conn)?;
+    }
     claimed
         .into_iter()
         .map(|(idx, key, payload, attempts)| {
@@ -169,7 +173,14 @@ fn apply_tallies(
     let rows: Vec<serde_json::Value> = tallies
         .iter()
         .map(|(id, t)| {
-            serde_json::json!([id, t.processed, t.succeeded, t.failed, t.skipped, t.cancelled])
+            serde_json::json!([
+                id,
+                t.processed,
+                t.succeeded,
+                t.failed,
+                t.skipped,
+                t.cancelled
+            ])
         })
         .collect();
     let counts: Vec<CountsRow> = diesel::sql_query(
@@ -186,19 +197,19 @@ fn apply_tallies(
     .load::<CountsRow>(conn)?;
     let counts = counts
         .into_iter()
-    .map(|r| {
-        let n = |v: i32| v.max(0) as u64;
-        let counts = Counts {
-            total: n(r.total),
-            processed: n(r.processed),
-            succeeded: n(r.succeeded),
-            failed: n(r.failed),
-            skipped: n(r.skipped),
-            cancelled: n(r.cancelled),
-        };
-        (r.id, counts)
-    })
-    .collect();
+        .map(|r| {
+            let n = |v: i32| v.max(0) as u64;
+            let counts = Counts {
+                total: n(r.total),
+                processed: n(r.processed),
+                succeeded: n(r.succeeded),
+                failed: n(r.failed),
+                skipped: n(r.skipped),
+                cancelled: n(r.cancelled),
+            };
+            (r.id, counts)
+        })
+        .collect();
     Ok(counts)
 }
 
