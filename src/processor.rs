@@ -15,9 +15,10 @@ pub use crate::model::ItemStatus;
 
 /// Processes items of one kind.
 ///
-/// `process` runs on the kind's worker thread as a local future, so the future need not be
-/// `Send`; the processor itself is shared across threads. Blocking or CPU-heavy work
-/// belongs on `tokio::task::spawn_blocking`, not inline.
+/// `process` runs as a local future on the engine's main thread (or on a thread of the
+/// kind's own, see [`Processor::own_thread`]), so the future need not be `Send`; the
+/// processor itself is shared across threads. Blocking or CPU-heavy work belongs on
+/// `tokio::task::spawn_blocking`, not inline: it would stall every other item.
 #[async_trait::async_trait(?Send)]
 pub trait Processor: Send + Sync + 'static {
     /// The kind this processor handles, e.g. `batch_validation`.
@@ -26,6 +27,14 @@ pub trait Processor: Send + Sync + 'static {
     /// How many items of this kind may run at once across all jobs, unless configured.
     fn default_concurrency(&self) -> usize {
         16
+    }
+
+    /// Whether this kind's items run on a thread of their own. By default they run as
+    /// futures on the engine's main thread, which is cheapest for items that mostly await
+    /// (processes, HTTP, MCP); a processor that computes between awaits should say `true`
+    /// (and still move long blocking work to `spawn_blocking`).
+    fn own_thread(&self) -> bool {
+        false
     }
 
     /// Checks a job's options at submission, before anything is stored. The error names

@@ -4,7 +4,7 @@
 //! HTTP handler ──msg──▶ Supervisor ──(blocking pool)──▶ Store
 //!                         │ claims chunks of items, dispatches
 //!                         ▼
-//!                  Worker (one per kind, own thread) ──ProgressUpdate──▶ Tracker
+//!                  Worker (one per kind) ──ProgressUpdate──▶ Tracker
 //!                         │ ItemFinished back to the Supervisor, group-committed
 //! ```
 //!

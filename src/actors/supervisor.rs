@@ -579,11 +579,20 @@ impl Actor for Supervisor {
         for (processor, limit) in std::mem::take(&mut self.pending_processors) {
             let kind = processor.kind().to_string();
             let supervisor = ctx.address();
-            let arbiter = Arbiter::new().handle();
-            let for_worker = processor.clone();
-            let worker =
-                Worker::start_in_arbiter(&arbiter, move |_| Worker::new(for_worker, supervisor));
-            self.arbiters.push(arbiter);
+            // Most items spend their time awaiting (a process, a socket), and a Worker on
+            // the Supervisor's own thread saves two thread hand-offs per item; a processor
+            // that computes between awaits asks for a thread of its own.
+            let worker = if processor.own_thread() {
+                let arbiter = Arbiter::new().handle();
+                let for_worker = processor.clone();
+                let worker = Worker::start_in_arbiter(&arbiter, move |_| {
+                    Worker::new(for_worker, supervisor)
+                });
+                self.arbiters.push(arbiter);
+                worker
+            } else {
+                Worker::new(processor.clone(), supervisor).start()
+            };
             self.kinds.insert(
                 kind,
                 KindSlot {

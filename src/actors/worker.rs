@@ -1,4 +1,4 @@
-//! The Worker: runs the items of one processor kind as futures on its own thread.
+//! The Worker: runs the items of one processor kind as local futures.
 //!
 //! The Supervisor only hands a Worker as many items as the job's `parallel` and the kind's
 //! limit allow, so the Worker needs no semaphore of its own: it starts what it is given and
