@@ -102,6 +102,8 @@ struct ActiveJob {
     in_startable: bool,
     /// A claim came back short: no queued items are left.
     exhausted: bool,
+    /// Queued items not claimed yet, when known.
+    unclaimed: Option<u64>,
     cancelled: bool,
     /// Whether the Tracker has been told the job runs.
     announced: bool,
@@ -199,8 +201,9 @@ impl Supervisor {
         }
     }
 
-    /// Starts following an open job.
-    fn admit(&mut self, job: &JobRecord) {
+    /// Starts following an open job. `queued` is how many of its items are queued, when
+    /// known (a job just inserted); it spares an empty claim at the end of every job.
+    fn admit(&mut self, job: &JobRecord, queued: Option<u64>) {
         let id: Arc<str> = Arc::from(job.id.as_str());
         let ctx = Arc::new(JobContext {
             id: id.clone(),
@@ -221,7 +224,8 @@ impl Supervisor {
                 claiming: 0,
                 ready: VecDeque::new(),
                 in_startable: false,
-                exhausted: false,
+                exhausted: queued == Some(0),
+                unclaimed: queued,
                 cancelled: false,
                 announced: false,
                 counts: job.counts(),
@@ -261,7 +265,10 @@ impl Supervisor {
                 let Some(job) = jobs.get_mut(&id).filter(|j| !j.exhausted && !j.cancelled) else {
                     continue; // dropped from the rotation for good
                 };
-                if (job.ready.len() as u32) + job.claiming < target {
+                let claimable_left = job
+                    .unclaimed
+                    .is_none_or(|left| left > u64::from(job.claiming));
+                if (job.ready.len() as u32) + job.claiming < target && claimable_left {
                     job.claiming += 1;
                     slot.buffered += 1;
                     room -= 1;
@@ -421,7 +428,8 @@ impl Supervisor {
             self.forget(&job_id);
         }
         for (record, pending) in w.inserted.into_iter().zip(submits) {
-            self.admit(&record);
+            let queued = record.total;
+            self.admit(&record, Some(queued));
             let _ = pending.reply.send(Ok(JobView { record, live: None }));
         }
         for (claim, items) in w.claimed {
@@ -454,7 +462,10 @@ impl Supervisor {
             }
             return;
         };
-        if got < claim.n {
+        if let Some(left) = job.unclaimed.as_mut() {
+            *left = left.saturating_sub(u64::from(got));
+        }
+        if got < claim.n || job.unclaimed == Some(0) {
             job.exhausted = true;
         }
         // Cancellation wins over shutdown: a cancelled job's items never go back to the queue.
@@ -608,7 +619,7 @@ impl Actor for Supervisor {
         }
         for job in std::mem::take(&mut self.pending_jobs) {
             if self.kinds.contains_key(&job.kind) {
-                self.admit(&job);
+                self.admit(&job, None);
                 continue;
             }
             let error = format!("no processor registered for kind '{}'", job.kind);
