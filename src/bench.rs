@@ -512,6 +512,7 @@ async fn footprint(args: &BenchArgs, dir: &Path) -> Result<()> {
     let id = prefill(dir, args.footprint_items, args.parallel, args.abandoned)?;
     let fill = t_fill.elapsed().as_secs_f64();
     let db_queued = db_size_mib(dir);
+    let spawned_at = now();
     let server = Server::start(dir, &concurrency_args(args))?;
     let client = client();
     let url = format!("{}/batch/jobs/{id}", server.base);
@@ -531,8 +532,9 @@ async fn footprint(args: &BenchArgs, dir: &Path) -> Result<()> {
         actix_web::rt::time::sleep(Duration::from_millis(5)).await;
     };
     let (_, peak_all) = rss_mib(server.pid()).unwrap_or((0.0, 0.0));
-    let engine =
-        job["completed_at"].as_f64().unwrap_or(0.0) - job["started_at"].as_f64().unwrap_or(0.0);
+    // The job's own `started_at` dates from the prefill's abandoned claims, so the run is
+    // timed from the server's spawn instead (it includes start-up and recovery).
+    let engine = job["completed_at"].as_f64().unwrap_or(0.0) - spawned_at;
     let ok = job["result"]["summary"]["successful"].as_u64().unwrap_or(0);
     server.stop()?;
     if ok != args.footprint_items as u64 {
@@ -553,7 +555,7 @@ async fn footprint(args: &BenchArgs, dir: &Path) -> Result<()> {
             ("peak RSS including finalization (VmHWM)", format!("{peak_all:.1} MiB"), ""),
             ("database with the items queued", format!("{db_queued:.1} MiB"), ""),
             ("database after completion", format!("{:.1} MiB", db_size_mib(dir)), ""),
-            ("burn-down of the million (server timestamps)", format!("{engine:.1} s ({:.0} items/s)", args.footprint_items as f64 / engine), ""),
+            ("server spawn → last commit of the million", format!("{engine:.1} s ({:.0} items/s)", args.footprint_items as f64 / engine), ""),
         ],
     );
     Ok(())

@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 /// Claimed-but-not-started items a kind keeps at least, so that kinds with small limits
 /// still claim in batches rather than one item per transaction.
 const MIN_BUFFER: u32 = 32;
+/// How many jobs of a kind's rotation are looked at for one that waits with idle slots.
+const HUNGRY_SCAN: usize = 64;
 /// How long finished outcomes may wait for company before a commit, when few are pending.
 const FLUSH_LINGER: Duration = Duration::from_millis(2);
 /// Pending outcomes that make a commit start at once.
@@ -243,7 +245,7 @@ impl Supervisor {
     }
 
     /// Decides how many items to claim from which jobs, reserving buffer room: per kind at
-    /// most `limit` items buffered, per job at most `min(parallel, limit)`.
+    /// most `max(limit, 32)` items buffered (one more for a job that waits with nothing).
     fn plan_claims(&mut self) -> Vec<Claim> {
         let mut grants: HashMap<Arc<str>, (u32, bool)> = HashMap::new();
         let mut plan = Vec::new();
@@ -253,9 +255,26 @@ impl Supervisor {
             let mut room = target.saturating_sub(slot.buffered);
             // Refill in batches: claim when half the buffer is gone, or at once when slots
             // sit idle with nothing ready.
-            let starving = slot.active < slot.limit && slot.buffered == 0;
+            // A job that could run another item but has nothing ready or coming is served
+            // at once, whatever the buffer holds for other jobs: a small job behind a big
+            // one gets items ready, and `start_ready`'s rotation gives it the next free
+            // slot. (Bounded look: the rotation brings every job to the front in turn.)
+            let idle_slots = slot.active < slot.limit;
+            let hungry = slot.claimable.iter().take(HUNGRY_SCAN).any(|id| {
+                jobs.get(id).is_some_and(|j| {
+                    !j.exhausted
+                        && !j.cancelled
+                        && j.ready.is_empty()
+                        && j.claiming == 0
+                        && j.active < j.parallel
+                })
+            });
+            let starving = (idle_slots && slot.buffered == 0) || hungry;
             if room * 2 < target && !starving {
                 continue;
+            }
+            if room == 0 && hungry {
+                room = 1;
             }
             let mut idle_turns = 0;
             while room > 0 && idle_turns < slot.claimable.len() {
@@ -308,7 +327,8 @@ impl Supervisor {
         } else {
             self.plan_claims()
         };
-        let outcomes_due = self.finished.len() >= FLUSH_BATCH || self.flush_due || self.stopping;
+        let outcomes_due = !self.finished.is_empty()
+            && (self.finished.len() >= FLUSH_BATCH || self.flush_due || self.stopping);
         if plan.is_empty() && self.pending_submits.is_empty() && !outcomes_due {
             if !self.finished.is_empty() && !self.flush_scheduled {
                 self.flush_scheduled = true;
@@ -386,6 +406,14 @@ impl Supervisor {
                         );
                         for claim in &asked {
                             act.settle_claim(claim);
+                            // A job cancelled while this claim was in flight waited for it.
+                            if act
+                                .jobs
+                                .get(&claim.job_id)
+                                .is_some_and(|j| j.cancelled && j.idle())
+                            {
+                                act.forget(&claim.job_id);
+                            }
                         }
                         // Outcomes go back in front, to be retried.
                         let mut retry: Vec<FinishedItem> = outcomes.iter().cloned().collect();

@@ -37,6 +37,8 @@ impl CommandProcessor {
     }
 
     pub(super) fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
+        // Command kinds are built while the engine starts, before it has grown.
+        super::guardian::start_early();
         root.canonicalize()
     }
 

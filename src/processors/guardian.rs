@@ -30,6 +30,13 @@ pub(crate) struct Watch {
     slot: Option<usize>,
 }
 
+/// Starts the guardian now, if it is not running yet. The engine calls this before it
+/// grows: the guardian is a `fork` of the engine and keeps a copy of every page the engine
+/// rewrites afterwards, so the smaller the engine at that moment, the smaller the guardian.
+pub(crate) fn start_early() {
+    GUARDIAN.get_or_init(start);
+}
+
 /// Asks the guardian to kill `pgid` if the engine dies, until the returned value drops.
 pub(crate) fn watch(pgid: i32) -> Watch {
     let Some(g) = GUARDIAN.get_or_init(start).as_ref() else {

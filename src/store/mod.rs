@@ -170,9 +170,7 @@ impl Store {
         // lets SQLite restart the WAL (a background checkpoint racing a busy writer never
         // quite catches up). The size limit truncates the file after such a restart.
         writer
-            .batch_execute(
-                "PRAGMA wal_autocheckpoint = 8000; PRAGMA journal_size_limit = 67108864;",
-            )
+            .batch_execute(WRITER_PRAGMAS)
             .map_err(|e| open_err(e.to_string()))?;
         let inner = Arc::new(Inner {
             pool,
@@ -237,6 +235,10 @@ impl Store {
     }
 }
 
+/// The writer's checkpoint backstop and WAL size limit; see `Store::open`.
+const WRITER_PRAGMAS: &str =
+    "PRAGMA wal_autocheckpoint = 8000; PRAGMA journal_size_limit = 67108864;";
+
 /// How often the background checkpointer runs.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -300,6 +302,7 @@ impl Inner {
             reason: e.to_string(),
         })?;
         conn.batch_execute(PRAGMAS)?;
+        conn.batch_execute(WRITER_PRAGMAS)?;
         Ok(conn)
     }
 }

@@ -241,7 +241,10 @@ pub fn record_finished(
     finished: &[FinishedItem],
     now: f64,
 ) -> Result<Recorded, StoreError> {
-    let mut rows = Vec::with_capacity(finished.len());
+    // Outcomes travel in chunks of bounded size: SQLite refuses any value over 1 GB, and
+    // a few outcomes with large outputs must not make a whole commit fail for good.
+    let mut chunks: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
+    let mut chunk_bytes = 0usize;
     for item in finished {
         if !item.outcome.status.is_terminal() {
             // The Worker turns such outcomes into failures; never store a non-final one.
@@ -253,18 +256,52 @@ pub fn record_finished(
             );
             continue;
         }
-        rows.push(serde_json::json!([
-            item.job_id,
-            item.index,
-            item.outcome.status.as_str(),
-            item.outcome.result.to_string(),
-            item.outcome.error,
-            item.finished_at,
-        ]));
+        let result = item.outcome.result.to_string();
+        let size = result.len() + item.outcome.error.as_ref().map_or(0, String::len) + 64;
+        if chunk_bytes + size > OUTCOME_CHUNK_BYTES && chunk_bytes > 0 {
+            chunks.push(Vec::new());
+            chunk_bytes = 0;
+        }
+        chunk_bytes += size;
+        chunks
+            .last_mut()
+            .expect("never empty")
+            .push(serde_json::json!([
+                item.job_id,
+                item.index,
+                item.outcome.status.as_str(),
+                result,
+                item.outcome.error,
+                item.finished_at,
+            ]));
     }
-    if rows.is_empty() {
-        return Ok(Recorded::default());
+    let mut changed: Vec<ChangedItem> = Vec::new();
+    for rows in chunks.into_iter().filter(|c| !c.is_empty()) {
+        changed.extend(record_chunk(conn, rows)?);
     }
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    for r in changed {
+        if let Ok(status) = r.status.parse::<ItemStatus>() {
+            tallies.entry(r.job_id).or_default().add(status);
+        }
+    }
+    let counts = apply_tallies(conn, &tallies)?;
+    let mut done = Vec::new();
+    for (job_id, c) in &counts {
+        if c.processed + c.cancelled >= c.total && finalize_job(conn, job_id, now)? {
+            done.push(job_id.clone());
+        }
+    }
+    Ok(Recorded { done, counts })
+}
+
+/// Largest JSON text of outcomes sent in one statement.
+const OUTCOME_CHUNK_BYTES: usize = 32 * 1024 * 1024;
+
+fn record_chunk(
+    conn: &mut Conn,
+    rows: Vec<serde_json::Value>,
+) -> Result<Vec<ChangedItem>, StoreError> {
     // One statement for the whole batch: Diesel prepares every UPDATE afresh, so a
     // statement per item would spend most of a commit in SQLite's parser. The outcomes
     // travel as one JSON array and are joined on the primary key.
@@ -281,20 +318,7 @@ pub fn record_finished(
     )
     .bind::<diesel::sql_types::Text, _>(serde_json::Value::Array(rows).to_string())
     .load(conn)?;
-    let mut tallies: HashMap<String, Tally> = HashMap::new();
-    for r in changed {
-        if let Ok(status) = r.status.parse::<ItemStatus>() {
-            tallies.entry(r.job_id).or_default().add(status);
-        }
-    }
-    let counts = apply_tallies(conn, &tallies)?;
-    let mut done = Vec::new();
-    for (job_id, c) in &counts {
-        if c.processed + c.cancelled >= c.total && finalize_job(conn, job_id, now)? {
-            done.push(job_id.clone());
-        }
-    }
-    Ok(Recorded { done, counts })
+    Ok(changed)
 }
 
 /// What [`record_finished`] changed.
@@ -358,6 +382,11 @@ pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, Sto
 
 /// Builds `{summary, results, elapsed_seconds}` by splicing the items' stored JSON in
 /// submission order, without parsing each result again.
+/// Largest `results` array stored in a job's result; entries past it are left out (and
+/// counted in `results_omitted`): SQLite refuses values over 1 GB, and a client reading a
+/// job should not have to take one either.
+const MAX_RESULT_BYTES: usize = 256 * 1024 * 1024;
+
 /// `(idx, key, status, result, error)` of one item, as the result is built from it.
 type ResultRow = (i32, String, String, Option<String>, Option<String>);
 
@@ -369,6 +398,8 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
     let mut tally = Tally::default();
     let mut results = String::from("[");
     let mut total = 0u64;
+    let mut kept = 0u64;
+    let mut capped = false;
     let mut after = -1i32;
     loop {
         let rows: Vec<ResultRow> = i::job_items
@@ -384,19 +415,27 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
         after = last.0;
         let short = (rows.len() as i64) < PAGE;
         for (_, key, status, result, error) in &rows {
-            if total > 0 {
-                results.push(',');
-            }
             total += 1;
             if let Ok(s) = status.parse::<ItemStatus>() {
                 tally.add(s);
             }
-            match result {
-                Some(r) => results.push_str(r),
-                None => results.push_str(
-                    &serde_json::json!({"key": key, "status": status, "error": error}).to_string(),
+            let entry = match result {
+                Some(r) => std::borrow::Cow::Borrowed(r.as_str()),
+                None => std::borrow::Cow::Owned(
+                    serde_json::json!({"key": key, "status": status, "error": error}).to_string(),
                 ),
+            };
+            // Past the cap the remaining entries stay in the items table only (paged by
+            // `/items`); the stored ones stay a prefix in submission order.
+            capped = capped || results.len() + entry.len() > MAX_RESULT_BYTES;
+            if capped {
+                continue;
             }
+            if kept > 0 {
+                results.push(',');
+            }
+            kept += 1;
+            results.push_str(&entry);
         }
         if short {
             break;
@@ -410,8 +449,13 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
         "skipped": tally.skipped,
         "cancelled": tally.cancelled,
     });
+    let omitted = if kept < total {
+        format!(r#","results_omitted":{}"#, total - kept)
+    } else {
+        String::new()
+    };
     Ok(format!(
-        r#"{{"summary":{summary},"results":{results},"elapsed_seconds":{}}}"#,
+        r#"{{"summary":{summary},"results":{results}{omitted},"elapsed_seconds":{}}}"#,
         serde_json::Number::from_f64(elapsed).unwrap_or_else(|| 0.into())
     ))
 }

@@ -370,3 +370,62 @@ async fn many_short_jobs_in_a_row_never_stall_their_kind() {
         );
     }
 }
+
+/// Submits a big job of slow items, then a small one, and returns how long the small one
+/// took to finish.
+async fn small_job_wait(limit: usize, big_parallel: u32, item_seconds: f64) -> Duration {
+    let app = spawn_app_with(
+        AppOptions {
+            kind_concurrency: [("batch_validation".to_string(), limit)].into(),
+        },
+        |b| b,
+    )
+    .await;
+    app.write_file("f", "");
+    let big: Vec<Value> = (0..100)
+        .map(|i| json!({"id": format!("b{i}"), "path": "f"}))
+        .collect();
+    let big_id = app
+        .submit(
+            "/batch/validation",
+            &json!({"targets": big, "check_command": format!("sh -c 'sleep {item_seconds}'"), "parallel": big_parallel}),
+        )
+        .await;
+    app.wait_job(&big_id, Duration::from_secs(30), |j| {
+        j["status"] == "running"
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let small_id = app
+        .submit(
+            "/batch/validation",
+            &json!({"targets": [{"id": "s1", "path": "f"}, {"id": "s2", "path": "f"}], "check_command": "true"}),
+        )
+        .await;
+    let small = app.wait_finished(&small_id, Duration::from_secs(60)).await;
+    assert_eq!(small["result"]["summary"]["successful"], 2);
+    let waited = t0.elapsed();
+    app.delete(&format!("/batch/jobs/{big_id}")).await;
+    waited
+}
+
+#[actix_web::test]
+async fn a_small_job_uses_idle_slots_next_to_a_narrow_big_job() {
+    // The big job may run one item at a time; the kind has three more slots.
+    let waited = small_job_wait(4, 1, 0.5).await;
+    assert!(
+        waited < Duration::from_secs(2),
+        "small job waited {waited:?} beside idle slots"
+    );
+}
+
+#[actix_web::test]
+async fn a_small_job_gets_the_next_free_slot_behind_a_big_job() {
+    // The big job fills every slot with 0.5 s items: the small one must take the next slot
+    // that frees up, not wait for the big job's claimed buffer to drain first.
+    let waited = small_job_wait(2, 2, 0.5).await;
+    assert!(
+        waited < Duration::from_secs(2),
+        "small job waited {waited:?}"
+    );
+}
