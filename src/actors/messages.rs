@@ -108,6 +108,19 @@ pub struct ListItems {
     pub offset: u64,
 }
 
+/// Read a page of a job's items with their stored results as JSON text, after an index;
+/// `None` when the job is unknown.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Vec<crate::store::queries::ResultRow>>, EngineError>")]
+pub struct ReadResults {
+    /// The job id.
+    pub job_id: String,
+    /// Items with an index above this (-1 for the first page).
+    pub after: i32,
+    /// Page size.
+    pub limit: u32,
+}
+
 /// Cancel a job and stop its running items.
 #[derive(Message)]
 #[rtype(result = "Result<CancelOutcome, EngineError>")]

@@ -868,6 +868,25 @@ impl Handler<ListItems> for Supervisor {
     }
 }
 
+impl Handler<ReadResults> for Supervisor {
+    type Result = ResponseFuture<Result<Option<Vec<queries::ResultRow>>, EngineError>>;
+
+    fn handle(&mut self, msg: ReadResults, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move {
+            Ok(store
+                .read(move |conn| {
+                    if queries::get_job_status(conn, &msg.job_id)?.is_none() {
+                        return Ok(None);
+                    }
+                    queries::result_rows_after(conn, &msg.job_id, msg.after, msg.limit as i64)
+                        .map(Some)
+                })
+                .await?)
+        })
+    }
+}
+
 impl Handler<GetStats> for Supervisor {
     type Result = ResponseFuture<Result<QueueStats, EngineError>>;
 

@@ -5,10 +5,11 @@ pub mod error;
 pub mod requests;
 pub mod responses;
 
-use crate::actors::messages::{GetJob, ListItems, ListJobs, Ping};
+use crate::actors::messages::{GetJob, ListItems, ListJobs, Ping, ReadResults};
 use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
 use crate::store::queries::CancelOutcome;
+use crate::store::queries::ResultRow;
 use actix_web::web::{self, Bytes, ServiceConfig};
 use actix_web::{HttpRequest, HttpResponse};
 use error::ApiError;
@@ -33,6 +34,10 @@ pub fn routes(engine: Engine) -> impl FnOnce(&mut ServiceConfig) {
             .route("/batch/jobs/{id}", web::get().to(get_job))
             .route("/batch/jobs/{id}", web::delete().to(cancel_job))
             .route("/batch/jobs/{id}/items", web::get().to(list_items))
+            .route(
+                "/batch/jobs/{id}/results.jsonl",
+                web::get().to(results_jsonl),
+            )
             .route("/batch/stats", web::get().to(stats));
     }
 }
@@ -44,7 +49,26 @@ async fn submit(engine: &Engine, job: crate::model::NewJob) -> Reply {
     Ok(HttpResponse::Ok().json(JobResponse::from(view)))
 }
 
-async fn submit_validation(engine: web::Data<Engine>, body: Bytes) -> Reply {
+/// The body as JSON: a JSONL submission (`application/x-ndjson` or `application/jsonl`)
+/// is turned into the equivalent JSON object first.
+fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes, ApiError> {
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if matches!(
+        essence,
+        "application/x-ndjson" | "application/jsonl" | "application/jsonlines"
+    ) {
+        return Ok(ndjson_body(&body, items_field, req.query_string())?.into());
+    }
+    Ok(body)
+}
+
+async fn submit_validation(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let body = json_body(&req, body, "targets")?;
     let (req, raw): (ValidationRequest, _) = parse_body(&body)?;
     let job = path_job(
         "batch_validation",
@@ -57,7 +81,8 @@ async fn submit_validation(engine: web::Data<Engine>, body: Bytes) -> Reply {
     submit(&engine, job).await
 }
 
-async fn submit_tests(engine: web::Data<Engine>, body: Bytes) -> Reply {
+async fn submit_tests(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let body = json_body(&req, body, "modules")?;
     let (req, raw): (TestsRequest, _) = parse_body(&body)?;
     let job = path_job(
         "batch_tests",
@@ -70,17 +95,20 @@ async fn submit_tests(engine: web::Data<Engine>, body: Bytes) -> Reply {
     submit(&engine, job).await
 }
 
-async fn submit_agent_tasks(engine: web::Data<Engine>, body: Bytes) -> Reply {
+async fn submit_agent_tasks(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let body = json_body(&req, body, "tasks")?;
     let (req, raw) = parse_body(&body)?;
     submit(&engine, agent_job(req, raw)?).await
 }
 
-async fn submit_mcp(engine: web::Data<Engine>, body: Bytes) -> Reply {
+async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let body = json_body(&req, body, "operations")?;
     let (req, raw) = parse_body(&body)?;
     submit(&engine, mcp_job(req, raw)?).await
 }
 
-async fn submit_generic(engine: web::Data<Engine>, body: Bytes) -> Reply {
+async fn submit_generic(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let body = json_body(&req, body, "items")?;
     let (req, raw) = parse_body(&body)?;
     submit(&engine, generic_job(req, raw)?).await
 }
@@ -201,6 +229,76 @@ async fn list_items(engine: web::Data<Engine>, id: web::Path<String>, req: HttpR
         limit,
         offset,
     }))
+}
+
+/// Items per page of the JSONL export: memory stays bounded by one page, whatever the job.
+const EXPORT_PAGE: u32 = 1000;
+
+async fn read_results(
+    engine: &Engine,
+    job_id: &str,
+    after: i32,
+) -> Result<Option<Vec<ResultRow>>, ApiError> {
+    let msg = ReadResults {
+        job_id: job_id.to_string(),
+        after,
+        limit: EXPORT_PAGE,
+    };
+    Ok(engine.supervisor().send(msg).await.map_err(mailbox)??)
+}
+
+/// One JSONL line per item, with the stored result spliced in as it is (not re-parsed).
+fn push_result_line(out: &mut String, (idx, key, status, result, error): &ResultRow) {
+    let key = serde_json::Value::from(key.as_str());
+    let error = serde_json::Value::from(error.as_deref());
+    out.push_str(&format!(
+        r#"{{"custom_id":{key},"index":{idx},"status":"{status}","result":{},"error":{error}}}"#,
+        result.as_deref().unwrap_or("null")
+    ));
+    out.push('\n');
+}
+
+/// `GET /batch/jobs/{id}/results.jsonl`: every item's result, one line each in submission
+/// order, streamed a page at a time.
+async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+    let id = id.into_inner();
+    let Some(first) = read_results(&engine, &id, -1).await? else {
+        return Err(ApiError::NotFound(format!("job '{id}' not found")));
+    };
+    let engine = engine.into_inner();
+    let pages = futures_util::stream::unfold(Some(first), move |page| {
+        let engine = engine.clone();
+        let id = id.clone();
+        async move {
+            let page = page?;
+            if page.is_empty() {
+                return None;
+            }
+            let mut chunk = String::with_capacity(page.len() * 128);
+            for row in &page {
+                push_result_line(&mut chunk, row);
+            }
+            let next = if page.len() < EXPORT_PAGE as usize {
+                Some(Vec::new())
+            } else {
+                let after = page.last().map_or(-1, |r| r.0);
+                match read_results(&engine, &id, after).await {
+                    Ok(Some(next)) => Some(next),
+                    Ok(None) => None,
+                    Err(e) => {
+                        // The status line is gone: say so in the stream and end it.
+                        log::error!("results.jsonl of {id} stopped: {e}");
+                        chunk.push_str(&format!("{}\n", json!({"error": e.to_string()})));
+                        None
+                    }
+                }
+            };
+            Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), next))
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(pages))
 }
 
 async fn stats(engine: web::Data<Engine>) -> Reply {

@@ -387,11 +387,29 @@ pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, Sto
 /// job should not have to take one either.
 const MAX_RESULT_BYTES: usize = 256 * 1024 * 1024;
 
-/// `(idx, key, status, result, error)` of one item, as the result is built from it.
-type ResultRow = (i32, String, String, Option<String>, Option<String>);
+/// `(idx, key, status, result, error)` of one item, as a job's result and its JSONL export
+/// are built from it; `result` is the stored JSON text.
+pub type ResultRow = (i32, String, String, Option<String>, Option<String>);
+
+/// Read: up to `limit` items of a job with an index above `after`, in submission order,
+/// with their stored results as text (keyset paging: each page costs the same).
+pub fn result_rows_after(
+    conn: &mut Conn,
+    job_id: &str,
+    after: i32,
+    limit: i64,
+) -> Result<Vec<ResultRow>, StoreError> {
+    use job_items::dsl as i;
+    Ok(i::job_items
+        .filter(i::job_id.eq(job_id))
+        .filter(i::idx.gt(after))
+        .order(i::idx.asc())
+        .limit(limit)
+        .select((i::idx, i::key, i::status, i::result, i::error))
+        .load(conn)?)
+}
 
 fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, StoreError> {
-    use job_items::dsl as i;
     // Pages keep memory bounded by the result text itself, not by a row vector of the
     // whole job (a million rows would otherwise cost hundreds of MB at once).
     const PAGE: i64 = 5000;
@@ -402,13 +420,7 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
     let mut capped = false;
     let mut after = -1i32;
     loop {
-        let rows: Vec<ResultRow> = i::job_items
-            .filter(i::job_id.eq(job_id))
-            .filter(i::idx.gt(after))
-            .order(i::idx.asc())
-            .limit(PAGE)
-            .select((i::idx, i::key, i::status, i::result, i::error))
-            .load(conn)?;
+        let rows = result_rows_after(conn, job_id, after, PAGE)?;
         let Some(last) = rows.last() else {
             break;
         };

@@ -2,6 +2,7 @@
 //! file per test, the binary as a child process, and the library as an embedder uses it.
 
 mod helpers;
+mod jsonl;
 
 mod bad_input;
 mod bench;
