@@ -21,6 +21,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod processor;
 pub mod processors;

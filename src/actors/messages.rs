@@ -134,6 +134,11 @@ pub struct CancelJob {
 #[rtype(result = "Result<QueueStats, EngineError>")]
 pub struct GetStats;
 
+/// Render the Prometheus metrics.
+#[derive(Message)]
+#[rtype(result = "Result<String, EngineError>")]
+pub struct GetMetrics;
+
 /// Check that the database answers.
 #[derive(Message)]
 #[rtype(result = "Result<(), EngineError>")]

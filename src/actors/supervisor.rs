@@ -16,6 +16,7 @@
 use crate::actors::messages::*;
 use crate::actors::tracker::Tracker;
 use crate::actors::worker::Worker;
+use crate::metrics::{Metrics, Snapshot};
 use crate::model::{
     new_job_id, now, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus, JobRecord, JobStatus,
     NewJob, QueueStats,
@@ -145,6 +146,8 @@ pub struct Supervisor {
     /// Parent of every job's token: cancelling it stops all running items.
     shutdown_token: CancellationToken,
     drained: Vec<oneshot::Sender<()>>,
+    /// Counters the Workers update and `GET /metrics` shows.
+    metrics: Arc<Metrics>,
     /// Submissions waiting for the next insert transaction (group commit).
     pending_submits: Vec<PendingSubmit>,
 }
@@ -200,6 +203,7 @@ impl Supervisor {
             shutdown_token: CancellationToken::new(),
             drained: Vec::new(),
             pending_submits: Vec::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -624,13 +628,14 @@ impl Actor for Supervisor {
             let worker = if processor.own_thread() {
                 let arbiter = Arbiter::new().handle();
                 let for_worker = processor.clone();
+                let metrics = self.metrics.clone();
                 let worker = Worker::start_in_arbiter(&arbiter, move |_| {
-                    Worker::new(for_worker, supervisor)
+                    Worker::new(for_worker, supervisor, metrics)
                 });
                 self.arbiters.push(arbiter);
                 worker
             } else {
-                Worker::new(processor.clone(), supervisor).start()
+                Worker::new(processor.clone(), supervisor, self.metrics.clone()).start()
             };
             self.kinds.insert(
                 kind,
@@ -883,6 +888,47 @@ impl Handler<ReadResults> for Supervisor {
                         .map(Some)
                 })
                 .await?)
+        })
+    }
+}
+
+impl Handler<GetMetrics> for Supervisor {
+    type Result = ResponseFuture<Result<String, EngineError>>;
+
+    fn handle(&mut self, _: GetMetrics, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let mut running: Vec<(String, u32, u32)> = self
+            .kinds
+            .iter()
+            .map(|(kind, slot)| (kind.clone(), slot.active, slot.limit))
+            .collect();
+        running.sort();
+        // The queue depth counts items waiting to start: those claimed into the ready
+        // buffer still wait, only the ones running leave it.
+        let held: u64 = self.jobs.values().map(|j| u64::from(j.active)).sum();
+        Box::pin(async move {
+            let (stats, unfinished) = store
+                .read(|conn| {
+                    Ok((
+                        queries::queue_stats(conn)?,
+                        queries::unfinished_items(conn)?,
+                    ))
+                })
+                .await?;
+            let snapshot = Snapshot {
+                jobs: vec![
+                    ("queued", stats.queued),
+                    ("running", stats.running),
+                    ("completed", stats.completed),
+                    ("failed", stats.failed),
+                    ("cancelled", stats.cancelled),
+                ],
+                queued_items: unfinished.saturating_sub(held),
+                running,
+                store_writes: store.write_latency(),
+            };
+            Ok(crate::metrics::render(&snapshot, &metrics))
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::actors::messages::{ItemFinished, RunItems};
 use crate::actors::supervisor::Supervisor;
+use crate::metrics::Metrics;
 use crate::model::{now, ClaimedItem, FinishedItem, ItemOutcome};
 use crate::processor::{Item, ItemContext, Processor};
 use actix::prelude::*;
@@ -18,14 +19,20 @@ use std::sync::Arc;
 pub struct Worker {
     processor: Arc<dyn Processor>,
     supervisor: Addr<Supervisor>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
     /// A worker for `processor`'s kind that reports to `supervisor`.
-    pub fn new(processor: Arc<dyn Processor>, supervisor: Addr<Supervisor>) -> Self {
+    pub fn new(
+        processor: Arc<dyn Processor>,
+        supervisor: Addr<Supervisor>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Worker {
             processor,
             supervisor,
+            metrics,
         }
     }
 }
@@ -42,7 +49,9 @@ impl Handler<RunItems> for Worker {
             let job = msg.job.clone();
             let processor = self.processor.clone();
             let supervisor = self.supervisor.clone();
+            let metrics = self.metrics.clone();
             actix::spawn(async move {
+                let started = std::time::Instant::now();
                 let ClaimedItem {
                     job_id,
                     index,
@@ -94,6 +103,7 @@ impl Handler<RunItems> for Worker {
                         }
                     }
                 };
+                metrics.item_finished(processor.kind(), outcome.status.as_str(), started.elapsed());
                 supervisor.do_send(ItemFinished(FinishedItem {
                     job_id,
                     index,

@@ -5,7 +5,7 @@ pub mod error;
 pub mod requests;
 pub mod responses;
 
-use crate::actors::messages::{GetJob, ListItems, ListJobs, Ping, ReadResults};
+use crate::actors::messages::{GetJob, GetMetrics, ListItems, ListJobs, Ping, ReadResults};
 use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
 use crate::store::queries::CancelOutcome;
@@ -25,6 +25,7 @@ pub fn routes(engine: Engine) -> impl FnOnce(&mut ServiceConfig) {
         cfg.app_data(web::Data::new(engine))
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics))
             .route("/batch/validation", web::post().to(submit_validation))
             .route("/batch/tests", web::post().to(submit_tests))
             .route("/batch/agent-tasks", web::post().to(submit_agent_tasks))
@@ -304,6 +305,17 @@ async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Repl
 async fn stats(engine: web::Data<Engine>) -> Reply {
     let stats = engine.stats().await?;
     Ok(HttpResponse::Ok().json(json!({ "stats": stats })))
+}
+
+async fn metrics(engine: web::Data<Engine>) -> Reply {
+    let text = engine
+        .supervisor()
+        .send(GetMetrics)
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
 }
 
 async fn health(engine: web::Data<Engine>) -> Reply {

@@ -122,6 +122,8 @@ struct Inner {
     /// The one connection that writes; see the module docs for why writes serialize here.
     writer: Mutex<SqliteConnection>,
     path: PathBuf,
+    /// Latency of write transactions, for `GET /metrics`.
+    write_latency: Mutex<crate::metrics::Histogram>,
 }
 
 /// Handle to the database: cheap to clone, safe to share between threads.
@@ -176,6 +178,7 @@ impl Store {
             pool,
             writer: Mutex::new(writer),
             path: path.clone(),
+            write_latency: Mutex::default(),
         });
         spawn_checkpointer(Arc::downgrade(&inner), path_str);
         Ok(Store { inner })
@@ -233,6 +236,15 @@ impl Store {
     {
         self.inner.write_blocking(f)
     }
+
+    /// The latency histogram of write transactions so far.
+    pub fn write_latency(&self) -> crate::metrics::Histogram {
+        self.inner
+            .write_latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// The writer's checkpoint backstop and WAL size limit; see `Store::open`.
@@ -276,12 +288,20 @@ impl Inner {
     {
         // A panic in an earlier write poisons the mutex; the connection was replaced then,
         // so the guard's contents are sound.
+        let started = std::time::Instant::now();
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             conn.immediate_transaction(f)
         }));
         match outcome {
-            Ok(result) => result,
+            Ok(result) => {
+                drop(conn);
+                self.write_latency
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .observe(started.elapsed());
+                result
+            }
             Err(panic) => {
                 // Diesel does not roll back when the closure panics: the connection would
                 // stay inside the transaction and fail every later write. Replace it.

@@ -861,6 +861,17 @@ pub fn get_job_status(conn: &mut Conn, job_id: &str) -> Result<Option<JobStatus>
         .transpose()
 }
 
+/// Read: items of open jobs that have no final result yet (queued or running).
+pub fn unfinished_items(conn: &mut Conn) -> Result<u64, StoreError> {
+    let n: Option<i64> = jobs::table
+        .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]))
+        .select(diesel::dsl::sum(
+            jobs::total - jobs::processed - jobs::cancelled,
+        ))
+        .first(conn)?;
+    Ok(n.unwrap_or(0).max(0) as u64)
+}
+
 /// Read: checks that the database answers.
 pub fn ping(conn: &mut Conn) -> Result<(), StoreError> {
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1")).execute(conn)?;

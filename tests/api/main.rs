@@ -11,3 +11,4 @@ mod commands;
 mod crash;
 mod embedding;
 mod lifecycle;
+mod metrics;
