@@ -161,13 +161,15 @@ impl EngineBuilder {
             open_jobs.len(),
             workspace.display()
         );
-        let tracker = Tracker::default().start();
+        let tracker = Tracker::default();
+        let listening = tracker.listening();
         let supervisor = Supervisor::new(SupervisorConfig {
             store: store.clone(),
-            tracker,
+            tracker: tracker.start(),
             node_id: node_id.clone(),
             processors: limited,
             open_jobs,
+            listening,
         })
         .start();
         Ok(Engine {

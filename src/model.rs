@@ -331,6 +331,8 @@ pub struct FinishedItem {
     pub job_id: String,
     /// Position in the job.
     pub index: u32,
+    /// The item's id, for live events.
+    pub key: String,
     /// What the processor made of it.
     pub outcome: ItemOutcome,
     /// Unix seconds when it finished.

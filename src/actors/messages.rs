@@ -207,11 +207,26 @@ pub enum ProgressUpdate {
         /// A short note.
         note: String,
     },
+    /// Items whose outcomes were just committed (sent only while someone listens).
+    ItemsFinished {
+        /// The job id.
+        job_id: Arc<str>,
+        /// Index, id and final status of each.
+        items: Vec<(u32, String, ItemStatus)>,
+    },
     /// The job reached a terminal state; its live entry can go.
     Finished {
         /// The job id.
         job_id: Arc<str>,
     },
+}
+
+/// Subscribe to events of one job, or of all jobs (→ Tracker, through the Supervisor).
+#[derive(Message)]
+#[rtype(result = "tokio::sync::mpsc::UnboundedReceiver<crate::actors::tracker::TrackerEvent>")]
+pub struct Subscribe {
+    /// The job to follow; `None` for every job.
+    pub job_id: Option<String>,
 }
 
 /// Read live progress of some jobs (→ Tracker).

@@ -64,6 +64,8 @@ pub struct SupervisorConfig {
     pub processors: Vec<(Arc<dyn Processor>, u32)>,
     /// Jobs found open in the database at start.
     pub open_jobs: Vec<JobRecord>,
+    /// How many event subscribers the Tracker has ([`Tracker::listening`]).
+    pub listening: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct KindSlot {
@@ -148,6 +150,8 @@ pub struct Supervisor {
     drained: Vec<oneshot::Sender<()>>,
     /// Counters the Workers update and `GET /metrics` shows.
     metrics: Arc<Metrics>,
+    /// Event subscribers; item events are built only while there are some.
+    listening: Arc<std::sync::atomic::AtomicUsize>,
     /// Submissions waiting for the next insert transaction (group commit).
     pending_submits: Vec<PendingSubmit>,
 }
@@ -176,6 +180,7 @@ fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
     FinishedItem {
         job_id: item.job_id.clone(),
         index: item.index,
+        key: item.key.clone(),
         outcome: ItemOutcome::cancelled(json!({"key": item.key, "status": "cancelled"})),
         finished_at: t,
     }
@@ -204,6 +209,7 @@ impl Supervisor {
             drained: Vec::new(),
             pending_submits: Vec::new(),
             metrics: Arc::default(),
+            listening: config.listening,
         }
     }
 
@@ -399,7 +405,10 @@ impl Supervisor {
             .map(move |res, act, ctx| {
                 act.writing = false;
                 match res {
-                    Ok(w) => act.written(w, submits),
+                    Ok(w) => {
+                        act.announce_items(&outcomes);
+                        act.written(w, submits)
+                    }
                     Err(e) => {
                         let shared = submits.len() > 1 || !outcomes.is_empty() || !asked.is_empty();
                         log::error!(
@@ -443,6 +452,27 @@ impl Supervisor {
                 act.cycle(ctx);
             })
             .spawn(ctx);
+    }
+
+    /// Tells the Tracker which items were just committed, when anyone listens.
+    fn announce_items(&self, outcomes: &[FinishedItem]) {
+        if outcomes.is_empty() || self.listening.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut by_job: HashMap<&str, Vec<(u32, String, ItemStatus)>> = HashMap::new();
+        for f in outcomes {
+            by_job.entry(f.job_id.as_str()).or_default().push((
+                f.index,
+                f.key.clone(),
+                f.outcome.status,
+            ));
+        }
+        for (job_id, items) in by_job {
+            self.tracker.do_send(ProgressUpdate::ItemsFinished {
+                job_id: Arc::from(job_id),
+                items,
+            });
+        }
     }
 
     /// Applies a committed write to the in-memory state and answers the submitters.
@@ -929,6 +959,21 @@ impl Handler<GetMetrics> for Supervisor {
                 store_writes: store.write_latency(),
             };
             Ok(crate::metrics::render(&snapshot, &metrics))
+        })
+    }
+}
+
+impl Handler<Subscribe> for Supervisor {
+    type Result =
+        ResponseFuture<tokio::sync::mpsc::UnboundedReceiver<crate::actors::tracker::TrackerEvent>>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        let tracker = self.tracker.clone();
+        Box::pin(async move {
+            tracker.send(msg).await.unwrap_or_else(|_| {
+                // No Tracker: a receiver that is already closed ends the stream at once.
+                tokio::sync::mpsc::unbounded_channel().1
+            })
         })
     }
 }

@@ -1,10 +1,12 @@
-//! The Tracker: live progress of running jobs, kept in memory.
+//! The Tracker: live progress of running jobs, kept in memory, and the event streams.
 //!
-//! It hears committed counters from the Supervisor and notes from processors, and answers
-//! snapshots with rate and ETA. The database stays the truth for counters; the Tracker adds
-//! what is not worth storing (current item, rate).
+//! It hears committed counters and finished items from the Supervisor and notes from
+//! processors, answers snapshots with rate and ETA, and fans events out to subscribers
+//! (`GET /batch/jobs/{id}/events`, `GET /batch/events`): progress snapshots coalesced to
+//! at most ten a second per job, one event per finished item, and a job's end. The database
+//! stays the truth for counters; the Tracker adds what is not worth storing.
 
-use crate::actors::messages::{Counts, GetProgress, ProgressUpdate};
+use crate::actors::messages::{Counts, GetProgress, ProgressUpdate, Subscribe};
 use crate::model::{now, JobRecord};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -102,14 +104,121 @@ struct Live {
     current_item: Option<String>,
 }
 
-/// Keeps live progress per running job.
+/// How often coalesced progress events go out.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One event for a subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackerEvent {
+    /// Increasing over the Tracker's life, for the SSE `id:` field.
+    pub id: u64,
+    /// The job it is about.
+    pub job_id: Arc<str>,
+    /// What happened.
+    pub kind: TrackerEventKind,
+}
+
+/// What a [`TrackerEvent`] says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrackerEventKind {
+    /// A progress snapshot.
+    Progress(Progress),
+    /// An item reached its final state (committed).
+    Item {
+        /// Its index in the job.
+        index: u32,
+        /// Its id.
+        key: String,
+        /// Its final status.
+        status: crate::model::ItemStatus,
+    },
+    /// The job reached a terminal state; read it from the store for its final form.
+    End,
+}
+
+struct Subscriber {
+    /// `None` follows every job.
+    job_id: Option<Arc<str>>,
+    tx: tokio::sync::mpsc::UnboundedSender<TrackerEvent>,
+}
+
+/// Keeps live progress per running job and the event subscribers.
 #[derive(Default)]
 pub struct Tracker {
     live: HashMap<Arc<str>, Live>,
+    subscribers: Vec<Subscriber>,
+    /// Jobs whose progress changed since the last coalesced event.
+    dirty: std::collections::HashSet<Arc<str>>,
+    next_event: u64,
+    /// Subscriber count shared with the Supervisor, which skips building item events
+    /// nobody listens to.
+    listening: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Tracker {
+    /// The shared count of subscribers.
+    pub fn listening(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.listening.clone()
+    }
+
+    fn emit(&mut self, job_id: &Arc<str>, kind: TrackerEventKind) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        self.next_event += 1;
+        let event = TrackerEvent {
+            id: self.next_event,
+            job_id: job_id.clone(),
+            kind,
+        };
+        self.subscribers.retain(|s| {
+            if s.job_id.as_ref().is_some_and(|j| j != job_id) {
+                return !s.tx.is_closed();
+            }
+            s.tx.send(event.clone()).is_ok()
+        });
+        self.listening
+            .store(self.subscribers.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn flush_progress(&mut self) {
+        let t = now();
+        for job_id in std::mem::take(&mut self.dirty) {
+            let Some(live) = self.live.get(&job_id) else {
+                continue;
+            };
+            let p = Progress::compute(
+                live.counts,
+                Some(live.started_at),
+                t,
+                live.current_item.clone(),
+            );
+            self.emit(&job_id, TrackerEventKind::Progress(p));
+        }
+    }
 }
 
 impl Actor for Tracker {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(PROGRESS_INTERVAL, |act, _| act.flush_progress());
+    }
+}
+
+impl Handler<Subscribe> for Tracker {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.subscribers.push(Subscriber {
+            job_id: msg.job_id.map(|j| Arc::from(j.as_str())),
+            tx,
+        });
+        self.listening
+            .store(self.subscribers.len(), std::sync::atomic::Ordering::Relaxed);
+        MessageResult(rx)
+    }
 }
 
 impl Handler<ProgressUpdate> for Tracker {
@@ -134,15 +243,28 @@ impl Handler<ProgressUpdate> for Tracker {
             ProgressUpdate::Counts { job_id, counts } => {
                 if let Some(live) = self.live.get_mut(&job_id) {
                     live.counts = counts;
+                    self.dirty.insert(job_id);
                 }
             }
             ProgressUpdate::CurrentItem { job_id, note } => {
                 if let Some(live) = self.live.get_mut(&job_id) {
                     live.current_item = Some(note);
+                    self.dirty.insert(job_id);
+                }
+            }
+            ProgressUpdate::ItemsFinished { job_id, items } => {
+                for (index, key, status) in items {
+                    self.emit(&job_id, TrackerEventKind::Item { index, key, status });
                 }
             }
             ProgressUpdate::Finished { job_id } => {
+                // The last progress first, then the end.
+                if self.dirty.contains(&job_id) {
+                    self.flush_progress();
+                }
                 self.live.remove(&job_id);
+                self.dirty.remove(&job_id);
+                self.emit(&job_id, TrackerEventKind::End);
             }
         }
     }

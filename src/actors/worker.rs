@@ -107,6 +107,7 @@ impl Handler<RunItems> for Worker {
                 supervisor.do_send(ItemFinished(FinishedItem {
                     job_id,
                     index,
+                    key,
                     outcome,
                     finished_at: now(),
                 }));

@@ -5,7 +5,10 @@ pub mod error;
 pub mod requests;
 pub mod responses;
 
-use crate::actors::messages::{GetJob, GetMetrics, ListItems, ListJobs, Ping, ReadResults};
+use crate::actors::messages::{
+    GetJob, GetMetrics, ListItems, ListJobs, Ping, ReadResults, Subscribe,
+};
+use crate::actors::tracker::{TrackerEvent, TrackerEventKind};
 use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
 use crate::store::queries::CancelOutcome;
@@ -39,6 +42,8 @@ pub fn routes(engine: Engine) -> impl FnOnce(&mut ServiceConfig) {
                 "/batch/jobs/{id}/results.jsonl",
                 web::get().to(results_jsonl),
             )
+            .route("/batch/jobs/{id}/events", web::get().to(job_events))
+            .route("/batch/events", web::get().to(all_events))
             .route("/batch/stats", web::get().to(stats));
     }
 }
@@ -300,6 +305,132 @@ async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Repl
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(pages))
+}
+
+/// How long an event stream may stay silent before a keep-alive comment goes out.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One Server-Sent Event.
+fn sse(id: Option<u64>, event: &str, data: &serde_json::Value) -> Bytes {
+    let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
+    Bytes::from(format!("{id}event: {event}\ndata: {data}\n\n"))
+}
+
+/// The SSE form of a Tracker event; `None` for a job's end, which the caller renders.
+fn tracker_sse(e: &TrackerEvent) -> Option<Bytes> {
+    let job_id = e.job_id.as_ref();
+    match &e.kind {
+        TrackerEventKind::Progress(p) => Some(sse(
+            Some(e.id),
+            "progress",
+            &json!({"job_id": job_id, "progress": p}),
+        )),
+        TrackerEventKind::Item { index, key, status } => Some(sse(
+            Some(e.id),
+            "item",
+            &json!({"job_id": job_id, "index": index, "id": key, "status": status}),
+        )),
+        TrackerEventKind::End => None,
+    }
+}
+
+fn sse_response<S>(stream: S) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+{
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream)
+}
+
+/// What a job's event stream still has to send.
+struct JobStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<TrackerEvent>,
+    first: Option<Bytes>,
+    ended: bool,
+}
+
+/// `GET /batch/jobs/{id}/events`: the job's state now, then coalesced progress, one event
+/// per finished item, and the final job (`end`), after which the stream closes. A client
+/// that reconnects (with or without `Last-Event-ID`) after the end gets the final job at
+/// once: the end is read from the store, never only from memory.
+async fn job_events(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+    let id = id.into_inner();
+    // Subscribe before reading the job, so an end that happens in between is not missed.
+    let rx = engine
+        .supervisor()
+        .send(Subscribe {
+            job_id: Some(id.clone()),
+        })
+        .await
+        .map_err(mailbox)?;
+    let Some(view) = engine.job(&id).await? else {
+        return Err(ApiError::NotFound(format!("job '{id}' not found")));
+    };
+    let ended = view.record.status.is_terminal();
+    let first = serde_json::to_value(JobResponse::from(view)).unwrap_or_default();
+    let first = sse(None, if ended { "end" } else { "state" }, &first);
+    let engine = engine.into_inner();
+    let state = JobStream {
+        rx,
+        first: Some(first),
+        ended,
+    };
+    let events = futures_util::stream::unfold(state, move |mut st| {
+        let engine = engine.clone();
+        let id = id.clone();
+        async move {
+            if let Some(first) = st.first.take() {
+                return Some((Ok(first), st));
+            }
+            if st.ended {
+                return None;
+            }
+            let event = match tokio::time::timeout(KEEP_ALIVE, st.rx.recv()).await {
+                Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st)),
+                Ok(None) => return None,
+                Ok(Some(e)) => e,
+            };
+            if let Some(bytes) = tracker_sse(&event) {
+                return Some((Ok(bytes), st));
+            }
+            st.ended = true;
+            let last = match engine.job(&id).await {
+                Ok(Some(view)) => serde_json::to_value(JobResponse::from(view)).unwrap_or_default(),
+                Ok(None) => json!({"job_id": id, "detail": "the job is gone"}),
+                Err(e) => json!({"job_id": id, "detail": e.to_string()}),
+            };
+            Some((Ok(sse(Some(event.id), "end", &last)), st))
+        }
+    });
+    Ok(sse_response(events))
+}
+
+/// `GET /batch/events`: progress, item and end events of every job, until the client
+/// disconnects.
+async fn all_events(engine: web::Data<Engine>) -> Reply {
+    let rx = engine
+        .supervisor()
+        .send(Subscribe { job_id: None })
+        .await
+        .map_err(mailbox)?;
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), rx)),
+            Ok(None) => return None,
+            Ok(Some(e)) => e,
+        };
+        let bytes = tracker_sse(&event).unwrap_or_else(|| {
+            sse(
+                Some(event.id),
+                "end",
+                &json!({"job_id": event.job_id.as_ref()}),
+            )
+        });
+        Some((Ok::<_, actix_web::Error>(bytes), rx))
+    });
+    Ok(sse_response(events))
 }
 
 async fn stats(engine: web::Data<Engine>) -> Reply {

@@ -10,5 +10,6 @@ mod cancellation;
 mod commands;
 mod crash;
 mod embedding;
+mod events;
 mod lifecycle;
 mod metrics;
