@@ -20,6 +20,7 @@ pub mod actors;
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod client;
 pub mod engine;
 pub mod metrics;
 pub mod model;

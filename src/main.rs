@@ -11,6 +11,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "batchforge", version, about)]
 struct Cli {
+    #[command(flatten)]
+    client: batchforge::client::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,6 +23,8 @@ enum Command {
     Serve(ServeArgs),
     /// Measure the engine: runs `batchforge serve` children and prints a table per scenario.
     Bench(batchforge::bench::BenchArgs),
+    #[command(flatten)]
+    Client(batchforge::client::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +73,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Client(command) => batchforge::client::run(cli.client, command),
         Command::Bench(args) => match batchforge::bench::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

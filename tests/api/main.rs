@@ -7,6 +7,7 @@ mod jsonl;
 mod bad_input;
 mod bench;
 mod cancellation;
+mod cli;
 mod commands;
 mod crash;
 mod embedding;

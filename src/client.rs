@@ -1,0 +1,547 @@
+//! The command-line client: `batchforge submit | jobs | show | items | watch | cancel |
+//! stats | export`, talking to a server over its REST API. Human tables by default,
+//! `--json` for scripts. Exit status: 0 when the batch (if any) had no failed items, 1 when
+//! it had, 2 when the command could not do its work (bad usage, unreachable server, an
+//! error answer), so it drops into CI pipelines.
+
+use crate::model::JobStatus;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Options every client command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "BATCHFORGE_SERVER",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    pub server: String,
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// A client command.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Submit a batch.
+    Submit(SubmitArgs),
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs in this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs of this kind.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show one job.
+    Show {
+        /// The job id.
+        id: String,
+    },
+    /// List a job's items.
+    Items {
+        /// The job id.
+        id: String,
+        /// Only items in this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// How many to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Follow a job with a progress bar until it ends.
+    Watch {
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Jobs per status.
+    Stats,
+    /// Every item's result as JSONL on stdout.
+    Export {
+        /// The job id.
+        id: String,
+    },
+}
+
+/// What to submit.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// The kind of batch.
+    #[arg(value_enum)]
+    pub kind: SubmitKind,
+    /// Targets or modules (paths inside the server's workspace); each path is also its id.
+    pub paths: Vec<String>,
+    /// Read items from a file: JSONL (one JSON object a line, `custom_id` as its id), or
+    /// one path a line for validation and tests. `-` reads standard input.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// The command (`check_command` or `test_command`).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Items of this job running at once.
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    /// Per-item timeout in seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Wait for the batch with a progress bar; the exit status says whether items failed.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// The kinds `submit` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SubmitKind {
+    /// `POST /batch/validation`
+    Validation,
+    /// `POST /batch/tests`
+    Tests,
+    /// `POST /batch/mcp-operations`
+    Mcp,
+    /// `POST /batch/agent-tasks`
+    Agent,
+}
+
+/// A failure that ends the command with exit status 2.
+#[derive(Debug)]
+struct Failure(String);
+
+type Outcome = Result<ExitCode, Failure>;
+
+/// Runs a client command.
+pub fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
+    let result = actix_web::rt::System::new().block_on(async move {
+        let client = Client::new(args);
+        client.run(command).await
+    });
+    match result {
+        Ok(code) => code,
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Client {
+    base: String,
+    json: bool,
+    http: awc::Client,
+}
+
+impl Client {
+    fn new(args: ClientArgs) -> Self {
+        Client {
+            base: args.server.trim_end_matches('/').to_string(),
+            json: args.json,
+            http: awc::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .finish(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "POST" => self.http.post(&url),
+            "DELETE" => self.http.delete(&url),
+            _ => self.http.get(&url),
+        };
+        let sent = match body {
+            Some((content_type, bytes)) => {
+                req.insert_header(("content-type", content_type))
+                    .send_body(bytes)
+                    .await
+            }
+            None => req.send().await,
+        };
+        let mut resp = sent.map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        let bytes = resp
+            .body()
+            .limit(1 << 30)
+            .await
+            .map_err(|e| Failure(format!("{url}: {e}")))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !resp.status().is_success() {
+            let detail = value["detail"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(Failure(format!(
+                "{method} {url}: {} {detail}",
+                resp.status()
+            )));
+        }
+        Ok(value)
+    }
+
+    async fn run(&self, command: ClientCommand) -> Outcome {
+        match command {
+            ClientCommand::Submit(args) => self.submit(args).await,
+            ClientCommand::Jobs {
+                status,
+                kind,
+                limit,
+            } => {
+                let mut q = vec![("limit".to_string(), limit.to_string())];
+                q.extend(status.map(|s| ("status".to_string(), s)));
+                q.extend(kind.map(|k| ("job_type".to_string(), k)));
+                let query = serde_urlencoded::to_string(q).unwrap_or_default();
+                let page = self
+                    .call("GET", &format!("/batch/jobs?{query}"), None)
+                    .await?;
+                if self.json {
+                    print_json(&page);
+                } else {
+                    println!(
+                        "{:<32} {:<10} {:>7} {:>8} {:>6}",
+                        "JOB", "STATUS", "ITEMS", "DONE %", "FAILED"
+                    );
+                    for j in page["jobs"].as_array().into_iter().flatten() {
+                        let p = &j["metadata"]["progress"];
+                        println!(
+                            "{:<32} {:<10} {:>7} {:>8.1} {:>6}",
+                            j["job_id"].as_str().unwrap_or(""),
+                            j["status"].as_str().unwrap_or(""),
+                            p["total"].to_string(),
+                            j["progress"].as_f64().unwrap_or(0.0),
+                            p["failed"].to_string()
+                        );
+                    }
+                    println!(
+                        "{} of {} jobs",
+                        page["jobs"].as_array().map_or(0, Vec::len),
+                        page["total"]
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Show { id } => {
+                let job = self.call("GET", &format!("/batch/jobs/{id}"), None).await?;
+                if self.json {
+                    print_json(&job);
+                } else {
+                    print_summary(&job);
+                }
+                Ok(exit_for(&job))
+            }
+            ClientCommand::Items {
+                id,
+                status,
+                limit,
+                offset,
+            } => {
+                let mut q = vec![
+                    ("limit".to_string(), limit.to_string()),
+                    ("offset".to_string(), offset.to_string()),
+                ];
+                q.extend(status.map(|s| ("status".to_string(), s)));
+                let query = serde_urlencoded::to_string(q).unwrap_or_default();
+                let page = self
+                    .call("GET", &format!("/batch/jobs/{id}/items?{query}"), None)
+                    .await?;
+                if self.json {
+                    print_json(&page);
+                } else {
+                    println!(
+                        "{:>6} {:<24} {:<10} {:>8}  ERROR",
+                        "INDEX", "ID", "STATUS", "ATTEMPTS"
+                    );
+                    for i in page["items"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:>6} {:<24} {:<10} {:>8}  {}",
+                            i["index"].to_string(),
+                            i["id"].as_str().unwrap_or(""),
+                            i["status"].as_str().unwrap_or(""),
+                            i["attempts"].to_string(),
+                            i["error"].as_str().unwrap_or("")
+                        );
+                    }
+                    println!(
+                        "{} of {} items",
+                        page["items"].as_array().map_or(0, Vec::len),
+                        page["total"]
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Watch { id } => self.watch(&id).await,
+            ClientCommand::Cancel { id } => {
+                let answer = self
+                    .call("DELETE", &format!("/batch/jobs/{id}"), None)
+                    .await?;
+                if self.json {
+                    print_json(&answer);
+                } else {
+                    println!("cancelled {id}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Stats => {
+                let stats = self.call("GET", "/batch/stats", None).await?;
+                if self.json {
+                    print_json(&stats);
+                } else {
+                    for (k, v) in stats["stats"].as_object().into_iter().flatten() {
+                        println!("{k:<10} {v}");
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Export { id } => self.export(&id).await,
+        }
+    }
+
+    async fn submit(&self, args: SubmitArgs) -> Outcome {
+        let (path, command_field) = match args.kind {
+            SubmitKind::Validation => ("/batch/validation", Some("check_command")),
+            SubmitKind::Tests => ("/batch/tests", Some("test_command")),
+            SubmitKind::Mcp => ("/batch/mcp-operations", None),
+            SubmitKind::Agent => ("/batch/agent-tasks", None),
+        };
+        let path_items = matches!(args.kind, SubmitKind::Validation | SubmitKind::Tests);
+        let mut lines: Vec<Value> = Vec::new();
+        for p in &args.paths {
+            if !path_items {
+                return Err(Failure(format!(
+                    "{:?} items come from --file (JSONL), not from arguments",
+                    args.kind
+                )));
+            }
+            lines.push(json!({"custom_id": p, "path": p}));
+        }
+        if let Some(file) = &args.file {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(file)
+            }
+            .map_err(|e| Failure(format!("cannot read {}: {e}", file.display())))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                if line.starts_with('{') {
+                    let v: Value = serde_json::from_str(line).map_err(|e| {
+                        Failure(format!(
+                            "{} line {}: not valid JSON: {e}",
+                            file.display(),
+                            n + 1
+                        ))
+                    })?;
+                    lines.push(v);
+                } else if path_items {
+                    lines.push(json!({"custom_id": line, "path": line}));
+                } else {
+                    return Err(Failure(format!(
+                        "{} line {}: expected a JSON object",
+                        file.display(),
+                        n + 1
+                    )));
+                }
+            }
+        }
+        if lines.is_empty() {
+            return Err(Failure("nothing to submit: give paths or --file".into()));
+        }
+        let mut query = Vec::new();
+        if let Some(c) = &args.command {
+            let field = command_field
+                .ok_or_else(|| Failure("--command applies to validation and tests".into()))?;
+            query.push((field.to_string(), c.clone()));
+        }
+        query.extend(
+            args.parallel
+                .map(|p| ("parallel".to_string(), p.to_string())),
+        );
+        query.extend(
+            args.timeout
+                .map(|t| ("timeout_seconds".to_string(), t.to_string())),
+        );
+        let query = serde_urlencoded::to_string(query).unwrap_or_default();
+        let body: Vec<u8> = lines
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .into_bytes();
+        let job = self
+            .call(
+                "POST",
+                &format!("{path}?{query}"),
+                Some(("application/x-ndjson", body)),
+            )
+            .await?;
+        let id = job["job_id"].as_str().unwrap_or_default().to_string();
+        if !args.wait {
+            if self.json {
+                print_json(&job);
+            } else {
+                println!("{id}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        self.watch(&id).await
+    }
+
+    /// Follows the job's event stream with a progress bar, then prints its summary.
+    async fn watch(&self, id: &str) -> Outcome {
+        let url = format!("{}/batch/jobs/{id}/events", self.base);
+        let mut resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        if !resp.status().is_success() {
+            let body = resp.body().await.unwrap_or_default();
+            let detail: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(Failure(format!(
+                "GET {url}: {} {}",
+                resp.status(),
+                detail["detail"].as_str().unwrap_or("")
+            )));
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {pos}/{len} items  {per_sec}  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let mut buffer = String::new();
+        let mut last = Value::Null;
+        while let Some(chunk) = resp.next().await {
+            let chunk = chunk.map_err(|e| Failure(format!("{url}: {e}")))?;
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = ("", Value::Null);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = match v {
+                            "state" => "state",
+                            "progress" => "progress",
+                            "end" => "end",
+                            _ => "other",
+                        };
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = serde_json::from_str(v).unwrap_or(Value::Null);
+                    }
+                }
+                let progress = match event {
+                    "state" | "end" => data["metadata"]["progress"].clone(),
+                    "progress" => data["progress"].clone(),
+                    _ => Value::Null,
+                };
+                if let Some(total) = progress["total"].as_u64() {
+                    bar.set_length(total);
+                    bar.set_position(progress["processed"].as_u64().unwrap_or(0));
+                    bar.set_message(format!(
+                        "✓ {}  ✗ {}",
+                        progress["successful"], progress["failed"]
+                    ));
+                }
+                if event == "end" {
+                    last = data;
+                }
+            }
+        }
+        bar.finish_and_clear();
+        if last.is_null() {
+            return Err(Failure(format!(
+                "{url}: the stream ended before the job did"
+            )));
+        }
+        if self.json {
+            print_json(&last);
+        } else {
+            print_summary(&last);
+        }
+        Ok(exit_for(&last))
+    }
+
+    /// Streams `results.jsonl` to stdout.
+    async fn export(&self, id: &str) -> Outcome {
+        let url = format!("{}/batch/jobs/{id}/results.jsonl", self.base);
+        let mut resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(Failure(format!("GET {url}: {}", resp.status())));
+        }
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = resp.next().await {
+            let chunk = chunk.map_err(|e| Failure(format!("{url}: {e}")))?;
+            out.write_all(&chunk)
+                .map_err(|e| Failure(format!("writing stdout: {e}")))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// One line a human reads at the end of a batch.
+fn print_summary(job: &Value) {
+    let p = &job["metadata"]["progress"];
+    println!(
+        "{} {}: {} items, {} succeeded, {} failed, {} skipped, {} cancelled, {:.1}s",
+        job["job_id"].as_str().unwrap_or("?"),
+        job["status"].as_str().unwrap_or("?"),
+        p["total"],
+        p["successful"],
+        p["failed"],
+        p["skipped"],
+        p["cancelled"],
+        p["elapsed_seconds"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(e) = job["error"].as_str() {
+        println!("error: {e}");
+    }
+}
+
+/// 1 when the job failed, was cancelled or had failed items; 0 otherwise.
+fn exit_for(job: &Value) -> ExitCode {
+    let status = job["status"]
+        .as_str()
+        .and_then(|s| s.parse::<JobStatus>().ok());
+    let failed = job["metadata"]["progress"]["failed"].as_u64().unwrap_or(0);
+    match status {
+        Some(JobStatus::Completed) if failed == 0 => ExitCode::SUCCESS,
+        Some(JobStatus::Queued | JobStatus::Running) => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
