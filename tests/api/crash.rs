@@ -48,6 +48,22 @@ async fn start_server(dir: &Path, workspace: &Path, extra: &[&str]) -> Server {
     Server { child, address }
 }
 
+/// Submits a validation job over targets `f0`, `f1`, … and returns its id.
+async fn submit_files(address: &str, n: usize, command: &str, parallel: u32) -> String {
+    let targets: Vec<Value> = (0..n)
+        .map(|i| json!({"id": format!("t{i}"), "path": format!("f{i}")}))
+        .collect();
+    let body = json!({"targets": targets, "check_command": command, "parallel": parallel});
+    let (_, job) = send(
+        &client(),
+        "POST",
+        &format!("{address}/batch/validation"),
+        Some(body.to_string().as_bytes()),
+    )
+    .await;
+    job["job_id"].as_str().unwrap().to_string()
+}
+
 async fn get(address: &str, path: &str) -> Value {
     send(&client(), "GET", &format!("{address}{path}"), None)
         .await
@@ -92,21 +108,13 @@ async fn after_kill_9_a_restart_finishes_the_batch_without_rerunning_committed_i
         std::fs::write(ws.join(format!("f{i}")), "").unwrap();
     }
     let server = start_server(dir.path(), &ws, &[]).await;
-    let targets: Vec<Value> = (0..n)
-        .map(|i| json!({"id": format!("t{i}"), "path": format!("f{i}")}))
-        .collect();
-    let (_, job) = send(
-        &client(),
-        "POST",
-        &format!("{}/batch/validation", server.address),
-        Some(
-            json!({"targets": targets, "check_command": "sh -c 'echo \"$0\" >> runs; sleep 0.4'", "parallel": 4})
-                .to_string()
-                .as_bytes(),
-        ),
+    let id = submit_files(
+        &server.address,
+        n as usize,
+        "sh -c 'echo \"$0\" >> runs; sleep 0.4'",
+        4,
     )
     .await;
-    let id = job["job_id"].as_str().unwrap().to_string();
     wait_server_job(&server.address, &id, Duration::from_secs(60), |j| {
         j["metadata"]["progress"]["processed"].as_u64() >= Some(8)
     })
@@ -175,21 +183,13 @@ async fn sigterm_stops_running_items_requeues_them_and_exits_cleanly() {
         std::fs::write(ws.join(format!("f{i}")), "").unwrap();
     }
     let server = start_server(dir.path(), &ws, &["--shutdown-grace", "0.5"]).await;
-    let targets: Vec<Value> = (0..4)
-        .map(|i| json!({"id": format!("t{i}"), "path": format!("f{i}")}))
-        .collect();
-    let (_, job) = send(
-        &client(),
-        "POST",
-        &format!("{}/batch/validation", server.address),
-        Some(
-            json!({"targets": targets, "check_command": "sh -c 'echo \"$0\" >> runs; exec sleep $(cat delay)'", "parallel": 2})
-                .to_string()
-                .as_bytes(),
-        ),
+    let id = submit_files(
+        &server.address,
+        4,
+        "sh -c 'echo \"$0\" >> runs; exec sleep $(cat delay)'",
+        2,
     )
     .await;
-    let id = job["job_id"].as_str().unwrap().to_string();
     wait_for(Duration::from_secs(20), "two items to start", || async {
         (processes_with("3603.6161").len() >= 2).then_some(())
     })
