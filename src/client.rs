@@ -342,6 +342,8 @@ impl Client {
                 std::fs::read_to_string(file)
             }
             .map_err(|e| Failure(format!("cannot read {}: {e}", file.display())))?;
+            // Files written by some Windows tools start with a byte-order mark.
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() {

@@ -88,6 +88,14 @@ pub struct Snapshot {
     pub store_writes: Histogram,
 }
 
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Renders a snapshot plus the engine's counters in the Prometheus text format.
 pub fn render(snapshot: &Snapshot, metrics: &Metrics) -> String {
     let mut out = String::with_capacity(4096);
@@ -113,6 +121,7 @@ pub fn render(snapshot: &Snapshot, metrics: &Metrics) -> String {
         "Items running, per kind.",
     );
     for (kind, running, _) in &snapshot.running {
+        let kind = label(kind);
         let _ = writeln!(out, "batchforge_items_running{{kind=\"{kind}\"}} {running}");
     }
     help(
@@ -122,6 +131,7 @@ pub fn render(snapshot: &Snapshot, metrics: &Metrics) -> String {
         "Items of a kind that may run at once.",
     );
     for (kind, _, limit) in &snapshot.running {
+        let kind = label(kind);
         let _ = writeln!(
             out,
             "batchforge_kind_concurrency_limit{{kind=\"{kind}\"}} {limit}"
@@ -135,6 +145,7 @@ pub fn render(snapshot: &Snapshot, metrics: &Metrics) -> String {
         "Items finished since start, per kind and final status.",
     );
     for (kind, k) in kinds.iter() {
+        let kind = label(kind);
         for (status, n) in &k.finished {
             let _ = writeln!(
                 out,
@@ -149,6 +160,7 @@ pub fn render(snapshot: &Snapshot, metrics: &Metrics) -> String {
         "Time an item spent in its processor, per kind.",
     );
     for (kind, k) in kinds.iter() {
+        let kind = label(kind);
         k.duration.render(
             &mut out,
             "batchforge_item_duration_seconds",
@@ -183,5 +195,10 @@ mod tests {
         assert!(out.contains("x_bucket{kind=\"k\",le=\"5\"} 2"));
         assert!(out.contains("x_bucket{kind=\"k\",le=\"+Inf\"} 2"));
         assert!(out.contains("x_count{kind=\"k\"} 2"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -223,7 +223,7 @@ pub enum ProgressUpdate {
 
 /// Subscribe to events of one job, or of all jobs (→ Tracker, through the Supervisor).
 #[derive(Message)]
-#[rtype(result = "tokio::sync::mpsc::UnboundedReceiver<crate::actors::tracker::TrackerEvent>")]
+#[rtype(result = "tokio::sync::mpsc::Receiver<crate::actors::tracker::TrackerEvent>")]
 pub struct Subscribe {
     /// The job to follow; `None` for every job.
     pub job_id: Option<String>,

@@ -688,13 +688,16 @@ impl Actor for Supervisor {
             let error = format!("no processor registered for kind '{}'", job.kind);
             log::warn!("job {}: {error}; marking it failed", job.id);
             let id = job.id.clone();
+            let ended: Arc<str> = Arc::from(job.id.as_str());
             self.store
                 .write(move |conn| queries::fail_job(conn, &id, &error, now()))
                 .into_actor(self)
-                .map(|res, _, _| {
-                    if let Err(e) = res {
-                        log::error!("could not mark a job failed: {e}");
-                    }
+                .map(move |res, act, _| match res {
+                    // Event streams opened meanwhile saw the job queued: tell them it ended.
+                    Ok(()) => act
+                        .tracker
+                        .do_send(ProgressUpdate::Finished { job_id: ended }),
+                    Err(e) => log::error!("could not mark a job failed: {e}"),
                 })
                 .spawn(ctx);
         }
@@ -811,9 +814,10 @@ impl Supervisor {
         if let Some(slot) = self.kinds.get_mut(&job.kind) {
             slot.buffered = slot.buffered.saturating_sub(ready.len() as u32);
         }
-        if job.idle() {
-            // Nothing runs any more; the result is built by the cancelling transaction
-            // or by the commit of the ready items' cancelled outcomes below.
+        if ready.is_empty() && job.idle() {
+            // Nothing runs any more and the cancelling transaction built the result. With
+            // ready items, the commit of their cancelled outcomes finalizes the job and
+            // forgets it then, so the end event carries the final job.
             self.forget(job_id);
         }
         self.finished
@@ -964,15 +968,14 @@ impl Handler<GetMetrics> for Supervisor {
 }
 
 impl Handler<Subscribe> for Supervisor {
-    type Result =
-        ResponseFuture<tokio::sync::mpsc::UnboundedReceiver<crate::actors::tracker::TrackerEvent>>;
+    type Result = ResponseFuture<tokio::sync::mpsc::Receiver<crate::actors::tracker::TrackerEvent>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
         let tracker = self.tracker.clone();
         Box::pin(async move {
             tracker.send(msg).await.unwrap_or_else(|_| {
                 // No Tracker: a receiver that is already closed ends the stream at once.
-                tokio::sync::mpsc::unbounded_channel().1
+                tokio::sync::mpsc::channel(1).1
             })
         })
     }

@@ -139,8 +139,13 @@ pub enum TrackerEventKind {
 struct Subscriber {
     /// `None` follows every job.
     job_id: Option<Arc<str>>,
-    tx: tokio::sync::mpsc::UnboundedSender<TrackerEvent>,
+    tx: tokio::sync::mpsc::Sender<TrackerEvent>,
 }
+
+/// Events a subscriber may have unread before it is dropped: a client that stops reading
+/// must not make the engine hold every event of every job for it. Its stream then ends,
+/// and a reconnect starts from the stored state.
+const SUBSCRIBER_BACKLOG: usize = 10_000;
 
 /// Keeps live progress per running job and the event subscribers.
 #[derive(Default)]
@@ -175,7 +180,14 @@ impl Tracker {
             if s.job_id.as_ref().is_some_and(|j| j != job_id) {
                 return !s.tx.is_closed();
             }
-            s.tx.send(event.clone()).is_ok()
+            match s.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    log::warn!("dropping an event subscriber that stopped reading");
+                    false
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            }
         });
         self.listening
             .store(self.subscribers.len(), std::sync::atomic::Ordering::Relaxed);
@@ -210,7 +222,7 @@ impl Handler<Subscribe> for Tracker {
     type Result = MessageResult<Subscribe>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BACKLOG);
         self.subscribers.push(Subscriber {
             job_id: msg.job_id.map(|j| Arc::from(j.as_str())),
             tx,

@@ -272,11 +272,21 @@ async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Repl
         return Err(ApiError::NotFound(format!("job '{id}' not found")));
     };
     let engine = engine.into_inner();
-    let pages = futures_util::stream::unfold(Some(first), move |page| {
+    // State: the next page to send, or why the export cannot go on.
+    let start: Option<Result<Vec<ResultRow>, String>> = Some(Ok(first));
+    let pages = futures_util::stream::unfold(start, move |state| {
         let engine = engine.clone();
         let id = id.clone();
         async move {
-            let page = page?;
+            let page = match state? {
+                Ok(page) => page,
+                Err(why) => {
+                    // Abort the body: the client sees a broken transfer, not a short
+                    // export that looks whole.
+                    log::error!("results.jsonl of {id} stopped: {why}");
+                    return Some((Err(actix_web::error::ErrorInternalServerError(why)), None));
+                }
+            };
             if page.is_empty() {
                 return None;
             }
@@ -285,21 +295,16 @@ async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Repl
                 push_result_line(&mut chunk, row);
             }
             let next = if page.len() < EXPORT_PAGE as usize {
-                Some(Vec::new())
+                Ok(Vec::new())
             } else {
                 let after = page.last().map_or(-1, |r| r.0);
                 match read_results(&engine, &id, after).await {
-                    Ok(Some(next)) => Some(next),
-                    Ok(None) => None,
-                    Err(e) => {
-                        // The status line is gone: say so in the stream and end it.
-                        log::error!("results.jsonl of {id} stopped: {e}");
-                        chunk.push_str(&format!("{}\n", json!({"error": e.to_string()})));
-                        None
-                    }
+                    Ok(Some(next)) => Ok(next),
+                    Ok(None) => Err(format!("job '{id}' vanished during the export")),
+                    Err(e) => Err(e.to_string()),
                 }
             };
-            Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), next))
+            Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), Some(next)))
         }
     });
     Ok(HttpResponse::Ok()
@@ -346,7 +351,7 @@ where
 
 /// What a job's event stream still has to send.
 struct JobStream {
-    rx: tokio::sync::mpsc::UnboundedReceiver<TrackerEvent>,
+    rx: tokio::sync::mpsc::Receiver<TrackerEvent>,
     first: Option<Bytes>,
     ended: bool,
 }

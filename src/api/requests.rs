@@ -78,6 +78,8 @@ const NUMERIC_OPTIONS: [&str; 5] = [
 pub fn ndjson_body(body: &[u8], items_field: &str, query: &str) -> Result<Vec<u8>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::MalformedJson(format!("request body is not UTF-8: {e}")))?;
+    // Files written by some Windows tools start with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut items = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -142,3 +142,51 @@ async fn the_all_jobs_stream_reports_a_new_jobs_items_and_end() {
         .count();
     assert_eq!(items, 2);
 }
+
+#[actix_web::test]
+async fn cancelling_a_job_with_claimed_items_ends_its_stream_with_the_final_job() {
+    let app = spawn_app_with(
+        AppOptions {
+            kind_concurrency: [("batch_validation".to_string(), 1)].into(),
+        },
+        |b| b,
+    )
+    .await;
+    app.write_file("f", "");
+    let blocker = app
+        .submit(
+            "/batch/validation",
+            &json!({"targets": [{"id": "a", "path": "f"}], "check_command": "sh -c 'sleep 2'"}),
+        )
+        .await;
+    app.wait_job(&blocker, Duration::from_secs(10), |j| {
+        j["status"] == "running"
+    })
+    .await;
+    let targets: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("b{i}"), "path": "f"}))
+        .collect();
+    let id = app
+        .submit(
+            "/batch/validation",
+            &json!({"targets": targets, "check_command": "true"}),
+        )
+        .await;
+    // Its items get claimed into the ready buffer, but the only slot is busy.
+    app.wait_job(&id, Duration::from_secs(10), |j| j["status"] == "running")
+        .await;
+    let path = format!("/batch/jobs/{id}/events");
+    let reader = read_stream(&app, &path, None);
+    let cancel = async {
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        app.delete(&format!("/batch/jobs/{id}")).await
+    };
+    let ((status, text), (cancelled, _)) = tokio::join!(reader, cancel);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cancelled, StatusCode::OK);
+    let events = parse_sse(&text);
+    let (event, _, last) = events.last().unwrap();
+    assert_eq!(event, "end", "{text}");
+    assert_eq!(last["status"], "cancelled", "{text}");
+    assert_eq!(last["result"]["summary"]["cancelled"], 3, "{text}");
+}

@@ -31,7 +31,8 @@ async fn a_jsonl_submission_runs_and_its_results_stream_back_as_jsonl() {
     let app = spawn_app().await;
     app.write_file("a.txt", "alpha\n");
     app.write_file("b.txt", "beta\n");
-    let body = "{\"custom_id\": \"first\", \"path\": \"a.txt\"}\n\n{\"custom_id\": \"second\", \"path\": \"b.txt\"}\n";
+    // A byte-order mark and CRLF line ends, as some Windows tools write them.
+    let body = "\u{feff}{\"custom_id\": \"first\", \"path\": \"a.txt\"}\r\n\r\n{\"custom_id\": \"second\", \"path\": \"b.txt\"}\r\n";
     let (status, job) =
         post_ndjson(&app, "/batch/validation?check_command=cat&parallel=2", body).await;
     assert_eq!(status, StatusCode::OK, "{job}");
