@@ -7,11 +7,12 @@
 //!
 //! Scheduling. Each kind has a concurrency limit and each job its `parallel`; both bound
 //! the items *running*. Claiming is decoupled from starting: besides its running items a
-//! kind keeps up to `limit` claimed items ready in memory, so when an item finishes the next
-//! one starts at once, without waiting for a database round trip, while the buffer is
-//! refilled by one batched claim in the background. Both the claims and the starts go
-//! round-robin over the kind's jobs, one item per turn, so a small job submitted after a
-//! huge one gets the next free slot instead of waiting for the huge one to drain.
+//! kind keeps up to `max(limit, 32)` claimed items ready in memory, so when an item
+//! finishes the next one starts at once, without waiting for a database round trip, while
+//! the buffer is refilled by a batched claim in the next write cycle. Both the claims and
+//! the starts go round-robin over the kind's jobs, one item per turn, and a job that waits
+//! with nothing ready is claimed for at once, so a small job submitted after a huge one
+//! gets the next free slot instead of waiting for the huge one to drain.
 
 use crate::actors::messages::*;
 use crate::actors::tracker::Tracker;

@@ -147,16 +147,10 @@ impl Tally {
         self.processed += 1;
     }
 
-    fn apply(&self, conn: &mut Conn, job_id: &str) -> Result<(), StoreError> {
-        diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
-            .set((
-                jobs::processed.eq(jobs::processed + self.processed),
-                jobs::succeeded.eq(jobs::succeeded + self.succeeded),
-                jobs::failed.eq(jobs::failed + self.failed),
-                jobs::skipped.eq(jobs::skipped + self.skipped),
-                jobs::cancelled.eq(jobs::cancelled + self.cancelled),
-            ))
-            .execute(conn)?;
+    /// Adds this tally to one job's counters (through [`apply_tallies`], the one way
+    /// counters move).
+    fn apply(self, conn: &mut Conn, job_id: &str) -> Result<(), StoreError> {
+        apply_tallies(conn, &HashMap::from([(job_id.to_string(), self)]))?;
         Ok(())
     }
 }
@@ -671,7 +665,7 @@ pub fn release_items(
 ) -> Result<u64, StoreError> {
     use job_items::dsl as i;
     let mut cancelled_jobs: HashMap<&str, bool> = HashMap::new();
-    let mut tallies: HashMap<&str, Tally> = HashMap::new();
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
     let mut released = 0;
     for (job_id, idx) in items {
         let cancelled = match cancelled_jobs.get(job_id.as_str()) {
@@ -697,7 +691,7 @@ pub fn release_items(
                 .execute(conn)?;
             if n == 1 {
                 tallies
-                    .entry(job_id)
+                    .entry(job_id.clone())
                     .or_default()
                     .add(ItemStatus::Cancelled);
             }
@@ -711,8 +705,8 @@ pub fn release_items(
                 .execute(conn)? as u64;
         }
     }
-    for (job_id, tally) in tallies {
-        tally.apply(conn, job_id)?;
+    apply_tallies(conn, &tallies)?;
+    for job_id in tallies.keys() {
         finalize_job(conn, job_id, now)?;
     }
     Ok(released)
