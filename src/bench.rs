@@ -27,6 +27,8 @@ pub enum Scenario {
     /// Peak RSS and database size with a million queued items, and the restart time with
     /// some of them left `running` by a kill.
     Footprint,
+    /// MCP operations (mixed read/write/list) through batchforge's own `mcp-server`.
+    Mcp,
 }
 
 /// Parameters of `batchforge bench`.
@@ -59,6 +61,12 @@ pub struct BenchArgs {
     /// Per-kind concurrency passed to the server (default: the processor's own).
     #[arg(long)]
     pub concurrency: Option<u32>,
+    /// Operations in the MCP scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub mcp_operations: usize,
+    /// `parallel` of the MCP job: the number of pooled MCP sessions (server processes).
+    #[arg(long, default_value_t = 8)]
+    pub mcp_parallel: u32,
     /// Keep the working directory (databases, server logs) here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -92,6 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Scenario::SmallJobs,
             Scenario::Commands,
             Scenario::Footprint,
+            Scenario::Mcp,
         ]
     } else {
         args.scenarios.clone()
@@ -126,6 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Scenario::SmallJobs => system.block_on(small_jobs(&args, &dir))?,
             Scenario::Commands => system.block_on(commands(&args, &dir))?,
             Scenario::Footprint => system.block_on(footprint(&args, &dir))?,
+            Scenario::Mcp => system.block_on(mcp(&args, &dir))?,
         }
     }
     Ok(())
@@ -480,6 +490,83 @@ async fn commands(args: &BenchArgs, dir: &Path) -> Result<()> {
             ("batchforge submit → completed", format!("{engine:.2} s ({:.0} items/s)", args.commands as f64 / engine), ""),
             ("xargs -P", format!("{xargs:.2} s ({:.0} items/s)", args.commands as f64 / xargs), ""),
             ("ratio", format!("{:.2}", engine / xargs), "≤ 1.3"),
+        ],
+    );
+    Ok(())
+}
+
+/// Runs one `batch_mcp` job to completion; returns it and the wall time from submit.
+async fn mcp_job(
+    client: &awc::Client,
+    base: &str,
+    operations: Vec<Value>,
+    parallel: u32,
+) -> Result<(Value, f64)> {
+    let t0 = Instant::now();
+    let job = call(
+        client,
+        "POST",
+        &format!("{base}/batch/mcp-operations"),
+        Some(&json!({"operations": operations, "parallel": parallel})),
+    )
+    .await?;
+    let url = format!(
+        "{base}/batch/jobs/{}",
+        job["job_id"].as_str().unwrap_or_default()
+    );
+    loop {
+        let job = call(client, "GET", &url, None).await?;
+        if job["status"] == "completed" && !job["result"].is_null() {
+            return Ok((job, t0.elapsed().as_secs_f64()));
+        }
+        if matches!(job["status"].as_str(), Some("failed" | "cancelled")) {
+            return Err(setup(format!("the MCP job ended {}", job["status"])));
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn mcp(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let (n, p) = (args.mcp_operations, args.mcp_parallel);
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(ws.join("in"))?;
+    for i in 0..100 {
+        std::fs::write(ws.join(format!("in/{i}.txt")), format!("input {i}\n"))?;
+    }
+    let server = Server::start(dir, &[])?;
+    let client = client();
+    let op = |i: usize| match i % 3 {
+        0 => json!({"type": "read", "path": format!("in/{}.txt", i % 100)}),
+        1 => {
+            json!({"type": "write", "path": format!("out/{}.txt", i % 1000), "content": format!("output {i}\n")})
+        }
+        _ => json!({"type": "list", "path": "in"}),
+    };
+    // The first job starts the `p` server processes; the measured one finds them pooled.
+    let (_, cold) = mcp_job(&client, &server.base, (0..p as usize).map(op).collect(), p).await?;
+    let (job, wall) = mcp_job(&client, &server.base, (0..n).map(op).collect(), p).await?;
+    server.stop()?;
+    let ok = job["result"]["summary"]["successful"].as_u64().unwrap_or(0);
+    if ok != n as u64 {
+        return Err(setup(format!(
+            "only {ok} of {n} MCP operations succeeded: {}",
+            job["result"]["results"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["status"] != "success"))
+                .unwrap_or(&Value::Null)
+        )));
+    }
+    let span =
+        job["completed_at"].as_f64().unwrap_or(0.0) - job["started_at"].as_f64().unwrap_or(0.0);
+    table(
+        "MCP operations through batchforge's own server",
+        &format!(
+            "{n} operations (1/3 read of 100 small files, 1/3 write, 1/3 list of a 100-entry directory), parallel = {p} pooled stdio sessions of `batchforge mcp-server`, started by a {p}-operation warm-up job"
+        ),
+        &[
+            ("warm-up job (starts the servers)", format!("{cold:.2} s"), ""),
+            ("submit → completed", format!("{wall:.2} s ({:.0} operations/s)", n as f64 / wall), "Python original: 10–50 operations/s"),
+            ("operations/s (server timestamps)", format!("{:.0}", n as f64 / span.max(1e-9)), ""),
         ],
     );
     Ok(())

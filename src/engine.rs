@@ -4,9 +4,10 @@
 use crate::actors::messages::*;
 use crate::actors::supervisor::{Supervisor, SupervisorConfig};
 use crate::actors::tracker::Tracker;
+use crate::mcp::{McpConfig, McpRegistry};
 use crate::model::{now, NewJob, QueueStats};
 use crate::processor::Processor;
-use crate::processors::{test_suite, validation};
+use crate::processors::{agent, mcp, test_suite, validation};
 use crate::store::queries::{self, CancelOutcome};
 use crate::store::{DatabaseUrl, Store, StoreError};
 use actix::prelude::*;
@@ -27,8 +28,12 @@ pub struct EngineConfig {
     pub default_concurrency: Option<usize>,
     /// Per-kind concurrency limits.
     pub kind_concurrency: HashMap<String, usize>,
-    /// Register `batch_validation` and `batch_tests`.
+    /// Register `batch_validation`, `batch_tests`, `batch_mcp` and `batch_agent_tasks`.
     pub builtin_processors: bool,
+    /// The MCP servers `batch_mcp` jobs may use.
+    pub mcp: McpConfig,
+    /// The LLM endpoint and limits of `batch_agent_tasks`.
+    pub agent: crate::agent::AgentConfig,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +44,8 @@ impl Default for EngineConfig {
             default_concurrency: None,
             kind_concurrency: HashMap::new(),
             builtin_processors: true,
+            mcp: McpConfig::default(),
+            agent: crate::agent::AgentConfig::default(),
         }
     }
 }
@@ -102,6 +109,13 @@ impl EngineBuilder {
             let io = |e: std::io::Error| StartError::Config(format!("workspace: {e}"));
             processors.push(Arc::new(validation::processor(&workspace).map_err(io)?));
             processors.push(Arc::new(test_suite::processor(&workspace).map_err(io)?));
+            let servers =
+                McpRegistry::resolve(&config.mcp, &workspace).map_err(StartError::Config)?;
+            processors.push(Arc::new(mcp::McpProcessor::new(servers)));
+            processors.push(Arc::new(
+                agent::AgentProcessor::new(&workspace, config.agent.clone())
+                    .map_err(StartError::Config)?,
+            ));
         }
         for p in custom {
             processors.retain(|q| q.kind() != p.kind());

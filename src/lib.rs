@@ -13,15 +13,21 @@
 //!   progress); their protocol is [`actors::messages`].
 //! - [`processor`]: the public [`processor::Processor`] trait; [`processors`] the built-in
 //!   kinds (`batch_validation`, `batch_tests`) and the safe command runner they share.
+//! - [`mcp`]: the Model Context Protocol: batchforge's sandboxed MCP server and the
+//!   pooled client sessions of the `batch_mcp` processor.
+//! - [`agent`]: the LLM coding agent behind `batch_agent_tasks` (Ollama / OpenAI-compatible
+//!   client, guardrail, per-task git worktrees).
 //! - [`engine`]: starting it all ([`engine::EngineBuilder`]) and the [`engine::Engine`] handle.
 //! - [`api`]: the REST surface; [`app`]: the HTTP application used by the binary and tests.
 
 pub mod actors;
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod bench;
 pub mod client;
 pub mod engine;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod processor;

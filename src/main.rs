@@ -23,6 +23,8 @@ enum Command {
     Serve(ServeArgs),
     /// Measure the engine: runs `batchforge serve` children and prints a table per scenario.
     Bench(batchforge::bench::BenchArgs),
+    /// Serve batchforge's sandboxed filesystem tools over MCP on stdin/stdout.
+    McpServer(batchforge::mcp::server::ServerArgs),
     #[command(flatten)]
     Client(batchforge::client::ClientCommand),
 }
@@ -53,6 +55,38 @@ struct ServeArgs {
     /// Also register the `noop` kind, whose items succeed at once (benchmarks, smoke tests).
     #[arg(long)]
     noop_processor: bool,
+    /// An MCP server `batch_mcp` jobs may name: NAME=COMMAND [ARGS…] (stdio) or NAME=URL
+    /// (streamable HTTP). Repeat the flag for more.
+    #[arg(long = "mcp-server", value_name = "NAME=COMMAND|URL", value_parser = batchforge::mcp::parse_server_flag)]
+    mcp_servers: Vec<batchforge::mcp::McpServerConfig>,
+    /// JSON file of MCP servers: {"mcpServers": {NAME: {"command", "args", "env"} | {"url"}}, "defaultServer": NAME}.
+    #[arg(long, env = "BATCHFORGE_MCP_CONFIG")]
+    mcp_config: Option<PathBuf>,
+    /// The MCP server a job uses when it names none (default: the built-in `batchforge`).
+    #[arg(long, env = "BATCHFORGE_MCP_DEFAULT")]
+    mcp_default: Option<String>,
+    /// Run the built-in MCP server read-only (no write_file, no run_command).
+    #[arg(long, env = "BATCHFORGE_MCP_READ_ONLY")]
+    mcp_read_only: bool,
+    /// LLM server of `batch_agent_tasks`. Falls back to OLLAMA_HOST, then http://127.0.0.1:11434.
+    #[arg(long, env = "BATCHFORGE_LLM_URL")]
+    llm_url: Option<String>,
+    /// Protocol of the LLM server: ollama (/api/chat) or openai (/v1/chat/completions).
+    #[arg(long, env = "BATCHFORGE_LLM_API", default_value = "ollama", value_parser = parse_llm_api)]
+    llm_api: batchforge::agent::LlmApi,
+    /// Chat requests in flight at once per LLM endpoint, across all jobs.
+    #[arg(long, env = "BATCHFORGE_LLM_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    llm_concurrency: u32,
+    /// Seconds one LLM request may take (a job may set llm_timeout_seconds).
+    #[arg(long, env = "BATCHFORGE_LLM_TIMEOUT", default_value_t = 600.0)]
+    llm_timeout: f64,
+    /// Bearer token for the LLM server (vLLM --api-key, hosted OpenAI-compatible APIs).
+    #[arg(long, env = "BATCHFORGE_LLM_API_KEY", hide_env_values = true)]
+    llm_api_key: Option<String>,
+}
+
+fn parse_llm_api(s: &str) -> Result<batchforge::agent::LlmApi, String> {
+    s.parse()
 }
 
 fn parse_kind_limit(s: &str) -> Result<(String, usize), String> {
@@ -69,11 +103,23 @@ fn parse_kind_limit(s: &str) -> Result<(String, usize), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // The MCP server's stderr lands in its client's log: only what matters.
+    let level = match cli.command {
+        Command::McpServer(_) => "warn",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Client(command) => batchforge::client::run(cli.client, command),
+        Command::McpServer(args) => match batchforge::mcp::server::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match batchforge::bench::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -93,6 +139,59 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
         .database_url
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .unwrap_or_else(batchforge::engine::default_database_url);
+    let mut mcp = batchforge::mcp::McpConfig {
+        servers: Vec::new(),
+        default_server: args.mcp_default,
+        server_binary: None,
+        read_only: args.mcp_read_only,
+    };
+    if let Some(file) = &args.mcp_config {
+        let parsed = std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| batchforge::mcp::parse_config_file(&text));
+        match parsed {
+            Ok((servers, default)) => {
+                mcp.servers = servers;
+                mcp.default_server = mcp.default_server.or(default);
+            }
+            Err(e) => {
+                eprintln!("error: --mcp-config {}: {e}", file.display());
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    if !(args.llm_timeout.is_finite() && args.llm_timeout > 0.0) {
+        eprintln!("error: --llm-timeout must be a positive number of seconds");
+        return std::process::ExitCode::from(2);
+    }
+    let llm_url = args
+        .llm_url
+        .or_else(|| {
+            std::env::var("OLLAMA_HOST")
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+        })
+        .unwrap_or_else(|| batchforge::agent::DEFAULT_LLM_URL.to_string());
+    let llm_url = match batchforge::agent::normalize_url(&llm_url) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: --llm-url: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let agent = batchforge::agent::AgentConfig {
+        llm_url,
+        api: args.llm_api,
+        api_key: args.llm_api_key,
+        max_concurrent_requests_per_endpoint: args.llm_concurrency as usize,
+        request_timeout: Duration::from_secs_f64(args.llm_timeout),
+        ..Default::default()
+    };
+    // A --mcp-server flag beats a file entry of the same name.
+    for server in args.mcp_servers {
+        mcp.servers.retain(|s| s.name != server.name);
+        mcp.servers.push(server);
+    }
     let config = ServeConfig {
         engine: EngineConfig {
             database_url,
@@ -100,6 +199,8 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
             default_concurrency: args.concurrency.map(|n| n as usize),
             kind_concurrency: args.kind_concurrency.into_iter().collect::<HashMap<_, _>>(),
             builtin_processors: true,
+            mcp,
+            agent,
         },
         bind: args.bind,
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),

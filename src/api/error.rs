@@ -4,7 +4,27 @@
 use crate::actors::messages::EngineError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+
+/// The body of every error answer: the seed's FastAPI shape.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"detail": "targets[0].path: must not be empty", "field": "targets[0].path"}))]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// The request field at fault (a path such as `targets[3].path`), when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    /// An error that names no field.
+    pub fn new(detail: impl Into<String>) -> Self {
+        ErrorBody {
+            detail: detail.into(),
+            field: None,
+        }
+    }
+}
 
 /// Every error an endpoint can answer.
 #[derive(Debug, thiserror::Error)]
@@ -76,14 +96,15 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let body = match self {
-            ApiError::Invalid { field, message } => {
-                json!({"detail": format!("{field}: {message}"), "field": field})
-            }
+            ApiError::Invalid { field, message } => ErrorBody {
+                detail: format!("{field}: {message}"),
+                field: Some(field.clone()),
+            },
             ApiError::Internal(cause) => {
                 log::error!("internal error: {cause}");
-                json!({"detail": "internal error; the server log has the cause"})
+                ErrorBody::new("internal error; the server log has the cause")
             }
-            other => json!({"detail": other.to_string()}),
+            other => ErrorBody::new(other.to_string()),
         };
         HttpResponse::build(self.status_code()).json(body)
     }

@@ -1,12 +1,14 @@
 //! The REST surface: the only module that knows HTTP. Handlers parse and check input, send
 //! one message to the engine, and map the answer to a response.
 
+pub mod dashboard;
 pub mod error;
+pub mod openapi;
 pub mod requests;
 pub mod responses;
 
 use crate::actors::messages::{
-    GetJob, GetMetrics, ListItems, ListJobs, Ping, ReadResults, Subscribe,
+    EngineError, GetJob, GetMetrics, ListItems, ListJobs, Ping, ReadResults, Subscribe,
 };
 use crate::actors::tracker::{TrackerEvent, TrackerEventKind};
 use crate::engine::Engine;
@@ -15,36 +17,90 @@ use crate::store::queries::CancelOutcome;
 use crate::store::queries::ResultRow;
 use actix_web::web::{self, Bytes, ServiceConfig};
 use actix_web::{HttpRequest, HttpResponse};
-use error::ApiError;
+use error::{ApiError, ErrorBody};
+use openapi::openapi_json;
 use requests::*;
 use responses::*;
 use serde_json::json;
 use std::collections::HashMap;
 
+/// Mounts the REST routes and lists them from one table, so a test can hold the OpenAPI
+/// document to exactly what is mounted.
+macro_rules! api_routes {
+    ($($method:ident $path:literal => $handler:ident),+ $(,)?) => {
+        /// Every `(method, path)` of the REST API, in actix path syntax (which is also
+        /// OpenAPI's). The browser pages (`/`, `/ui/…`, `/docs/…`) are not in it.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),+];
+
+        fn mount(cfg: &mut ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)+
+            mount_method_not_allowed(cfg);
+        }
+    };
+}
+
+api_routes! {
+    get "/health" => health,
+    get "/metrics" => metrics,
+    get "/openapi.json" => openapi_json,
+    post "/batch/validation" => submit_validation,
+    post "/batch/tests" => submit_tests,
+    post "/batch/agent-tasks" => submit_agent_tasks,
+    post "/batch/mcp-operations" => submit_mcp,
+    post "/batch/jobs" => submit_generic,
+    get "/batch/jobs" => list_jobs,
+    get "/batch/jobs/{id}" => get_job,
+    delete "/batch/jobs/{id}" => cancel_job,
+    get "/batch/jobs/{id}/items" => list_items,
+    get "/batch/jobs/{id}/results.jsonl" => results_jsonl,
+    get "/batch/jobs/{id}/events" => job_events,
+    get "/batch/events" => all_events,
+    get "/batch/stats" => stats,
+}
+
+/// After the real routes: any other method on a known path answers 405 with `Allow`, not
+/// the 404 of an unknown path.
+fn mount_method_not_allowed(cfg: &mut ServiceConfig) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (_, path) in ROUTES {
+        if seen.contains(path) {
+            continue;
+        }
+        seen.push(path);
+        let allow: Vec<String> = ROUTES
+            .iter()
+            .filter(|(_, p)| p == path)
+            .map(|(m, _)| m.to_ascii_uppercase())
+            .collect();
+        let allow = allow.join(", ");
+        cfg.route(
+            path,
+            web::route().to(move |req: HttpRequest| {
+                let allow = allow.clone();
+                async move {
+                    HttpResponse::MethodNotAllowed()
+                        .insert_header(("allow", allow.as_str()))
+                        .json(ErrorBody::new(format!(
+                            "method {} is not allowed on {} (allowed: {allow})",
+                            req.method(),
+                            req.path()
+                        )))
+                }
+            }),
+        );
+    }
+}
+
 /// Registers the engine and every route on an actix-web `App` (or a scope of one):
-/// `App::new().configure(batchforge::api::routes(engine.clone()))`.
+/// `App::new().configure(batchforge::api::routes(engine.clone()))`. Besides the REST API
+/// this mounts the OpenAPI document at `/openapi.json` and Swagger UI at `/docs/`.
 pub fn routes(engine: Engine) -> impl FnOnce(&mut ServiceConfig) {
     move |cfg: &mut ServiceConfig| {
         cfg.app_data(web::Data::new(engine))
-            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-            .route("/health", web::get().to(health))
-            .route("/metrics", web::get().to(metrics))
-            .route("/batch/validation", web::post().to(submit_validation))
-            .route("/batch/tests", web::post().to(submit_tests))
-            .route("/batch/agent-tasks", web::post().to(submit_agent_tasks))
-            .route("/batch/mcp-operations", web::post().to(submit_mcp))
-            .route("/batch/jobs", web::post().to(submit_generic))
-            .route("/batch/jobs", web::get().to(list_jobs))
-            .route("/batch/jobs/{id}", web::get().to(get_job))
-            .route("/batch/jobs/{id}", web::delete().to(cancel_job))
-            .route("/batch/jobs/{id}/items", web::get().to(list_items))
-            .route(
-                "/batch/jobs/{id}/results.jsonl",
-                web::get().to(results_jsonl),
-            )
-            .route("/batch/jobs/{id}/events", web::get().to(job_events))
-            .route("/batch/events", web::get().to(all_events))
-            .route("/batch/stats", web::get().to(stats));
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES));
+        mount(cfg);
+        openapi::mount_docs(cfg);
+        dashboard::configure(cfg);
     }
 }
 
@@ -73,6 +129,21 @@ fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes,
     Ok(body)
 }
 
+#[utoipa::path(
+    post, path = "/batch/validation", tag = "submit",
+    description = "Runs `check_command` on every target. Also accepts `application/x-ndjson`: one item a line (with its own `custom_id`), options in the query string.",
+    request_body(content(
+        (ValidationRequest = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"custom_id\":\"a\",\"path\":\"src/a.py\"}\n"))
+    )),
+    responses(
+        (status = 200, description = "The job, stored and queued", body = JobResponse),
+        (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
+        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
+        (status = 503, description = "The engine is shutting down", body = ErrorBody),
+    )
+)]
 async fn submit_validation(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
     let body = json_body(&req, body, "targets")?;
     let (req, raw): (ValidationRequest, _) = parse_body(&body)?;
@@ -87,6 +158,21 @@ async fn submit_validation(engine: web::Data<Engine>, req: HttpRequest, body: By
     submit(&engine, job).await
 }
 
+#[utoipa::path(
+    post, path = "/batch/tests", tag = "submit",
+    description = "Runs `test_command` on every module. Also accepts `application/x-ndjson`: one item a line (with its own `custom_id`), options in the query string.",
+    request_body(content(
+        (TestsRequest = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"custom_id\":\"core\",\"path\":\"tests/test_core.py\"}\n"))
+    )),
+    responses(
+        (status = 200, description = "The job, stored and queued", body = JobResponse),
+        (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
+        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
+        (status = 503, description = "The engine is shutting down", body = ErrorBody),
+    )
+)]
 async fn submit_tests(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
     let body = json_body(&req, body, "modules")?;
     let (req, raw): (TestsRequest, _) = parse_body(&body)?;
@@ -101,22 +187,74 @@ async fn submit_tests(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) 
     submit(&engine, job).await
 }
 
+#[utoipa::path(
+    post, path = "/batch/agent-tasks", tag = "submit",
+    description = "Runs every task through the coding agent. Also accepts `application/x-ndjson`: one item a line (with its own `custom_id`), options in the query string.",
+    request_body(content(
+        (AgentTasksRequest = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"custom_id\":\"t1\",\"description\":\"Add a --verbose flag to cli.py\"}\n"))
+    )),
+    responses(
+        (status = 200, description = "The job, stored and queued", body = JobResponse),
+        (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
+        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
+        (status = 503, description = "The engine is shutting down", body = ErrorBody),
+    )
+)]
 async fn submit_agent_tasks(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
     let body = json_body(&req, body, "tasks")?;
     let (req, raw) = parse_body(&body)?;
     submit(&engine, agent_job(req, raw)?).await
 }
 
+#[utoipa::path(
+    post, path = "/batch/mcp-operations", tag = "submit",
+    description = "Runs every operation through an MCP server. Also accepts `application/x-ndjson`: one item a line (with its own `custom_id`), options in the query string.",
+    request_body(content(
+        (McpRequest = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"custom_id\":\"r1\",\"type\":\"read\",\"path\":\"README.md\"}\n"))
+    )),
+    responses(
+        (status = 200, description = "The job, stored and queued", body = JobResponse),
+        (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
+        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
+        (status = 503, description = "The engine is shutting down", body = ErrorBody),
+    )
+)]
 async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
     let body = json_body(&req, body, "operations")?;
     let (req, raw) = parse_body(&body)?;
     submit(&engine, mcp_job(req, raw)?).await
 }
 
+#[utoipa::path(
+    post, path = "/batch/jobs", tag = "submit",
+    description = "A job of any registered kind (an embedder's own processors). Also accepts `application/x-ndjson`: one item a line (with its own `custom_id`), options in the query string.",
+    request_body(content(
+        (GenericJobRequest = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"custom_id\":\"1\",\"n\":1}\n"))
+    )),
+    responses(
+        (status = 200, description = "The job, stored and queued", body = JobResponse),
+        (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
+        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 503, description = "The engine is shutting down", body = ErrorBody),
+    )
+)]
 async fn submit_generic(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
     let body = json_body(&req, body, "items")?;
     let (req, raw) = parse_body(&body)?;
-    submit(&engine, generic_job(req, raw)?).await
+    match engine.submit(generic_job(req, raw)?).await {
+        // The kind is the caller's choice here, so an unknown one is a bad `type`, not a
+        // missing feature of the server.
+        Err(EngineError::NoProcessor(kind)) => Err(ApiError::invalid(
+            "type",
+            format!("no processor of kind '{kind}' is registered in this engine"),
+        )),
+        other => Ok(HttpResponse::Ok().json(JobResponse::from(other?))),
+    }
 }
 
 /// Query parameters, checked by hand so every error names its parameter.
@@ -177,6 +315,20 @@ impl Query {
 
 const MAX_PAGE: u64 = 1000;
 
+#[utoipa::path(
+    get, path = "/batch/jobs", tag = "jobs",
+    description = "Jobs, newest first.",
+    params(
+        ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
+        ("job_type" = Option<String>, Query, description = "Only jobs of this kind", example = "batch_validation"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 100)"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "Jobs to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 422, description = "A bad query parameter; `field` names it", body = ErrorBody),
+    )
+)]
 async fn list_jobs(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
     let q = Query::parse(&req, &["status", "job_type", "limit", "offset"])?;
     let msg = ListJobs {
@@ -192,6 +344,15 @@ async fn list_jobs(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
     }))
 }
 
+#[utoipa::path(
+    get, path = "/batch/jobs/{id}", tag = "jobs",
+    description = "One job, with live progress in `metadata.progress` and its result once finished.",
+    params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
+    responses(
+        (status = 200, description = "The job", body = JobResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
 async fn get_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     let id = id.into_inner();
     let msg = GetJob { job_id: id.clone() };
@@ -201,12 +362,23 @@ async fn get_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     }
 }
 
+#[utoipa::path(
+    delete, path = "/batch/jobs/{id}", tag = "jobs",
+    description = "Cancels a job: running items are stopped (their process groups killed), the rest become `cancelled`.",
+    params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
+    responses(
+        (status = 200, description = "Cancelled", body = CancelResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job already finished", body = ErrorBody),
+    )
+)]
 async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     let id = id.into_inner();
     match engine.cancel(&id).await? {
-        CancelOutcome::Cancelled { .. } => {
-            Ok(HttpResponse::Ok().json(json!({"status": "cancelled", "job_id": id})))
-        }
+        CancelOutcome::Cancelled { .. } => Ok(HttpResponse::Ok().json(CancelResponse {
+            status: JobStatus::Cancelled,
+            job_id: id,
+        })),
         CancelOutcome::NotFound => Err(ApiError::NotFound(format!("job '{id}' not found"))),
         CancelOutcome::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
             "job '{id}' is already {status} and cannot be cancelled"
@@ -214,6 +386,21 @@ async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     }
 }
 
+#[utoipa::path(
+    get, path = "/batch/jobs/{id}/items", tag = "jobs",
+    description = "A job's items in submission order, with each one's input, result and error.",
+    params(
+        ("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b"),
+        ("status" = Option<ItemStatus>, Query, description = "Only items in this status"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 100)"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "Items to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "A page of items", body = ItemList),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 422, description = "A bad query parameter; `field` names it", body = ErrorBody),
+    )
+)]
 async fn list_items(engine: web::Data<Engine>, id: web::Path<String>, req: HttpRequest) -> Reply {
     let id = id.into_inner();
     let q = Query::parse(&req, &["status", "limit", "offset"])?;
@@ -266,6 +453,16 @@ fn push_result_line(out: &mut String, (idx, key, status, result, error): &Result
 
 /// `GET /batch/jobs/{id}/results.jsonl`: every item's result, one line each in submission
 /// order, streamed a page at a time.
+#[utoipa::path(
+    get, path = "/batch/jobs/{id}/results.jsonl", tag = "jobs",
+    description = "Every item's result, one JSON object a line (`ResultLine`), in submission order, streamed a page at a time.",
+    params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
+    responses(
+        (status = 200, description = "One `ResultLine` per item", content_type = "application/x-ndjson", body = String,
+         example = json!("{\"custom_id\":\"a\",\"index\":0,\"status\":\"succeeded\",\"result\":{\"exit_code\":0},\"error\":null}\n")),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
 async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     let id = id.into_inner();
     let Some(first) = read_results(&engine, &id, -1).await? else {
@@ -360,6 +557,15 @@ struct JobStream {
 /// per finished item, and the final job (`end`), after which the stream closes. A client
 /// that reconnects (with or without `Last-Event-ID`) after the end gets the final job at
 /// once: the end is read from the store, never only from memory.
+#[utoipa::path(
+    get, path = "/batch/jobs/{id}/events", tag = "events",
+    description = "Server-Sent Events: `state` (the job now), `progress` (a `Progress` snapshot, at most ~10 a second), `item` (one per finished item: `{job_id, index, id, status}`) and `end` (the final job), after which the stream closes. Reconnecting after the end gets `end` at once.",
+    params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
 async fn job_events(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     let id = id.into_inner();
     // Subscribe before reading the job, so an end that happens in between is not missed.
@@ -414,6 +620,13 @@ async fn job_events(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
 
 /// `GET /batch/events`: progress, item and end events of every job, until the client
 /// disconnects.
+#[utoipa::path(
+    get, path = "/batch/events", tag = "events",
+    description = "Server-Sent Events of every job: `progress`, `item` and `end` (`{job_id}`), until the client disconnects.",
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+    )
+)]
 async fn all_events(engine: web::Data<Engine>) -> Reply {
     let rx = engine
         .supervisor()
@@ -438,11 +651,24 @@ async fn all_events(engine: web::Data<Engine>) -> Reply {
     Ok(sse_response(events))
 }
 
+#[utoipa::path(
+    get, path = "/batch/stats", tag = "jobs",
+    description = "Jobs per status.",
+    responses((status = 200, description = "Queue statistics", body = StatsResponse))
+)]
 async fn stats(engine: web::Data<Engine>) -> Reply {
     let stats = engine.stats().await?;
-    Ok(HttpResponse::Ok().json(json!({ "stats": stats })))
+    Ok(HttpResponse::Ok().json(StatsResponse { stats }))
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    description = "Prometheus text format: jobs by status, queue depth, running items per kind against their limit, items finished per kind, item duration and store commit latency histograms.",
+    responses(
+        (status = 200, description = "Metrics", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 503, description = "The engine does not answer", body = ErrorBody),
+    )
+)]
 async fn metrics(engine: web::Data<Engine>) -> Reply {
     let text = engine
         .supervisor()
@@ -454,20 +680,30 @@ async fn metrics(engine: web::Data<Engine>) -> Reply {
         .body(text))
 }
 
+#[utoipa::path(
+    get, path = "/health", tag = "operations",
+    description = "Whether the engine and its database answer.",
+    responses(
+        (status = 200, description = "Healthy", body = HealthResponse),
+        (status = 503, description = "The engine does not answer", body = ErrorBody),
+    )
+)]
 async fn health(engine: web::Data<Engine>) -> Reply {
     engine.supervisor().send(Ping).await.map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "node_id": engine.node_id(),
-    })))
+    Ok(HttpResponse::Ok().json(HealthResponse {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        node_id: engine.node_id().to_string(),
+    }))
 }
 
 /// The JSON 404 for paths no route matches; `App::default_service` takes it.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    HttpResponse::NotFound().json(json!({
-        "detail": format!("no route for {} {}", req.method(), req.path())
-    }))
+    HttpResponse::NotFound().json(error::ErrorBody::new(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {

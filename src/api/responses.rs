@@ -5,9 +5,23 @@ use crate::actors::tracker::Progress;
 use crate::model::{ItemRecord, JobStatus};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// The seed's `JobResponse`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "job_id": "batch_validation-3f2a9c1d8e7b", "type": "batch_validation", "status": "completed",
+    "progress": 100.0,
+    "result": {"summary": {"total": 1, "successful": 1, "failed": 0, "skipped": 0, "cancelled": 0},
+               "results": [{"target_id": "a", "status": "passed", "exit_code": 0}],
+               "elapsed_seconds": 0.12},
+    "error": null, "created_at": 1764150000.0, "started_at": 1764150000.01,
+    "completed_at": 1764150000.13,
+    "metadata": {"progress": {"total": 1, "processed": 1, "successful": 1, "failed": 0,
+        "skipped": 0, "cancelled": 0, "percentage": 100.0, "elapsed_seconds": 0.12,
+        "items_per_second": 8.3, "estimated_remaining_seconds": 0.0, "current_item": null}},
+    "options": {"check_command": "true", "parallel": 5}
+}))]
 pub struct JobResponse {
     /// `{kind}-{12 hex}`.
     pub job_id: String,
@@ -19,6 +33,7 @@ pub struct JobResponse {
     /// Percentage of items processed, 0–100.
     pub progress: f64,
     /// `{summary, results, elapsed_seconds}` once finished.
+    #[schema(value_type = Option<Object>)]
     pub result: Option<std::sync::Arc<serde_json::value::RawValue>>,
     /// Why a failed job failed.
     pub error: Option<String>,
@@ -28,9 +43,11 @@ pub struct JobResponse {
     pub started_at: Option<f64>,
     /// Unix seconds.
     pub completed_at: Option<f64>,
-    /// User metadata plus `progress` (the tracker's fields).
+    /// User metadata plus `progress` (a [`Progress`] snapshot).
+    #[schema(value_type = Object)]
     pub metadata: Value,
     /// The job's options as submitted (without its items).
+    #[schema(value_type = Object)]
     pub options: Value,
 }
 
@@ -63,7 +80,7 @@ impl From<JobView> for JobResponse {
 }
 
 /// `GET /batch/jobs`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
     /// The page.
     pub jobs: Vec<JobResponse>,
@@ -72,7 +89,7 @@ pub struct JobList {
 }
 
 /// One item in `GET /batch/jobs/{id}/items`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ItemResponse {
     /// Position in the job, from 0.
     pub index: u32,
@@ -84,7 +101,8 @@ pub struct ItemResponse {
     pub attempts: u32,
     /// The submitted input.
     pub input: Value,
-    /// The processor's result.
+    /// The processor's result (its shape depends on the kind).
+    #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     /// Error message.
     pub error: Option<String>,
@@ -111,7 +129,7 @@ impl From<ItemRecord> for ItemResponse {
 }
 
 /// `GET /batch/jobs/{id}/items`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ItemList {
     /// The job.
     pub job_id: String,
@@ -123,4 +141,48 @@ pub struct ItemList {
     pub limit: u32,
     /// Offset used.
     pub offset: u64,
+}
+
+/// `DELETE /batch/jobs/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelResponse {
+    /// Always `cancelled`.
+    pub status: JobStatus,
+    /// The job.
+    pub job_id: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok` when the engine and its database answer.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+    /// This engine node's id.
+    pub node_id: String,
+}
+
+/// `GET /batch/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsResponse {
+    /// Jobs per status.
+    pub stats: crate::model::QueueStats,
+}
+
+/// One line of `GET /batch/jobs/{id}/results.jsonl` (documentation of the line format;
+/// the lines are written directly from stored text).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultLine {
+    /// The item's id (its `custom_id` when submitted as JSONL).
+    pub custom_id: String,
+    /// Position in the job, from 0.
+    pub index: u32,
+    /// Item status.
+    pub status: crate::model::ItemStatus,
+    /// The processor's result.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    /// Error message.
+    pub error: Option<String>,
 }

@@ -43,7 +43,7 @@ async fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
         ("/batch/tests", r#"{"modules": [{"id": "a", "path": "f"}], "test_command": "no-such-program-xyz"}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "test_command"),
         ("/batch/mcp-operations", r#"{"operations": [{"type": "explode"}]}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "operations[0].type"),
         ("/batch/agent-tasks", r#"{"tasks": [{"id": "t"}]}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "tasks[0].description"),
-        ("/batch/jobs", r#"{"type": "nope", "items": [1]}"#.into(), StatusCode::NOT_IMPLEMENTED, "nope"),
+        ("/batch/jobs", r#"{"type": "nope", "items": [1]}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "type"),
     ];
     for (path, body, status, needle) in cases {
         let (got, answer) = app.post_raw(path, body.as_bytes()).await;
@@ -69,37 +69,6 @@ async fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
     let after = app.get("/batch/jobs").await.1;
     assert_eq!(before["total"], 1);
     assert_eq!(before, after);
-}
-
-#[actix_web::test]
-async fn processors_not_built_yet_answer_not_implemented() {
-    let app = spawn_app().await;
-    let (status, body) = app
-        .post(
-            "/batch/agent-tasks",
-            &json!({"tasks": [{"id": "t1", "description": "fix it"}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("batch_agent_tasks"),
-        "{body}"
-    );
-    let (status, body) = app
-        .post(
-            "/batch/mcp-operations",
-            &json!({"operations": [{"type": "read", "path": "a"}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
-    assert!(
-        body["detail"].as_str().unwrap().contains("batch_mcp"),
-        "{body}"
-    );
-    assert_eq!(app.get("/batch/stats").await.1["stats"]["total"], 0);
 }
 
 #[actix_web::test]
@@ -181,4 +150,22 @@ async fn bad_reads_are_refused_with_the_parameter_named() {
         "{body}"
     );
     assert_eq!(app.job(&id).await["status"], "completed");
+}
+
+#[actix_web::test]
+async fn an_unregistered_kind_is_a_bad_type_field() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/batch/jobs",
+            &json!({"type": "no_such_kind", "items": [{"id": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "type");
+    assert!(
+        body["detail"].as_str().unwrap().contains("no_such_kind"),
+        "{body}"
+    );
+    assert_eq!(app.get("/batch/stats").await.1["stats"]["total"], 0);
 }

@@ -12,6 +12,8 @@ fn the_bench_subcommand_runs_every_scenario_and_prints_its_tables() {
             "500",
             "--abandoned",
             "10",
+            "--mcp-operations",
+            "60",
         ])
         .arg("--dir")
         .arg(dir.path())
@@ -25,6 +27,7 @@ fn the_bench_subcommand_runs_every_scenario_and_prints_its_tables() {
         "## Many small jobs over HTTP",
         "## Commands against xargs -P",
         "## Footprint and restart",
+        "## MCP operations through batchforge's own server",
     ] {
         assert!(stdout.contains(title), "missing {title:?} in:\n{stdout}");
     }

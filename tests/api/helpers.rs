@@ -32,6 +32,25 @@ pub async fn spawn_app_with(
     options: AppOptions,
     customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
 ) -> TestApp {
+    spawn_app_with_mcp(options, Vec::new(), customize).await
+}
+
+/// Like [`spawn_app_with`], with MCP servers besides the built-in one.
+pub async fn spawn_app_with_mcp(
+    options: AppOptions,
+    mcp_servers: Vec<batchforge::mcp::McpServerConfig>,
+    customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
+) -> TestApp {
+    spawn_app_with_agent(options, mcp_servers, Default::default(), customize).await
+}
+
+/// Like [`spawn_app_with_mcp`], with the LLM settings of `batch_agent_tasks`.
+pub async fn spawn_app_with_agent(
+    options: AppOptions,
+    mcp_servers: Vec<batchforge::mcp::McpServerConfig>,
+    agent: batchforge::agent::AgentConfig,
+    customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
     std::fs::create_dir(&workspace).unwrap();
@@ -42,6 +61,13 @@ pub async fn spawn_app_with(
             default_concurrency: None,
             kind_concurrency: options.kind_concurrency,
             builtin_processors: true,
+            // The test binary is not batchforge: name the binary that runs `mcp-server`.
+            mcp: batchforge::mcp::McpConfig {
+                servers: mcp_servers,
+                server_binary: Some(env!("CARGO_BIN_EXE_batchforge").into()),
+                ..Default::default()
+            },
+            agent,
         },
         bind: "127.0.0.1:0".into(),
         shutdown_grace: Duration::from_secs(1),

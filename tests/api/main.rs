@@ -1,16 +1,21 @@
 //! Integration tests through the public surface: HTTP on port 0 against a fresh SQLite
 //! file per test, the binary as a child process, and the library as an embedder uses it.
 
+mod fake_llm;
 mod helpers;
 mod jsonl;
 
+mod agent;
 mod bad_input;
 mod bench;
 mod cancellation;
 mod cli;
 mod commands;
 mod crash;
+mod dashboard;
 mod embedding;
 mod events;
 mod lifecycle;
+mod mcp;
 mod metrics;
+mod openapi;

@@ -1,0 +1,163 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and the request and
+//! response types, served at `/openapi.json`; Swagger UI, embedded in the binary (no CDN),
+//! at `/docs/`.
+
+use super::error::ErrorBody;
+use super::requests::{
+    AgentTask, AgentTasksRequest, GenericJobRequest, McpOperation, McpOperationType, McpRequest,
+    PathTarget, TestsRequest, ValidationRequest,
+};
+use super::responses::{
+    CancelResponse, HealthResponse, ItemList, ItemResponse, JobList, JobResponse, ResultLine,
+    StatsResponse,
+};
+use crate::actors::tracker::Progress;
+use crate::model::{ItemStatus, JobStatus, QueueStats};
+use actix_web::web::{self, ServiceConfig};
+use actix_web::{HttpRequest, HttpResponse};
+use std::sync::OnceLock;
+use utoipa::OpenApi;
+
+/// The document's source: every path and schema of the REST API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "batchforge",
+        description = "A durable batch job engine for coding-agent workloads: submit thousands of \
+validation commands, test runs, MCP operations or agent tasks as one job, watch them run, \
+read every result.\n\nEvery error answers `{\"detail\": …}`, plus `field` when one request \
+field is at fault.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        super::health,
+        super::metrics,
+        openapi_json,
+        super::submit_validation,
+        super::submit_tests,
+        super::submit_agent_tasks,
+        super::submit_mcp,
+        super::submit_generic,
+        super::list_jobs,
+        super::get_job,
+        super::cancel_job,
+        super::list_items,
+        super::results_jsonl,
+        super::job_events,
+        super::all_events,
+        super::stats,
+    ),
+    components(schemas(
+        ErrorBody,
+        PathTarget,
+        ValidationRequest,
+        TestsRequest,
+        AgentTask,
+        AgentTasksRequest,
+        McpOperation,
+        McpOperationType,
+        McpRequest,
+        GenericJobRequest,
+        JobResponse,
+        JobList,
+        ItemResponse,
+        ItemList,
+        CancelResponse,
+        HealthResponse,
+        StatsResponse,
+        QueueStats,
+        ResultLine,
+        Progress,
+        JobStatus,
+        ItemStatus,
+    )),
+    tags(
+        (name = "submit", description = "Submit a batch: one job of many items"),
+        (name = "jobs", description = "Read, page and cancel jobs and their items"),
+        (name = "events", description = "Live progress as Server-Sent Events"),
+        (name = "operations", description = "Health, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// `GET /openapi.json`. When the API is mounted under a prefix (an embedding app's
+/// scope), the document's server is that prefix, so "Try it out" reaches the right URL.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations",
+    description = "This OpenAPI 3 document.",
+    responses((status = 200, description = "The document", content_type = "application/json", body = Object))
+)]
+pub(super) async fn openapi_json(req: HttpRequest) -> HttpResponse {
+    let prefix = req.path().strip_suffix("/openapi.json").unwrap_or("");
+    if prefix.is_empty() {
+        return HttpResponse::Ok().json(document());
+    }
+    let mut doc = document().clone();
+    doc.servers = Some(vec![utoipa::openapi::Server::new(prefix)]);
+    HttpResponse::Ok().json(doc)
+}
+
+/// Swagger UI at `/docs/` (and `/docs`, redirected), reading `../openapi.json` relative
+/// to itself so it also works under a prefix.
+pub(super) fn mount_docs(cfg: &mut ServiceConfig) {
+    cfg.route(
+        "/docs",
+        web::get().to(|| async {
+            HttpResponse::PermanentRedirect()
+                .insert_header(("location", "docs/"))
+                .finish()
+        }),
+    )
+    .service(
+        utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+            .config(utoipa_swagger_ui::Config::new(["../openapi.json"])),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mounted_route_is_documented_and_nothing_else() {
+        let doc = document();
+        let mut documented = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            let methods = [
+                ("get", item.get.is_some()),
+                ("post", item.post.is_some()),
+                ("delete", item.delete.is_some()),
+                ("put", item.put.is_some()),
+                ("patch", item.patch.is_some()),
+            ];
+            for (m, present) in methods {
+                if present {
+                    documented.push((m.to_string(), path.clone()));
+                }
+            }
+        }
+        let mut mounted: Vec<(String, String)> = super::super::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        mounted.sort();
+        assert_eq!(documented, mounted);
+    }
+
+    #[test]
+    fn the_documented_mcp_operation_types_are_the_accepted_ones() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let listed = &doc["components"]["schemas"]["McpOperationType"]["enum"];
+        assert_eq!(
+            listed,
+            &serde_json::json!(super::super::requests::MCP_OPERATIONS)
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! `batchforge mcp-server --root DIR`: an MCP server over stdio whose tools
+//! (`list_files`, `read_file`, `write_file`, `run_command`, `sandbox_root`) work inside one
+//! directory and nowhere else.
+//!
+//! Every path goes through the same confinement as command targets: `..`, absolute paths
+//! elsewhere and symlinks that lead out are refused with a tool error (`isError: true`,
+//! the reason as text), as are files too big to read. `run_command` uses the engine's own
+//! runner: argv without a shell, cwd inside the root, a timeout and capped output, its
+//! process group killed on timeout, on `notifications/cancelled` and when the server dies.
+
+use crate::processors::command::{
+    confine_path, find_program, run_command, split_command, CommandSpec,
+};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{json, Map, Value};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Most directory entries `list_files` returns; the rest are counted as omitted.
+const MAX_LIST_ENTRIES: usize = 10_000;
+
+/// Flags of `batchforge mcp-server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Directory the tools are confined to.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Offer only list_files, read_file and sandbox_root (no write_file, no run_command).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Seconds a run_command may take before its process group is killed.
+    #[arg(long, default_value_t = 600.0)]
+    pub command_timeout: f64,
+    /// Cap on each of a command's stdout and stderr, in bytes.
+    #[arg(long, default_value_t = crate::processors::command::DEFAULT_MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: usize,
+    /// Largest file read_file returns, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_read_bytes: u64,
+}
+
+/// Runs the server on stdin/stdout until the client closes them.
+pub fn run(args: ServerArgs) -> Result<(), String> {
+    let server = SandboxServer::new(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        log::info!(
+            "MCP server on stdio, sandbox root {}{}",
+            server.root.display(),
+            if server.read_only { " (read-only)" } else { "" }
+        );
+        let service = server
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| format!("MCP handshake failed: {e}"))?;
+        service
+            .waiting()
+            .await
+            .map_err(|e| format!("MCP service failed: {e}"))?;
+        Ok(())
+    })
+}
+
+/// The tool handler; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SandboxServer {
+    root: Arc<PathBuf>,
+    read_only: bool,
+    command_timeout: Duration,
+    max_output_bytes: usize,
+    max_read_bytes: u64,
+}
+
+/// A tool's outcome: a result, or a message for a tool error.
+type ToolOutcome = Result<CallToolResult, String>;
+
+impl SandboxServer {
+    /// A server for `args.root`, which must be an existing directory.
+    pub fn new(args: &ServerArgs) -> Result<SandboxServer, String> {
+        let root = args
+            .root
+            .canonicalize()
+            .map_err(|e| format!("--root {}: {e}", args.root.display()))?;
+        if !root.is_dir() {
+            return Err(format!("--root {} is not a directory", root.display()));
+        }
+        if !(args.command_timeout.is_finite() && args.command_timeout > 0.0) {
+            return Err("--command-timeout must be a positive number of seconds".into());
+        }
+        Ok(SandboxServer {
+            root: Arc::new(root),
+            read_only: args.read_only,
+            command_timeout: Duration::from_secs_f64(args.command_timeout),
+            max_output_bytes: args.max_output_bytes.max(1),
+            max_read_bytes: args.max_read_bytes,
+        })
+    }
+
+    fn tools(&self) -> Vec<Tool> {
+        let path_schema = |what: &str, required: bool| {
+            let mut schema = json!({
+                "type": "object",
+                "properties": {"path": {"type": "string", "description": what}},
+                "additionalProperties": false
+            });
+            if required {
+                schema["required"] = json!(["path"]);
+            }
+            schema
+        };
+        let mut tools = vec![
+            tool(
+                "list_files",
+                "List a directory inside the sandbox root: one entry a line, directories with \
+                 a trailing '/'; structured content has each entry's name, type and size.",
+                path_schema(
+                    "Directory, relative to the sandbox root (default '.').",
+                    false,
+                ),
+            ),
+            tool(
+                "read_file",
+                "Read a UTF-8 text file inside the sandbox root.",
+                path_schema("File, relative to the sandbox root.", true),
+            ),
+            tool(
+                "sandbox_root",
+                "The absolute path every other tool is confined to.",
+                json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            ),
+        ];
+        if !self.read_only {
+            tools.push(tool(
+                "write_file",
+                "Write a text file inside the sandbox root, replacing it if it exists and \
+                 creating missing parent directories.",
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string", "description": "File, relative to the sandbox root."},
+                        "content": {"type": "string", "description": "The whole new content."}
+                    },
+                    "required": ["path", "content"],
+                    "additionalProperties": false
+                }),
+            ));
+            tools.push(tool(
+                "run_command",
+                "Run a command without a shell (split into argv like a POSIX shell would), in \
+                 the sandbox root or a directory inside it, with a timeout and capped output. \
+                 A non-zero exit is a tool error; structured content has exit_code, stdout, \
+                 stderr, truncated, timed_out and duration_seconds.",
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "command": {"type": "string", "description": "Command line, e.g. \"ls -la src\"."},
+                        "cwd": {"type": "string", "description": "Working directory relative to the sandbox root (default '.')."}
+                    },
+                    "required": ["command"],
+                    "additionalProperties": false
+                }),
+            ));
+        }
+        tools
+    }
+
+    async fn dispatch(
+        &self,
+        name: &str,
+        args: &Map<String, Value>,
+        cancel: CancellationToken,
+    ) -> ToolOutcome {
+        match name {
+            "list_files" => self.list_files(args).await,
+            "read_file" => self.read_file(args).await,
+            "write_file" => self.write_file(args).await,
+            "run_command" => self.run_command(args, cancel).await,
+            "sandbox_root" => Ok(structured(
+                self.root.to_string_lossy().into_owned(),
+                json!({"root": self.root.to_string_lossy()}),
+            )),
+            other => Err(format!("unknown tool '{other}'")),
+        }
+    }
+
+    async fn list_files(&self, args: &Map<String, Value>) -> ToolOutcome {
+        let path = optional_arg(args, "path")?.unwrap_or(".");
+        let dir = self.root.join(confine_path(&self.root, path)?);
+        let shown = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let read = std::fs::read_dir(&dir).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTDIR) => format!("'{shown}' is not a directory"),
+                _ => format!("cannot list '{shown}': {e}"),
+            })?;
+            let mut entries = Vec::new();
+            for e in read {
+                let e = e.map_err(|e| format!("cannot list '{shown}': {e}"))?;
+                let meta = e.path().symlink_metadata().ok();
+                let kind = match &meta {
+                    Some(m) if m.file_type().is_symlink() => "symlink",
+                    Some(m) if m.is_dir() => "directory",
+                    Some(m) if m.is_file() => "file",
+                    _ => "other",
+                };
+                let size = meta.as_ref().filter(|m| m.is_file()).map(|m| m.len());
+                entries.push((e.file_name().to_string_lossy().into_owned(), kind, size));
+            }
+            entries.sort();
+            let omitted = entries.len().saturating_sub(MAX_LIST_ENTRIES);
+            entries.truncate(MAX_LIST_ENTRIES);
+            let mut text = String::new();
+            for (name, kind, _) in &entries {
+                text.push_str(name);
+                if *kind == "directory" {
+                    text.push('/');
+                }
+                text.push('\n');
+            }
+            if omitted > 0 {
+                text.push_str(&format!("… {omitted} more entries omitted\n"));
+            }
+            let listed: Vec<Value> = entries
+                .iter()
+                .map(|(name, kind, size)| json!({"name": name, "type": kind, "size": size}))
+                .collect();
+            Ok(structured(
+                text,
+                json!({"path": shown, "entries": listed, "omitted": omitted}),
+            ))
+        })
+        .await
+        .map_err(|e| format!("list_files failed: {e}"))?
+    }
+
+    async fn read_file(&self, args: &Map<String, Value>) -> ToolOutcome {
+        let path = required_arg(args, "path")?;
+        let file = self.root.join(confine_path(&self.root, path)?);
+        let meta = tokio::fs::metadata(&file)
+            .await
+            .map_err(|e| format!("cannot read '{path}': {e}"))?;
+        if meta.is_dir() {
+            return Err(format!("'{path}' is a directory; list it with list_files"));
+        }
+        if meta.len() > self.max_read_bytes {
+            return Err(format!(
+                "'{path}' is {} bytes; this server reads at most {} (--max-read-bytes)",
+                meta.len(),
+                self.max_read_bytes
+            ));
+        }
+        let bytes = tokio::fs::read(&file)
+            .await
+            .map_err(|e| format!("cannot read '{path}': {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            format!(
+                "'{path}' is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
+    }
+
+    async fn write_file(&self, args: &Map<String, Value>) -> ToolOutcome {
+        if self.read_only {
+            return Err("write_file is disabled: this server runs read-only".into());
+        }
+        let path = required_arg(args, "path")?;
+        let content = match args.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            None => return Err("missing required argument 'content' (a string)".into()),
+            Some(other) => return Err(format!("argument 'content' must be a string, got {other}")),
+        };
+        let root = self.root.clone();
+        let shown = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let target = confine_new_file(&root, &shown)?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // The resolved path has no symlink left in it; O_NOFOLLOW keeps it that way
+            // should one appear there between the check and the open.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&target)
+                .map_err(|e| format!("cannot write '{shown}': {e}"))?;
+            f.write_all(content.as_bytes())
+                .map_err(|e| format!("cannot write '{shown}': {e}"))?;
+            let rel = target.strip_prefix(root.as_path()).unwrap_or(&target);
+            Ok(structured(
+                format!("wrote {} bytes to {}", content.len(), rel.display()),
+                json!({"path": rel.to_string_lossy(), "bytes": content.len()}),
+            ))
+        })
+        .await
+        .map_err(|e| format!("write_file failed: {e}"))?
+    }
+
+    async fn run_command(
+        &self,
+        args: &Map<String, Value>,
+        cancel: CancellationToken,
+    ) -> ToolOutcome {
+        if self.read_only {
+            return Err("run_command is disabled: this server runs read-only".into());
+        }
+        let command = required_arg(args, "command")?;
+        let cwd = optional_arg(args, "cwd")?.unwrap_or(".");
+        let cwd = self.root.join(confine_path(&self.root, cwd)?);
+        if !cwd.is_dir() {
+            return Err(format!("cwd '{}' is not a directory", cwd.display()));
+        }
+        let argv = split_command(command).map_err(|e| format!("command {e}"))?;
+        if find_program(&argv[0], &cwd).is_none() {
+            return Err(format!(
+                "program '{}' was not found (looked on PATH and in the working directory)",
+                argv[0]
+            ));
+        }
+        let spec = CommandSpec {
+            argv,
+            cwd,
+            timeout: self.command_timeout,
+            max_output_bytes: self.max_output_bytes,
+        };
+        let out = run_command(&spec, &cancel)
+            .await
+            .map_err(|e| format!("cannot start '{}': {e}", spec.argv[0]))?;
+        let failure = if out.cancelled {
+            Some("cancelled by the client; process group killed".to_string())
+        } else if out.timed_out {
+            Some(format!(
+                "timed out after {:.1}s; process group killed",
+                spec.timeout.as_secs_f64()
+            ))
+        } else {
+            match (out.exit_code, out.signal) {
+                (Some(0), _) => None,
+                (Some(code), _) => Some(format!("exit code {code}")),
+                (None, signal) => Some(format!("killed by signal {}", signal.unwrap_or(0))),
+            }
+        };
+        let data = json!({
+            "exit_code": out.exit_code,
+            "signal": out.signal,
+            "stdout": out.stdout,
+            "stderr": out.stderr,
+            "truncated": out.truncated,
+            "timed_out": out.timed_out,
+            "duration_seconds": (out.duration.as_secs_f64() * 1000.0).round() / 1000.0,
+        });
+        let mut result = match &failure {
+            None => CallToolResult::success(vec![ContentBlock::text(out.stdout.clone())]),
+            Some(reason) => {
+                let stderr = out.stderr.trim_end();
+                let text = if stderr.is_empty() {
+                    reason.clone()
+                } else {
+                    format!("{reason}: {stderr}")
+                };
+                CallToolResult::error(vec![ContentBlock::text(text)])
+            }
+        };
+        result.structured_content = Some(data);
+        Ok(result)
+    }
+}
+
+impl ServerHandler for SandboxServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("batchforge", env!("CARGO_PKG_VERSION")))
+            .with_instructions(format!(
+                "Filesystem tools confined to {}; paths are relative to it.",
+                self.root.display()
+            ))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools().into_iter().find(|t| t.name == name)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let known = [
+            "list_files",
+            "read_file",
+            "write_file",
+            "run_command",
+            "sandbox_root",
+        ];
+        if !known.contains(&request.name.as_ref()) {
+            // An unknown tool is a protocol error (-32602), as the specification asks.
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "unknown tool '{}' (this server offers: {})",
+                    request.name,
+                    known.join(", ")
+                ),
+                None,
+            ));
+        }
+        let args = request.arguments.unwrap_or_default();
+        let outcome = self
+            .dispatch(&request.name, &args, context.ct.clone())
+            .await;
+        Ok(outcome
+            .unwrap_or_else(|message| CallToolResult::error(vec![ContentBlock::text(message)]))
+            .into())
+    }
+}
+
+fn tool(name: &'static str, description: &'static str, schema: Value) -> Tool {
+    let Value::Object(schema) = schema else {
+        unreachable!("tool schemas are objects")
+    };
+    Tool::new(name, description, schema)
+}
+
+/// A successful result with text for people and the same facts as structured content.
+fn structured(text: String, data: Value) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(data);
+    result
+}
+
+fn required_arg<'a>(args: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
+    match args.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(format!("argument '{name}' must not be empty")),
+        None | Some(Value::Null) => Err(format!("missing required argument '{name}' (a string)")),
+        Some(other) => Err(format!("argument '{name}' must be a string, got {other}")),
+    }
+}
+
+fn optional_arg<'a>(args: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("argument '{name}' must be a string, got {other}")),
+    }
+}
+
+/// Resolves a file to write inside `root` (canonical), the way the kernel would: each
+/// existing component is followed (symlinks included) and `..` climbs from where that
+/// led; components that do not exist yet are taken as plain directory names. The result
+/// must lie inside the root and must not be a directory or a dangling symlink. Missing
+/// parent directories are created. Returns the absolute, symlink-free path to open.
+pub fn confine_new_file(root: &Path, path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err("path is empty".into());
+    }
+    if path.contains('\0') {
+        return Err(format!(
+            "path '{}' contains a NUL byte",
+            path.escape_debug()
+        ));
+    }
+    let outside = || format!("path '{path}' is outside the workspace root");
+    // `real` never holds a symlink, so popping it for `..` is what the kernel does.
+    let mut real = PathBuf::from("/");
+    let mut missing = false;
+    for c in root.join(path).components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) => real = PathBuf::from("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                real.pop();
+                missing = missing && real.symlink_metadata().is_err();
+            }
+            Component::Normal(name) => {
+                real.push(name);
+                if missing {
+                    continue;
+                }
+                match real.symlink_metadata() {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        real = real.canonicalize().map_err(|e| {
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                format!("path '{path}' goes through a symlink to a missing target; refusing to write through it")
+                            } else {
+                                format!("path '{path}': {e}")
+                            }
+                        })?;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing = true,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                        return Err(format!("path '{path}': a parent is not a directory"))
+                    }
+                    Err(e) => return Err(format!("path '{path}': {e}")),
+                }
+            }
+        }
+    }
+    if !real.starts_with(root) {
+        return Err(outside());
+    }
+    if real == root || real.is_dir() {
+        return Err(format!("'{path}' is a directory"));
+    }
+    let parent = real.parent().ok_or_else(outside)?;
+    if !parent.is_dir() {
+        std::fs::create_dir_all(parent).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+                format!("path '{path}': a parent is not a directory")
+            }
+            _ => format!("cannot create the directories of '{path}': {e}"),
+        })?;
+    }
+    // A symlink swapped in meanwhile would show here.
+    let parent = parent
+        .canonicalize()
+        .map_err(|e| format!("path '{path}': {e}"))?;
+    if !parent.starts_with(root) {
+        return Err(outside());
+    }
+    Ok(parent.join(real.file_name().ok_or_else(outside)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_files_are_confined_to_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        std::fs::write(tmp.path().join("outside.txt"), "secret").unwrap();
+        std::os::unix::fs::symlink(tmp.path(), root.join("up")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside.txt"), root.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("nowhere.txt"), root.join("dangling")).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink(root.join("sub"), root.join("inner")).unwrap();
+
+        assert_eq!(
+            confine_new_file(&root, "a.txt").unwrap(),
+            root.join("a.txt")
+        );
+        assert_eq!(
+            confine_new_file(&root, "new/deeper/b.txt").unwrap(),
+            root.join("new/deeper/b.txt")
+        );
+        assert!(root.join("new/deeper").is_dir());
+        assert_eq!(
+            confine_new_file(&root, "sub/../c.txt").unwrap(),
+            root.join("c.txt")
+        );
+        assert_eq!(
+            confine_new_file(&root, "inner/d.txt").unwrap(),
+            root.join("sub/d.txt")
+        );
+        let abs = root.join("e.txt");
+        assert_eq!(confine_new_file(&root, abs.to_str().unwrap()).unwrap(), abs);
+
+        for bad in [
+            "../x.txt",
+            "../../etc/passwd",
+            "/etc/passwd",
+            "up/x.txt",
+            "link.txt",
+            "up/new/x.txt",
+        ] {
+            let err = confine_new_file(&root, bad).unwrap_err();
+            assert!(err.contains("outside"), "{bad}: {err}");
+        }
+        assert!(
+            !tmp.path().join("new").exists(),
+            "nothing is created outside"
+        );
+        assert!(confine_new_file(&root, "dangling")
+            .unwrap_err()
+            .contains("symlink"));
+        assert_eq!(
+            confine_new_file(&root, "gone/../f.txt").unwrap(),
+            root.join("f.txt")
+        );
+        std::fs::write(root.join("plain"), "").unwrap();
+        assert!(confine_new_file(&root, "plain/x")
+            .unwrap_err()
+            .contains("not a directory"));
+        assert!(confine_new_file(&root, "sub")
+            .unwrap_err()
+            .contains("directory"));
+        assert!(confine_new_file(&root, ".")
+            .unwrap_err()
+            .contains("directory"));
+        assert!(confine_new_file(&root, "").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! `batch_mcp`: each item is one MCP operation (`read`, `write`, `list`, `command`, or a
+//! `call` of any tool), run as a tool call on a pooled session of the job's server.
+//!
+//! Results keep the seed's shape, `{operation, status: success|failed, result|error}`,
+//! plus the item's `id`, the `server` and `tool` used and the tool's
+//! `structured_content` when it returned some. A session whose server dies during a call
+//! is replaced and the operation retried once on the new one.
+
+use crate::mcp::ops::Operation;
+use crate::mcp::pool::{CallError, ServerPool};
+use crate::mcp::McpRegistry;
+use crate::model::ItemOutcome;
+use crate::processor::{FieldError, Item, ItemContext, Processor};
+use rmcp::model::{CallToolResult, ContentBlock};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The kind this processor handles.
+pub const KIND: &str = "batch_mcp";
+/// Per-operation timeout unless the job sets `timeout_seconds`.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest per-operation timeout a job may ask for (a day).
+const MAX_TIMEOUT_SECONDS: f64 = 86_400.0;
+
+/// Runs MCP operations against the configured servers.
+pub struct McpProcessor {
+    pools: HashMap<String, Arc<ServerPool>>,
+    registry: McpRegistry,
+}
+
+impl McpProcessor {
+    /// A processor for the servers of `registry`; no server starts before a job needs it.
+    pub fn new(registry: McpRegistry) -> Self {
+        let pools = registry
+            .servers
+            .iter()
+            .map(|s| (s.name.clone(), ServerPool::new(s.clone())))
+            .collect();
+        McpProcessor { pools, registry }
+    }
+
+    /// The pool of server `name`, if configured.
+    pub fn pool(&self, name: &str) -> Option<&Arc<ServerPool>> {
+        self.pools.get(name)
+    }
+
+    fn server_name<'a>(&'a self, options: &'a Value) -> &'a str {
+        options
+            .get("server")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.registry.default_server)
+    }
+
+    fn timeout(options: &Value) -> Duration {
+        options
+            .get("timeout_seconds")
+            .and_then(Value::as_f64)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(DEFAULT_OPERATION_TIMEOUT)
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Processor for McpProcessor {
+    fn kind(&self) -> &str {
+        KIND
+    }
+
+    fn default_concurrency(&self) -> usize {
+        32
+    }
+
+    fn validate_options(&self, options: &Value) -> Result<(), FieldError> {
+        match options.get("server") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(name)) if self.pools.contains_key(name) => {}
+            Some(Value::String(name)) => {
+                return Err(FieldError::new(
+                    "server",
+                    format!(
+                        "MCP server '{name}' is not configured (configured: {})",
+                        self.registry.names()
+                    ),
+                ))
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    "server",
+                    format!("must be the name of a configured MCP server, got {other}"),
+                ))
+            }
+        }
+        match options.get("timeout_seconds") {
+            None | Some(Value::Null) => Ok(()),
+            Some(v) => match v.as_f64() {
+                Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECONDS => Ok(()),
+                _ => Err(FieldError::new(
+                    "timeout_seconds",
+                    format!("must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS}], got {v}"),
+                )),
+            },
+        }
+    }
+
+    async fn process(&self, item: Item, ctx: ItemContext) -> ItemOutcome {
+        let server = self.server_name(&ctx.options).to_string();
+        let mut result = Map::new();
+        result.insert(
+            "operation".into(),
+            item.payload.get("type").cloned().unwrap_or(Value::Null),
+        );
+        result.insert("id".into(), json!(item.key));
+        result.insert("server".into(), json!(server));
+        let fail = |mut result: Map<String, Value>, message: String| {
+            result.insert("status".into(), json!("failed"));
+            result.insert("error".into(), json!(message));
+            ItemOutcome::failed(Value::Object(result), message)
+        };
+        let cancelled = |mut result: Map<String, Value>| {
+            result.insert("status".into(), json!("cancelled"));
+            ItemOutcome::cancelled(Value::Object(result))
+        };
+        // Jobs submitted through /batch/jobs skip the submit-time check: repeat it here.
+        let op = match Operation::parse(&item.payload) {
+            Ok(op) => op,
+            Err(e) if e.field.is_empty() => {
+                return fail(result, format!("operation {}", e.message))
+            }
+            Err(e) => return fail(result, format!("{}: {}", e.field, e.message)),
+        };
+        let Some(pool) = self.pools.get(&server) else {
+            let message = format!(
+                "MCP server '{server}' is not configured (configured: {})",
+                self.registry.names()
+            );
+            return fail(result, message);
+        };
+        ctx.progress
+            .current(format!("{} {}", item.key, op.describe()));
+        let timeout = Self::timeout(&ctx.options);
+        // One retry, and only when the session died under the call.
+        for attempt in 1..=2 {
+            let lease = match pool.checkout(&ctx.cancel).await {
+                None => return cancelled(result),
+                Some(Err(message)) => return fail(result, message),
+                Some(Ok(lease)) => lease,
+            };
+            let session = lease.session();
+            let (tool, arguments) = match op.to_call(&server, &session.tools) {
+                Ok(call) => call,
+                Err(message) => return fail(result, message),
+            };
+            result.insert("tool".into(), json!(tool));
+            match session.call(&tool, arguments, timeout, &ctx.cancel).await {
+                Ok(answer) => return outcome(result, answer),
+                Err(CallError::Cancelled) => return cancelled(result),
+                Err(CallError::Closed) if attempt == 1 => {
+                    log::warn!(
+                        "job {} item {} ({}): MCP server '{server}' went away during the call; retrying on a new session",
+                        item.job_id,
+                        item.index,
+                        op.describe()
+                    );
+                    lease.discard();
+                }
+                Err(CallError::Closed) => {
+                    lease.discard();
+                    return fail(
+                        result,
+                        format!(
+                            "MCP server '{server}' went away during the call, twice (its stderr is in the log)"
+                        ),
+                    );
+                }
+                Err(e) => return fail(result, format!("{tool}: {e}")),
+            }
+        }
+        unreachable!("the second attempt always returns")
+    }
+}
+
+/// Turns a tool's answer into the item's outcome: `isError` fails the item.
+fn outcome(mut result: Map<String, Value>, answer: CallToolResult) -> ItemOutcome {
+    let text = content_value(&answer.content);
+    if let Some(structured) = answer.structured_content {
+        result.insert("structured_content".into(), structured);
+    }
+    if answer.is_error == Some(true) {
+        let message = match &text {
+            Value::String(s) if !s.trim().is_empty() => s.trim_end().to_string(),
+            Value::String(_) => "the tool reported an error without a message".to_string(),
+            other => other.to_string(),
+        };
+        result.insert("status".into(), json!("failed"));
+        result.insert("error".into(), json!(message));
+        return ItemOutcome::failed(Value::Object(result), message);
+    }
+    result.insert("status".into(), json!("success"));
+    result.insert("result".into(), text);
+    ItemOutcome::succeeded(Value::Object(result))
+}
+
+/// Text blocks joined into one string; anything else (images, resources) as JSON blocks.
+fn content_value(content: &[ContentBlock]) -> Value {
+    let texts: Option<Vec<&str>> = content
+        .iter()
+        .map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    match texts {
+        Some(texts) => Value::String(texts.join("\n")),
+        None => serde_json::to_value(content).unwrap_or(Value::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_errors_fail_the_item_with_their_message() {
+        let mut answer = CallToolResult::error(vec![ContentBlock::text("path 'x' is outside\n")]);
+        answer.structured_content = Some(json!({"exit_code": 1}));
+        let o = outcome(Map::new(), answer);
+        assert_eq!(o.status, crate::model::ItemStatus::Failed);
+        assert_eq!(o.result["error"], "path 'x' is outside");
+        assert_eq!(o.result["structured_content"]["exit_code"], 1);
+        let o = outcome(
+            Map::new(),
+            CallToolResult::success(vec![ContentBlock::text("a"), ContentBlock::text("b")]),
+        );
+        assert_eq!(o.status, crate::model::ItemStatus::Succeeded);
+        assert_eq!(o.result["result"], "a\nb");
+        assert_eq!(o.result["status"], "success");
+    }
+}

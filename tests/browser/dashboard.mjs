@@ -1,0 +1,244 @@
+// End-to-end test of the batchforge web dashboard in headless Chromium.
+//
+//   node tests/browser/dashboard.mjs BASE_URL WORKSPACE
+//
+// BASE_URL is a running batchforge server (or BATCHFORGE_URL), WORKSPACE its workspace
+// root (or BATCHFORGE_WORKSPACE): the script writes the files its batches check there.
+// The browser is Debian's chromium (CHROMIUM overrides the path); nothing is downloaded.
+// DASHBOARD_SCREENSHOTS=DIR also saves screenshots of the pages.
+//
+// It submits batches over REST, as a script would, and checks what the page shows:
+//   1. a validation batch's progress bar reaches 100% and its ✓ count is right;
+//   2. a slow job is cancelled by clicking its cancel button (and is cancelled over REST);
+//   3. a failed item's stderr can be read on its job page (and its id is shown as text).
+// Every wait is bounded; any uncaught page error or CSP violation fails the run.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const WAIT = 20_000;
+const base = new URL(process.argv[2] || process.env.BATCHFORGE_URL || 'http://127.0.0.1:8000/');
+if (!base.pathname.endsWith('/')) base.pathname += '/';
+const workspace = process.argv[3] || process.env.BATCHFORGE_WORKSPACE;
+const shots = process.env.DASHBOARD_SCREENSHOTS;
+if (!workspace) {
+  console.error('usage: node dashboard.mjs BASE_URL WORKSPACE');
+  process.exit(2);
+}
+
+// The whole run is bounded too, whatever hangs.
+const watchdog = setTimeout(() => {
+  console.error('FAIL: the browser test did not finish within 150 s');
+  process.exit(1);
+}, 150_000);
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+async function api(method, path, body) {
+  const res = await fetch(new URL(path, base), {
+    method,
+    headers: body ? { 'content-type': 'application/json' } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  const json = text ? JSON.parse(text) : null;
+  if (!res.ok) throw new Error(`${method} ${path} answered ${res.status}: ${text}`);
+  return json;
+}
+
+const step = (name) => console.log(`-- ${name}`);
+const ok = (name) => console.log(`ok: ${name}`);
+
+for (const [name, content] of [['a.txt', 'a'], ['b.txt', 'b'], ['c.txt', 'c'], ['d.txt', 'd'], ['good.txt', 'g'], ['bad.txt', 'x'], ['slow.txt', 's']]) {
+  writeFileSync(join(workspace, name), content);
+}
+if (shots) mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+
+let failed = false;
+const problems = [];
+try {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) problems.push(`console error: ${m.text()}`);
+  });
+  page.on('requestfailed', (r) => {
+    // The event stream is aborted when the page goes away; anything else is a failure.
+    if (!r.url().includes('/batch/events')) problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
+  });
+
+  step(`open ${base.href}`);
+  await page.goto(base.href);
+  await page.getByTestId('jobs-table').waitFor();
+  await page.locator('[data-testid="live-status"][data-state="live"]').waitFor();
+  ok('the dashboard loads and its event stream is live');
+
+  // 1. A batch submitted over REST: its bar reaches 100%.
+  step('submit a validation batch over REST');
+  const quick = await api('POST', 'batch/validation', {
+    targets: ['a', 'b', 'c', 'd'].map((id) => ({ id, path: `${id}.txt` })),
+    check_command: "sh -c 'sleep 0.4; test -s \"$0\"'",
+    parallel: 2,
+  });
+  const quickRow = page.locator(`[data-testid="job-row"][data-job-id="${quick.job_id}"]`);
+  await quickRow.waitFor();
+  await quickRow.locator('[data-testid="progress"][aria-valuenow="100"]').waitFor();
+  await quickRow.locator('[data-testid="job-status"]', { hasText: 'completed' }).waitFor();
+  const pctText = (await quickRow.getByTestId('progress-text').textContent()).trim();
+  check(pctText === '100%', `the progress label says ${pctText}`);
+  const okCount = (await quickRow.getByTestId('count-ok').textContent()).trim();
+  check(okCount === '✓ 4', `the ✓ count says ${okCount}`);
+  check(await quickRow.getByTestId('cancel-button').isHidden(), 'a finished job still shows a cancel button');
+  ok(`job ${quick.job_id}: the progress bar reached 100% with ✓ 4`);
+
+  // 2. A slow job, cancelled by clicking.
+  step('submit a slow job and cancel it by clicking');
+  const slow = await api('POST', 'batch/validation', {
+    targets: [{ id: 's1', path: 'slow.txt' }, { id: 's2', path: 'slow.txt' }, { id: 's3', path: 'slow.txt' }],
+    check_command: "sh -c 'sleep 30'",
+    parallel: 2,
+  });
+  const slowRow = page.locator(`[data-testid="job-row"][data-job-id="${slow.job_id}"]`);
+  await slowRow.locator('[data-testid="job-status"]', { hasText: 'running' }).waitFor();
+  const cancel = slowRow.getByTestId('cancel-button');
+  await cancel.click();
+  await slowRow.locator('[data-testid="cancel-button"]', { hasText: 'Confirm' }).waitFor();
+  await cancel.click();
+  await slowRow.locator('[data-testid="job-status"]', { hasText: 'cancelled' }).waitFor();
+  await page.getByTestId('toast').filter({ hasText: `Cancelled ${slow.job_id}` }).waitFor();
+  await cancel.waitFor({ state: 'hidden' });
+  const slowJob = await api('GET', `batch/jobs/${slow.job_id}`);
+  check(slowJob.status === 'cancelled', `over REST the slow job is ${slowJob.status}`);
+  ok(`job ${slow.job_id}: cancelled from its button, and cancelled over REST`);
+  if (shots) await page.screenshot({ path: join(shots, 'jobs.png'), fullPage: true, animations: 'disabled' });
+
+  // 3. A failed item's stderr, on its job page.
+  step('open a job with a failed item and read its stderr');
+  const hostile = '<img src=x onerror="window.__pwned=1">';
+  const mixed = await api('POST', 'batch/validation', {
+    targets: [
+      { id: 'good', path: 'good.txt' },
+      { id: 'bad', path: 'bad.txt' },
+      { id: hostile, path: 'good.txt' },
+    ],
+    check_command: "sh -c 'if [ \"$0\" = bad.txt ]; then echo \"boom: $0 is broken\" >&2; exit 3; fi; echo fine'",
+    parallel: 3,
+  });
+  const mixedRow = page.locator(`[data-testid="job-row"][data-job-id="${mixed.job_id}"]`);
+  await mixedRow.locator('[data-testid="job-status"]', { hasText: 'completed' }).waitFor();
+  const failCount = (await mixedRow.getByTestId('count-failed').textContent()).trim();
+  check(failCount === '✗ 1', `the ✗ count says ${failCount}`);
+  await mixedRow.getByTestId('job-link').click();
+  await page.getByTestId('job-view').waitFor();
+  await page.locator('[data-testid="job-id"]', { hasText: mixed.job_id }).waitFor();
+  await page.locator('[data-testid="job-progress"][aria-valuenow="100"]').waitFor();
+  await page.locator('[data-testid="item-row"]').first().waitFor();
+  check((await page.locator('[data-testid="item-row"]').count()) === 3, 'the job page lists 3 items');
+  await page.getByTestId('item-filter').selectOption('failed');
+  await page.waitForFunction(() => {
+    const rows = document.querySelectorAll('[data-testid="item-row"]');
+    return rows.length === 1 && rows[0].dataset.itemId === 'bad';
+  });
+  check(page.url().includes('status=failed'), `the filter is not in the URL: ${page.url()}`);
+  const badRow = page.locator('[data-testid="item-row"][data-item-id="bad"]');
+  await badRow.click();
+  const detail = page.locator('[data-testid="item-detail"]:visible');
+  const stderr = (await detail.getByTestId('item-stderr').textContent()).trim();
+  check(stderr === 'boom: bad.txt is broken', `the failed item's stderr reads ${JSON.stringify(stderr)}`);
+  const exitCode = (await detail.getByTestId('item-exit-code').textContent()).trim();
+  check(exitCode === '3', `the exit code reads ${exitCode}`);
+  ok(`job ${mixed.job_id}: the failed item's stderr reads "${stderr}", exit code ${exitCode}`);
+  if (shots) await page.screenshot({ path: join(shots, 'job.png'), fullPage: true, animations: 'disabled' });
+
+  // Server text is text: an item id that looks like markup is shown as it is, never run.
+  await page.getByTestId('item-filter').selectOption('');
+  const hostileRow = page.locator('[data-testid="item-row"]').filter({ hasText: '<img src=x' });
+  await hostileRow.waitFor();
+  check(!(await page.evaluate(() => window.__pwned)), 'markup in an item id ran');
+  check((await page.locator('[data-testid="items-table"] img').count()) === 0, 'markup in an item id became an element');
+  ok('markup in an item id is shown as text');
+
+  // An agent task's patch is shown as a diff. No agent processor runs here, so the page
+  // gets a finished agent job from routed answers, in the REST shapes.
+  step('an agent task result with a patch renders as a coloured diff');
+  const agentId = 'batch_agent_tasks-0123456789ab';
+  const now = Date.now() / 1000;
+  const patch = [
+    'diff --git a/src/lib.rs b/src/lib.rs',
+    '--- a/src/lib.rs',
+    '+++ b/src/lib.rs',
+    '@@ -1,3 +1,3 @@',
+    ' fn main() {',
+    '-    println!("helo");',
+    '+    println!("hello <world>");',
+    ' }',
+  ].join('\n');
+  const agentJob = {
+    job_id: agentId, type: 'batch_agent_tasks', status: 'completed', progress: 100, error: null,
+    result: { summary: { total: 1, successful: 1, failed: 0, skipped: 0, cancelled: 0 }, results: [], elapsed_seconds: 2 },
+    created_at: now - 5, started_at: now - 4, completed_at: now - 2, options: { parallel: 3 },
+    metadata: { progress: { total: 1, processed: 1, successful: 1, failed: 0, skipped: 0, cancelled: 0, percentage: 100, elapsed_seconds: 2, items_per_second: 0.5, estimated_remaining_seconds: 0, current_item: null } },
+  };
+  const agentItem = {
+    index: 0, id: 'fix-typo', status: 'succeeded', attempts: 1,
+    input: { id: 'fix-typo', description: 'fix the greeting' },
+    result: { task_id: 'fix-typo', status: 'completed', summary: 'fixed the typo', patch },
+    error: null, started_at: now - 4, finished_at: now - 2,
+  };
+  const json = (body) => ({ status: 200, contentType: 'application/json', body: JSON.stringify(body) });
+  await page.route((url) => url.pathname.endsWith(`/batch/jobs/${agentId}`), (route) => route.fulfill(json(agentJob)));
+  await page.route((url) => url.pathname.endsWith(`/batch/jobs/${agentId}/items`), (route) =>
+    route.fulfill(json({ job_id: agentId, items: [agentItem], total: 1, limit: 50, offset: 0 })));
+  await page.goto(`${base.href}#/jobs/${agentId}`);
+  await page.locator('[data-testid="item-row"][data-item-id="fix-typo"]').click();
+  const diff = page.locator('[data-testid="item-detail"]:visible [data-testid="item-patch"]');
+  await diff.waitFor();
+  const added = (await diff.locator('.d-add').allTextContents()).join('\n');
+  const removed = (await diff.locator('.d-del').allTextContents()).join('\n');
+  check(added === '+    println!("hello <world>");', `added lines read ${JSON.stringify(added)}`);
+  check(removed === '-    println!("helo");', `removed lines read ${JSON.stringify(removed)}`);
+  check((await diff.locator('.d-hunk').count()) === 1, 'no hunk header line');
+  check((await diff.locator('.d-file').count()) === 2, 'no file header lines');
+  ok('the patch renders as a diff: one line removed, one added');
+  if (shots) await page.screenshot({ path: join(shots, 'patch.png'), fullPage: true, animations: 'disabled' });
+  await page.unrouteAll();
+
+  // Back to the list through the hash route.
+  await page.getByTestId('home-link').click();
+  await page.getByTestId('jobs-table').waitFor();
+  await page.locator(`[data-testid="job-row"][data-job-id="${mixed.job_id}"]`).waitFor();
+  const statCancelled = (await page.getByTestId('stat-cancelled').textContent()).trim();
+  check(Number(statCancelled) >= 1, `the stats panel shows ${statCancelled} cancelled`);
+  ok('the stats panel counts the cancelled job');
+
+  check(problems.length === 0, `the page reported problems:\n  ${problems.join('\n  ')}`);
+  ok('no page errors, console errors or CSP violations');
+} catch (e) {
+  failed = true;
+  console.error(`FAIL: ${e.stack || e}`);
+  if (problems.length) console.error(`the page also reported:\n  ${problems.join('\n  ')}`);
+} finally {
+  await browser.close();
+  clearTimeout(watchdog);
+}
+console.log(failed ? 'dashboard browser test FAILED' : 'dashboard browser test passed');
+process.exit(failed ? 1 : 0);
