@@ -79,6 +79,7 @@ async fn main() -> std::io::Result<()> {
                         payload: json!({ "text": text }),
                     })
                     .collect(),
+                schedule: Default::default(),
             })
             .await
             .map_err(std::io::Error::other)?;

@@ -276,6 +276,7 @@ fn prefill(dir: &Path, n: usize, parallel: u32, abandoned: usize) -> Result<Stri
                 payload: json!({}),
             })
             .collect(),
+        schedule: Default::default(),
     };
     let id = new_job_id(noop::KIND);
     let job_id = id.clone();

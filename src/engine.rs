@@ -155,12 +155,16 @@ impl EngineBuilder {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         let node = node_id.clone();
-        let (recovery, open_jobs) = store
+        let (recovery, open_jobs, paused_kinds) = store
             .write(move |conn| {
                 let t = now();
                 let recovery = queries::recover_abandoned_items(conn, t)?;
                 queries::register_node(conn, &node, &hostname(), std::process::id(), t)?;
-                Ok((recovery, queries::open_jobs(conn)?))
+                Ok((
+                    recovery,
+                    queries::open_jobs(conn)?,
+                    queries::paused_kinds(conn)?,
+                ))
             })
             .await?;
         if recovery.requeued + recovery.failed + recovery.cancelled > 0 {
@@ -184,6 +188,7 @@ impl EngineBuilder {
             processors: limited,
             open_jobs,
             listening,
+            paused_kinds,
         })
         .start();
         Ok(Engine {
@@ -247,6 +252,43 @@ impl Engine {
                 job_id: job_id.to_string(),
             })
             .await?
+    }
+
+    /// Pauses a job (`paused: true`) or resumes it: while paused its running items
+    /// finish and nothing new of it is claimed or started.
+    pub async fn set_paused(
+        &self,
+        job_id: &str,
+        paused: bool,
+    ) -> Result<crate::store::queries::PauseOutcome, EngineError> {
+        self.supervisor
+            .send(crate::actors::messages::PauseJob {
+                job_id: job_id.to_string(),
+                paused,
+            })
+            .await?
+    }
+
+    /// Pauses or resumes every job of a kind, present and future; survives restarts.
+    pub async fn set_kind_paused(
+        &self,
+        kind: &str,
+        paused: bool,
+    ) -> Result<crate::actors::messages::KindInfo, EngineError> {
+        self.supervisor
+            .send(crate::actors::messages::PauseKind {
+                kind: kind.to_string(),
+                paused,
+            })
+            .await?
+    }
+
+    /// The registered kinds, their limits, running items and whether they are paused.
+    pub async fn kinds(&self) -> Result<Vec<crate::actors::messages::KindInfo>, EngineError> {
+        Ok(self
+            .supervisor
+            .send(crate::actors::messages::ListKinds)
+            .await?)
     }
 
     /// Counts jobs per status.

@@ -142,6 +142,23 @@ pub struct NewJob {
     pub metadata: Value,
     /// The items, in submission order.
     pub items: Vec<NewItem>,
+    /// When and in what order it runs, and its idempotency key.
+    pub schedule: JobSchedule,
+}
+
+/// Lowest and highest job priority.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// When and in what order a job runs, and how a resubmission is recognized.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobSchedule {
+    /// Higher runs first, within [`PRIORITY_RANGE`]; 0 by default.
+    pub priority: i32,
+    /// Unix seconds before which none of the job's items is claimed.
+    pub run_at: Option<f64>,
+    /// A submission with a key already used returns the job created with it (while that
+    /// job is retained) instead of creating a duplicate.
+    pub idempotency_key: Option<String>,
 }
 
 /// One item as submitted.
@@ -191,6 +208,14 @@ pub struct JobRecord {
     pub started_at: Option<f64>,
     /// Unix seconds of the terminal transition.
     pub completed_at: Option<f64>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Unix seconds before which nothing is claimed.
+    pub run_at: Option<f64>,
+    /// The submission's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Unix seconds since when the job is paused (nothing new is claimed), if it is.
+    pub paused_at: Option<f64>,
 }
 
 impl JobRecord {
@@ -214,6 +239,10 @@ impl JobRecord {
             created_at,
             started_at: None,
             completed_at: None,
+            priority: job.schedule.priority,
+            run_at: job.schedule.run_at,
+            idempotency_key: job.schedule.idempotency_key.clone(),
+            paused_at: None,
         }
     }
 

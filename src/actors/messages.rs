@@ -35,6 +35,10 @@ pub enum EngineError {
     /// The engine is shutting down and takes no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The request conflicts with what is stored (an idempotency key used by another
+    /// kind of job, a state that does not allow the change).
+    #[error("{0}")]
+    Conflict(String),
     /// An actor did not answer.
     #[error("engine actor unavailable: {0}")]
     Mailbox(#[from] actix::MailboxError),
@@ -47,6 +51,8 @@ pub struct JobView {
     pub record: JobRecord,
     /// Live progress from the Tracker while the job runs in this engine.
     pub live: Option<Progress>,
+    /// A submission answered with the job its idempotency key already created.
+    pub replayed: bool,
 }
 
 /// A page of jobs.
@@ -127,6 +133,45 @@ pub struct ReadResults {
 pub struct CancelJob {
     /// The job id.
     pub job_id: String,
+}
+
+/// Pause (`paused: true`) or resume a job: running items finish, nothing new is claimed
+/// while it is paused, and its claimed-but-not-started items go back to the queue.
+#[derive(Message)]
+#[rtype(result = "Result<crate::store::queries::PauseOutcome, EngineError>")]
+pub struct PauseJob {
+    /// The job id.
+    pub job_id: String,
+    /// Pause, or resume.
+    pub paused: bool,
+}
+
+/// Pause or resume every job of a kind, present and future.
+#[derive(Message)]
+#[rtype(result = "Result<KindInfo, EngineError>")]
+pub struct PauseKind {
+    /// The kind.
+    pub kind: String,
+    /// Pause, or resume.
+    pub paused: bool,
+}
+
+/// The registered kinds and what they are doing.
+#[derive(Message)]
+#[rtype(result = "Vec<KindInfo>")]
+pub struct ListKinds;
+
+/// One registered kind.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct KindInfo {
+    /// The kind, e.g. `batch_validation`.
+    pub kind: String,
+    /// Most items of this kind running at once.
+    pub limit: u32,
+    /// Items running now.
+    pub running: u32,
+    /// Whether the kind is paused as a whole.
+    pub paused: bool,
 }
 
 /// Count jobs per status.

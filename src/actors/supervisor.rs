@@ -52,6 +52,18 @@ fn buffer_target(limit: u32) -> u32 {
 const PUMP_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before retrying a failed store write.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Anti-starvation: a job that could run but has had no item start or finish for this
+/// long is served one priority level higher, and another level per further period.
+pub const AGING_SECS: f64 = 30.0;
+
+/// The priority a job is served at now: its own, plus one level per [`AGING_SECS`] it has
+/// waited with nothing of it starting or finishing. Jobs at the highest level share the
+/// slots in turn; a steady stream of higher-priority jobs therefore delays a lower one by
+/// at most `AGING_SECS` per level of difference, never forever.
+pub fn effective_priority(priority: i32, waiting_since: f64, now: f64) -> i64 {
+    let waited = (now - waiting_since).max(0.0);
+    i64::from(priority) + (waited / AGING_SECS) as i64
+}
 
 /// How the Supervisor is set up.
 pub struct SupervisorConfig {
@@ -67,6 +79,8 @@ pub struct SupervisorConfig {
     pub open_jobs: Vec<JobRecord>,
     /// How many event subscribers the Tracker has ([`Tracker::listening`]).
     pub listening: Arc<std::sync::atomic::AtomicUsize>,
+    /// Kinds paused as a whole, as stored.
+    pub paused_kinds: Vec<String>,
 }
 
 struct KindSlot {
@@ -82,6 +96,8 @@ struct KindSlot {
     claimable: VecDeque<Arc<str>>,
     /// Jobs with ready items, in round-robin order (each at most once).
     startable: VecDeque<Arc<str>>,
+    /// Paused as a whole: nothing of this kind is claimed or started.
+    paused: bool,
 }
 
 /// Room reserved for one job in a claim in flight.
@@ -115,6 +131,14 @@ struct ActiveJob {
     announced: bool,
     counts: Counts,
     started_at: Option<f64>,
+    priority: i32,
+    /// Nothing is claimed before this time (Unix seconds).
+    run_at: Option<f64>,
+    /// Paused: running items finish, nothing new is claimed or started.
+    paused: bool,
+    /// Since when the job has waited with nothing of it starting or finishing (for
+    /// [`effective_priority`]).
+    waiting_since: f64,
 }
 
 impl ActiveJob {
@@ -122,6 +146,36 @@ impl ActiveJob {
     fn idle(&self) -> bool {
         self.active == 0 && self.claiming == 0 && self.ready.is_empty()
     }
+
+    /// Whether the job may have items claimed or started now.
+    fn runnable(&self, now: f64) -> bool {
+        !self.cancelled && !self.paused && self.run_at.is_none_or(|t| t <= now)
+    }
+
+    /// The level it is served at now.
+    fn level(&self, now: f64) -> i64 {
+        let since = self
+            .run_at
+            .map_or(self.waiting_since, |t| t.max(self.waiting_since));
+        effective_priority(self.priority, since, now)
+    }
+}
+
+/// The distinct levels of the listed jobs that pass `filter`, highest first.
+fn levels<'a>(
+    ids: impl Iterator<Item = &'a Arc<str>>,
+    jobs: &HashMap<Arc<str>, ActiveJob>,
+    now: f64,
+    filter: impl Fn(&ActiveJob) -> bool,
+) -> Vec<i64> {
+    let mut levels: Vec<i64> = ids
+        .filter_map(|id| jobs.get(id))
+        .filter(|j| j.runnable(now) && filter(j))
+        .map(|j| j.level(now))
+        .collect();
+    levels.sort_unstable_by(|a, b| b.cmp(a));
+    levels.dedup();
+    levels
 }
 
 /// Owns the queue; see the module docs.
@@ -155,15 +209,32 @@ pub struct Supervisor {
     listening: Arc<std::sync::atomic::AtomicUsize>,
     /// Submissions waiting for the next insert transaction (group commit).
     pending_submits: Vec<PendingSubmit>,
+    /// Claimed items of paused jobs and kinds, to be put back in the queue by the next
+    /// write.
+    pending_release: Vec<(String, u32)>,
+    /// Kinds paused as a whole, before the Workers exist.
+    paused_kinds: Vec<String>,
 }
 
 type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
 
+/// What a submission became in a write.
+enum Inserted {
+    /// A new job, stored and queued.
+    New(JobRecord),
+    /// The job its idempotency key already names.
+    Existing(JobRecord),
+    /// The key names a job of another kind.
+    KeyConflict(JobRecord),
+}
+
 /// What one write committed.
 struct Written {
+    /// Jobs whose items were put back in the queue.
+    released: Vec<String>,
     done: Vec<String>,
     counts: Vec<(String, Counts)>,
-    inserted: Vec<JobRecord>,
+    inserted: Vec<Inserted>,
     claimed: Vec<(Claim, Vec<ClaimedItem>)>,
     at: f64,
 }
@@ -211,6 +282,8 @@ impl Supervisor {
             pending_submits: Vec::new(),
             metrics: Arc::default(),
             listening: config.listening,
+            pending_release: Vec::new(),
+            paused_kinds: config.paused_kinds,
         }
     }
 
@@ -243,8 +316,42 @@ impl Supervisor {
                 announced: false,
                 counts: job.counts(),
                 started_at: job.started_at,
+                priority: job.priority,
+                run_at: job.run_at,
+                paused: job.paused_at.is_some(),
+                waiting_since: now(),
             },
         );
+    }
+
+    /// Makes a job claimable again after items of it went back to the queue.
+    fn reopen(&mut self, job_id: &str) {
+        let Some((id, job)) = self.jobs.get_key_value(job_id) else {
+            return;
+        };
+        let (id, kind) = (id.clone(), job.kind.clone());
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.exhausted = false;
+            job.unclaimed = None;
+        }
+        if let Some(slot) = self.kinds.get_mut(&kind) {
+            if !slot.claimable.contains(&id) {
+                slot.claimable.push_back(id);
+            }
+        }
+    }
+
+    /// Takes a job's claimed-but-not-started items back, to be released by the next write.
+    fn unready(&mut self, job_id: &str) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let ready: Vec<ClaimedItem> = job.ready.drain(..).collect();
+        if let Some(slot) = self.kinds.get_mut(&job.kind) {
+            slot.buffered = slot.buffered.saturating_sub(ready.len() as u32);
+        }
+        self.pending_release
+            .extend(ready.into_iter().map(|i| (i.job_id, i.index)));
     }
 
     /// Stops following a job that reached a terminal state.
@@ -260,8 +367,12 @@ impl Supervisor {
     fn plan_claims(&mut self) -> Vec<Claim> {
         let mut grants: HashMap<Arc<str>, (u32, bool)> = HashMap::new();
         let mut plan = Vec::new();
+        let t = now();
         let Supervisor { kinds, jobs, .. } = self;
         for (kind, slot) in kinds.iter_mut() {
+            if slot.paused {
+                continue;
+            }
             let target = buffer_target(slot.limit);
             let mut room = target.saturating_sub(slot.buffered);
             // Refill in batches: claim when half the buffer is gone, or at once when slots
@@ -274,7 +385,7 @@ impl Supervisor {
             let hungry = slot.claimable.iter().take(HUNGRY_SCAN).any(|id| {
                 jobs.get(id).is_some_and(|j| {
                     !j.exhausted
-                        && !j.cancelled
+                        && j.runnable(t)
                         && j.ready.is_empty()
                         && j.claiming == 0
                         && j.active < j.parallel
@@ -287,27 +398,36 @@ impl Supervisor {
             if room == 0 && hungry {
                 room = 1;
             }
-            let mut idle_turns = 0;
-            while room > 0 && idle_turns < slot.claimable.len() {
-                let Some(id) = slot.claimable.pop_front() else {
-                    break;
-                };
-                let Some(job) = jobs.get_mut(&id).filter(|j| !j.exhausted && !j.cancelled) else {
-                    continue; // dropped from the rotation for good
-                };
-                let claimable_left = job
-                    .unclaimed
-                    .is_none_or(|left| left > u64::from(job.claiming));
-                if (job.ready.len() as u32) + job.claiming < target && claimable_left {
-                    job.claiming += 1;
-                    slot.buffered += 1;
-                    room -= 1;
-                    idle_turns = 0;
-                    grants.entry(id.clone()).or_insert((0, !job.announced)).0 += 1;
-                } else {
-                    idle_turns += 1;
+            // Highest level first; within a level, one item per job per turn.
+            for level in levels(slot.claimable.iter(), jobs, t, |j| !j.exhausted) {
+                let mut idle_turns = 0;
+                while room > 0 && idle_turns < slot.claimable.len() {
+                    let Some(id) = slot.claimable.pop_front() else {
+                        break;
+                    };
+                    let Some(job) = jobs.get_mut(&id).filter(|j| !j.exhausted && !j.cancelled)
+                    else {
+                        continue; // dropped from the rotation for good
+                    };
+                    if !job.runnable(t) || job.level(t) != level {
+                        idle_turns += 1;
+                        slot.claimable.push_back(id);
+                        continue;
+                    }
+                    let claimable_left = job
+                        .unclaimed
+                        .is_none_or(|left| left > u64::from(job.claiming));
+                    if (job.ready.len() as u32) + job.claiming < target && claimable_left {
+                        job.claiming += 1;
+                        slot.buffered += 1;
+                        room -= 1;
+                        idle_turns = 0;
+                        grants.entry(id.clone()).or_insert((0, !job.announced)).0 += 1;
+                    } else {
+                        idle_turns += 1;
+                    }
+                    slot.claimable.push_back(id);
                 }
-                slot.claimable.push_back(id);
             }
             plan.extend(grants.drain().map(|(job_id, (n, first))| Claim {
                 job_id,
@@ -340,7 +460,11 @@ impl Supervisor {
         };
         let outcomes_due = !self.finished.is_empty()
             && (self.finished.len() >= FLUSH_BATCH || self.flush_due || self.stopping);
-        if plan.is_empty() && self.pending_submits.is_empty() && !outcomes_due {
+        if plan.is_empty()
+            && self.pending_submits.is_empty()
+            && self.pending_release.is_empty()
+            && !outcomes_due
+        {
             if !self.finished.is_empty() && !self.flush_scheduled {
                 self.flush_scheduled = true;
                 ctx.run_later(FLUSH_LINGER, |act, ctx| {
@@ -365,6 +489,8 @@ impl Supervisor {
         plan: Vec<Claim>,
     ) {
         self.writing = true;
+        let releases = std::mem::take(&mut self.pending_release);
+        let for_release = releases.clone();
         let outcomes = Arc::new(outcomes);
         let for_store = outcomes.clone();
         let new_jobs: Vec<(String, Arc<NewJob>)> = submits
@@ -376,6 +502,15 @@ impl Supervisor {
         self.store
             .write(move |conn| {
                 let t = now();
+                let mut released: Vec<String> = Vec::new();
+                if !for_release.is_empty() {
+                    queries::release_items(conn, &for_release, t)?;
+                    for (job_id, _) in &for_release {
+                        if !released.contains(job_id) {
+                            released.push(job_id.clone());
+                        }
+                    }
+                }
                 let mut done = Vec::new();
                 let mut counts = Vec::new();
                 if !for_store.is_empty() {
@@ -385,8 +520,20 @@ impl Supervisor {
                 }
                 let mut inserted = Vec::with_capacity(new_jobs.len());
                 for (id, job) in &new_jobs {
-                    queries::insert_job(conn, id, job, t)?;
-                    inserted.push(JobRecord::queued(id, job, t));
+                    // The single writer makes check-then-insert race-free; a duplicate
+                    // in the same write sees the first one's row.
+                    let existing = match &job.schedule.idempotency_key {
+                        Some(key) => queries::job_by_idempotency_key(conn, key)?,
+                        None => None,
+                    };
+                    inserted.push(match existing {
+                        Some(e) if e.kind == job.kind => Inserted::Existing(e),
+                        Some(e) => Inserted::KeyConflict(e),
+                        None => {
+                            queries::insert_job(conn, id, job, t)?;
+                            Inserted::New(JobRecord::queued(id, job, t))
+                        }
+                    });
                 }
                 let mut claimed = Vec::with_capacity(plan.len());
                 for claim in plan {
@@ -395,6 +542,7 @@ impl Supervisor {
                     claimed.push((claim, items));
                 }
                 Ok(Written {
+                    released,
                     done,
                     counts,
                     inserted,
@@ -429,6 +577,7 @@ impl Supervisor {
                                 act.forget(&claim.job_id);
                             }
                         }
+                        act.pending_release.extend(releases);
                         // Outcomes go back in front, to be retried.
                         let mut retry: Vec<FinishedItem> = outcomes.iter().cloned().collect();
                         retry.append(&mut act.finished);
@@ -478,6 +627,9 @@ impl Supervisor {
 
     /// Applies a committed write to the in-memory state and answers the submitters.
     fn written(&mut self, w: Written, submits: Vec<PendingSubmit>) {
+        for job_id in &w.released {
+            self.reopen(job_id);
+        }
         for (job_id, c) in w.counts {
             if let Some(job) = self.jobs.get_mut(job_id.as_str()) {
                 job.counts = c;
@@ -490,10 +642,28 @@ impl Supervisor {
         for job_id in w.done {
             self.forget(&job_id);
         }
-        for (record, pending) in w.inserted.into_iter().zip(submits) {
-            let queued = record.total;
-            self.admit(&record, Some(queued));
-            let _ = pending.reply.send(Ok(JobView { record, live: None }));
+        for (inserted, pending) in w.inserted.into_iter().zip(submits) {
+            let answer = match inserted {
+                Inserted::New(record) => {
+                    let queued = record.total;
+                    self.admit(&record, Some(queued));
+                    Ok(JobView {
+                        record,
+                        live: None,
+                        replayed: false,
+                    })
+                }
+                Inserted::Existing(record) => Ok(JobView {
+                    record,
+                    live: None,
+                    replayed: true,
+                }),
+                Inserted::KeyConflict(record) => Err(EngineError::Conflict(format!(
+                    "idempotency key already used by job '{}' of kind '{}'",
+                    record.id, record.kind
+                ))),
+            };
+            let _ = pending.reply.send(answer);
         }
         for (claim, items) in w.claimed {
             self.take_claimed(&claim, items, w.at);
@@ -546,6 +716,13 @@ impl Supervisor {
                 .extend(items.into_iter().map(|i| (i.job_id, i.index)));
             return;
         }
+        let kind_paused = self.kinds.get(&claim.kind).is_some_and(|k| k.paused);
+        if job.paused || kind_paused {
+            // Paused while the claim was in flight: back to the queue with the next write.
+            self.pending_release
+                .extend(items.into_iter().map(|i| (i.job_id, i.index)));
+            return;
+        }
         if got == 0 {
             return;
         }
@@ -574,32 +751,47 @@ impl Supervisor {
         if self.stopping {
             return;
         }
+        let t = now();
         let Supervisor { kinds, jobs, .. } = self;
         for slot in kinds.values_mut() {
+            if slot.paused || slot.active >= slot.limit {
+                continue;
+            }
             let mut batches: HashMap<Arc<str>, Vec<ClaimedItem>> = HashMap::new();
-            let mut idle_turns = 0;
-            while slot.active < slot.limit && idle_turns < slot.startable.len() {
-                let Some(id) = slot.startable.pop_front() else {
-                    break;
-                };
-                let Some(job) = jobs.get_mut(&id) else {
-                    continue;
-                };
-                if job.active < job.parallel {
-                    if let Some(item) = job.ready.pop_front() {
-                        job.active += 1;
-                        slot.active += 1;
-                        slot.buffered -= 1;
-                        batches.entry(id.clone()).or_default().push(item);
-                        idle_turns = 0;
+            // Highest level first; within a level, one item per job per turn.
+            let open = |j: &ActiveJob| j.active < j.parallel && !j.ready.is_empty();
+            for level in levels(slot.startable.iter(), jobs, t, open) {
+                let mut idle_turns = 0;
+                while slot.active < slot.limit && idle_turns < slot.startable.len() {
+                    let Some(id) = slot.startable.pop_front() else {
+                        break;
+                    };
+                    let Some(job) = jobs.get_mut(&id) else {
+                        continue;
+                    };
+                    if job.ready.is_empty() {
+                        // Its ready items were taken back (paused): out of the rotation,
+                        // without counting as a turn.
+                        job.in_startable = false;
+                        continue;
                     }
-                } else {
-                    idle_turns += 1;
-                }
-                if job.ready.is_empty() {
-                    job.in_startable = false;
-                } else {
-                    slot.startable.push_back(id);
+                    if job.active < job.parallel && job.runnable(t) && job.level(t) == level {
+                        if let Some(item) = job.ready.pop_front() {
+                            job.active += 1;
+                            job.waiting_since = t;
+                            slot.active += 1;
+                            slot.buffered -= 1;
+                            batches.entry(id.clone()).or_default().push(item);
+                            idle_turns = 0;
+                        }
+                    } else {
+                        idle_turns += 1;
+                    }
+                    if job.ready.is_empty() {
+                        job.in_startable = false;
+                    } else {
+                        slot.startable.push_back(id);
+                    }
                 }
             }
             for (id, items) in batches {
@@ -652,6 +844,7 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         for (processor, limit) in std::mem::take(&mut self.pending_processors) {
             let kind = processor.kind().to_string();
+            let paused = self.paused_kinds.contains(&kind);
             let supervisor = ctx.address();
             // Most items spend their time awaiting (a process, a socket), and a Worker on
             // the Supervisor's own thread saves two thread hand-offs per item; a processor
@@ -678,6 +871,7 @@ impl Actor for Supervisor {
                     buffered: 0,
                     claimable: VecDeque::new(),
                     startable: VecDeque::new(),
+                    paused,
                 },
             );
         }
@@ -763,6 +957,7 @@ impl Handler<ItemFinished> for Supervisor {
             release =
                 self.stopping && !job.cancelled && item.outcome.status == ItemStatus::Cancelled;
             job.active = job.active.saturating_sub(1);
+            job.waiting_since = now();
             if let Some(slot) = self.kinds.get_mut(&job.kind) {
                 slot.active = slot.active.saturating_sub(1);
             }
@@ -883,6 +1078,7 @@ async fn with_live(tracker: &Addr<Tracker>, records: Vec<JobRecord>) -> Vec<JobV
         .map(|record| JobView {
             live: live.remove(&record.id),
             record,
+            replayed: false,
         })
         .collect()
 }
@@ -1027,5 +1223,123 @@ impl Handler<Shutdown> for Supervisor {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+impl Handler<PauseJob> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<queries::PauseOutcome, EngineError>>;
+
+    fn handle(&mut self, msg: PauseJob, _: &mut Self::Context) -> Self::Result {
+        let PauseJob { job_id, paused } = msg;
+        let id = job_id.clone();
+        Box::pin(
+            self.store
+                .write(move |conn| queries::set_job_paused(conn, &id, paused, now()))
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let outcome = res?;
+                    if let queries::PauseOutcome::Done(_) = &outcome {
+                        if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
+                            job.paused = paused;
+                            job.waiting_since = now();
+                        }
+                        if paused {
+                            act.unready(&job_id);
+                        }
+                        act.start_ready();
+                        act.cycle(ctx);
+                    }
+                    Ok(outcome)
+                }),
+        )
+    }
+}
+
+impl Supervisor {
+    fn kind_info(&self, kind: &str) -> Option<KindInfo> {
+        self.kinds.get(kind).map(|slot| KindInfo {
+            kind: kind.to_string(),
+            limit: slot.limit,
+            running: slot.active,
+            paused: slot.paused,
+        })
+    }
+}
+
+impl Handler<PauseKind> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<KindInfo, EngineError>>;
+
+    fn handle(&mut self, msg: PauseKind, _: &mut Self::Context) -> Self::Result {
+        let PauseKind { kind, paused } = msg;
+        if !self.kinds.contains_key(&kind) {
+            return Box::pin(fut::ready(Err(EngineError::NoProcessor(kind))));
+        }
+        let k = kind.clone();
+        Box::pin(
+            self.store
+                .write(move |conn| queries::set_kind_paused(conn, &k, paused, now()))
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    res?;
+                    if let Some(slot) = act.kinds.get_mut(&kind) {
+                        slot.paused = paused;
+                    }
+                    if paused {
+                        let of_kind: Vec<Arc<str>> = act
+                            .jobs
+                            .iter()
+                            .filter(|(_, j)| j.kind == kind)
+                            .map(|(id, _)| id.clone())
+                            .collect();
+                        for id in of_kind {
+                            act.unready(&id);
+                        }
+                    } else {
+                        let t = now();
+                        for job in act.jobs.values_mut().filter(|j| j.kind == kind) {
+                            job.waiting_since = t;
+                        }
+                    }
+                    act.start_ready();
+                    act.cycle(ctx);
+                    act.kind_info(&kind)
+                        .ok_or_else(|| EngineError::NoProcessor(kind.clone()))
+                }),
+        )
+    }
+}
+
+impl Handler<ListKinds> for Supervisor {
+    type Result = MessageResult<ListKinds>;
+
+    fn handle(&mut self, _: ListKinds, _: &mut Self::Context) -> Self::Result {
+        let mut kinds: Vec<&String> = self.kinds.keys().collect();
+        kinds.sort();
+        MessageResult(
+            kinds
+                .into_iter()
+                .filter_map(|k| self.kind_info(k))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_raises_the_level_one_step_per_aging_period() {
+        let t = 1_000.0;
+        assert_eq!(effective_priority(0, t, t), 0);
+        assert_eq!(effective_priority(-5, t, t + AGING_SECS - 0.1), -5);
+        assert_eq!(effective_priority(-5, t, t + AGING_SECS), -4);
+        // A job of priority 0 that waited ten periods is served beside fresh priority-10 work.
+        assert_eq!(
+            effective_priority(0, t, t + 10.0 * AGING_SECS),
+            effective_priority(10, t + 10.0 * AGING_SECS, t + 10.0 * AGING_SECS)
+        );
+        // A clock that moved back never lowers a level.
+        assert_eq!(effective_priority(3, t, t - 100.0), 3);
     }
 }

@@ -76,6 +76,7 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid { field, message } => ApiError::Invalid { field, message },
             EngineError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             EngineError::Mailbox(_) => ApiError::Unavailable(e.to_string()),
+            EngineError::Conflict(m) => ApiError::Conflict(m),
             EngineError::Store(err) => ApiError::Internal(err.to_string()),
         }
     }

@@ -8,7 +8,7 @@ pub mod requests;
 pub mod responses;
 
 use crate::actors::messages::{
-    EngineError, GetJob, GetMetrics, ListItems, ListJobs, Ping, ReadResults, Subscribe,
+    EngineError, GetJob, GetMetrics, KindInfo, ListItems, ListJobs, Ping, ReadResults, Subscribe,
 };
 use crate::actors::tracker::{TrackerEvent, TrackerEventKind};
 use crate::engine::Engine;
@@ -51,6 +51,11 @@ api_routes! {
     get "/batch/jobs" => list_jobs,
     get "/batch/jobs/{id}" => get_job,
     delete "/batch/jobs/{id}" => cancel_job,
+    post "/batch/jobs/{id}/pause" => pause_job,
+    post "/batch/jobs/{id}/resume" => resume_job,
+    get "/batch/kinds" => list_kinds,
+    post "/batch/kinds/{kind}/pause" => pause_kind,
+    post "/batch/kinds/{kind}/resume" => resume_kind,
     get "/batch/jobs/{id}/items" => list_items,
     get "/batch/jobs/{id}/results.jsonl" => results_jsonl,
     get "/batch/jobs/{id}/events" => job_events,
@@ -107,8 +112,17 @@ pub fn routes(engine: Engine) -> impl FnOnce(&mut ServiceConfig) {
 type Reply = Result<HttpResponse, ApiError>;
 
 async fn submit(engine: &Engine, job: crate::model::NewJob) -> Reply {
-    let view = engine.submit(job).await?;
-    Ok(HttpResponse::Ok().json(JobResponse::from(view)))
+    job_reply(engine.submit(job).await?)
+}
+
+/// A submission's answer: the job, marked `Idempotent-Replayed: true` when its
+/// idempotency key returned a job created before.
+fn job_reply(view: crate::actors::messages::JobView) -> Reply {
+    let mut reply = HttpResponse::Ok();
+    if view.replayed {
+        reply.insert_header(("idempotent-replayed", "true"));
+    }
+    Ok(reply.json(JobResponse::from(view)))
 }
 
 /// The body as JSON: a JSONL submission (`application/x-ndjson` or `application/jsonl`)
@@ -145,8 +159,10 @@ fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes,
     )
 )]
 async fn submit_validation(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let key = idempotency_header(&req)?;
     let body = json_body(&req, body, "targets")?;
-    let (req, raw): (ValidationRequest, _) = parse_body(&body)?;
+    let (req, mut raw): (ValidationRequest, _) = parse_body(&body)?;
+    merge_idempotency_header(key.as_deref(), &mut raw)?;
     let job = path_job(
         "batch_validation",
         "targets",
@@ -174,8 +190,10 @@ async fn submit_validation(engine: web::Data<Engine>, req: HttpRequest, body: By
     )
 )]
 async fn submit_tests(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let key = idempotency_header(&req)?;
     let body = json_body(&req, body, "modules")?;
-    let (req, raw): (TestsRequest, _) = parse_body(&body)?;
+    let (req, mut raw): (TestsRequest, _) = parse_body(&body)?;
+    merge_idempotency_header(key.as_deref(), &mut raw)?;
     let job = path_job(
         "batch_tests",
         "modules",
@@ -203,8 +221,10 @@ async fn submit_tests(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) 
     )
 )]
 async fn submit_agent_tasks(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let key = idempotency_header(&req)?;
     let body = json_body(&req, body, "tasks")?;
-    let (req, raw) = parse_body(&body)?;
+    let (req, mut raw) = parse_body(&body)?;
+    merge_idempotency_header(key.as_deref(), &mut raw)?;
     submit(&engine, agent_job(req, raw)?).await
 }
 
@@ -224,8 +244,10 @@ async fn submit_agent_tasks(engine: web::Data<Engine>, req: HttpRequest, body: B
     )
 )]
 async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let key = idempotency_header(&req)?;
     let body = json_body(&req, body, "operations")?;
-    let (req, raw) = parse_body(&body)?;
+    let (req, mut raw) = parse_body(&body)?;
+    merge_idempotency_header(key.as_deref(), &mut raw)?;
     submit(&engine, mcp_job(req, raw)?).await
 }
 
@@ -244,8 +266,10 @@ async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) ->
     )
 )]
 async fn submit_generic(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+    let key = idempotency_header(&req)?;
     let body = json_body(&req, body, "items")?;
-    let (req, raw) = parse_body(&body)?;
+    let (req, mut raw) = parse_body(&body)?;
+    merge_idempotency_header(key.as_deref(), &mut raw)?;
     match engine.submit(generic_job(req, raw)?).await {
         // The kind is the caller's choice here, so an unknown one is a bad `type`, not a
         // missing feature of the server.
@@ -253,8 +277,20 @@ async fn submit_generic(engine: web::Data<Engine>, req: HttpRequest, body: Bytes
             "type",
             format!("no processor of kind '{kind}' is registered in this engine"),
         )),
-        other => Ok(HttpResponse::Ok().json(JobResponse::from(other?))),
+        other => job_reply(other?),
     }
+}
+
+/// The `Idempotency-Key` header, if sent.
+fn idempotency_header(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    req.headers()
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().map(str::to_string).map_err(|_| {
+                ApiError::invalid("Idempotency-Key", "the header must be visible ASCII")
+            })
+        })
+        .transpose()
 }
 
 /// Query parameters, checked by hand so every error names its parameter.
@@ -383,6 +419,99 @@ async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         CancelOutcome::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
             "job '{id}' is already {status} and cannot be cancelled"
         ))),
+    }
+}
+
+#[utoipa::path(
+    post, path = "/batch/jobs/{id}/pause", tag = "jobs",
+    description = "Pauses a job: its running items finish, its claimed items go back to the queue, nothing new starts until it is resumed. Pausing a paused job changes nothing.",
+    params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
+    responses(
+        (status = 200, description = "The job, `paused: true`", body = JobResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job already finished", body = ErrorBody),
+    )
+)]
+async fn pause_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+    set_paused(&engine, id.into_inner(), true).await
+}
+
+#[utoipa::path(
+    post, path = "/batch/jobs/{id}/resume", tag = "jobs",
+    description = "Resumes a paused job.",
+    params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
+    responses(
+        (status = 200, description = "The job, `paused: false`", body = JobResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job already finished", body = ErrorBody),
+    )
+)]
+async fn resume_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+    set_paused(&engine, id.into_inner(), false).await
+}
+
+async fn set_paused(engine: &Engine, id: String, paused: bool) -> Reply {
+    use crate::store::queries::PauseOutcome;
+    match engine.set_paused(&id, paused).await? {
+        PauseOutcome::Done(record) => Ok(HttpResponse::Ok().json(JobResponse::from(
+            crate::actors::messages::JobView {
+                record: *record,
+                live: None,
+                replayed: false,
+            },
+        ))),
+        PauseOutcome::NotFound => Err(ApiError::NotFound(format!("job '{id}' not found"))),
+        PauseOutcome::Finished(status) => Err(ApiError::Conflict(format!(
+            "job '{id}' is already {status} and cannot be {}",
+            if paused { "paused" } else { "resumed" }
+        ))),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/batch/kinds", tag = "jobs",
+    description = "The registered kinds: their concurrency limit, items running now, and whether they are paused.",
+    responses((status = 200, description = "The kinds", body = KindList))
+)]
+async fn list_kinds(engine: web::Data<Engine>) -> Reply {
+    Ok(HttpResponse::Ok().json(KindList {
+        kinds: engine.kinds().await?,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/batch/kinds/{kind}/pause", tag = "jobs",
+    description = "Pauses every job of a kind, present and future, until resumed (it survives restarts): running items finish, nothing new starts.",
+    params(("kind" = String, Path, description = "A registered kind", example = "batch_validation")),
+    responses(
+        (status = 200, description = "The kind, `paused: true`", body = KindInfo),
+        (status = 404, description = "No such kind", body = ErrorBody),
+    )
+)]
+async fn pause_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply {
+    set_kind_paused(&engine, kind.into_inner(), true).await
+}
+
+#[utoipa::path(
+    post, path = "/batch/kinds/{kind}/resume", tag = "jobs",
+    description = "Resumes a paused kind.",
+    params(("kind" = String, Path, description = "A registered kind", example = "batch_validation")),
+    responses(
+        (status = 200, description = "The kind, `paused: false`", body = KindInfo),
+        (status = 404, description = "No such kind", body = ErrorBody),
+    )
+)]
+async fn resume_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply {
+    set_kind_paused(&engine, kind.into_inner(), false).await
+}
+
+async fn set_kind_paused(engine: &Engine, kind: String, paused: bool) -> Reply {
+    match engine.set_kind_paused(&kind, paused).await {
+        Ok(info) => Ok(HttpResponse::Ok().json(info)),
+        Err(EngineError::NoProcessor(_)) => Err(ApiError::NotFound(format!(
+            "kind '{kind}' is not registered in this engine"
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

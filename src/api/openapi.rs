@@ -8,9 +8,10 @@ use super::requests::{
     PathTarget, TestsRequest, ValidationRequest,
 };
 use super::responses::{
-    CancelResponse, HealthResponse, ItemList, ItemResponse, JobList, JobResponse, ResultLine,
-    StatsResponse,
+    CancelResponse, HealthResponse, ItemList, ItemResponse, JobList, JobResponse, KindList,
+    ResultLine, StatsResponse,
 };
+use crate::actors::messages::KindInfo;
 use crate::actors::tracker::Progress;
 use crate::model::{ItemStatus, JobStatus, QueueStats};
 use actix_web::web::{self, ServiceConfig};
@@ -41,6 +42,11 @@ field is at fault.",
         super::list_jobs,
         super::get_job,
         super::cancel_job,
+        super::pause_job,
+        super::resume_job,
+        super::list_kinds,
+        super::pause_kind,
+        super::resume_kind,
         super::list_items,
         super::results_jsonl,
         super::job_events,
@@ -63,6 +69,8 @@ field is at fault.",
         ItemResponse,
         ItemList,
         CancelResponse,
+        KindList,
+        KindInfo,
         HealthResponse,
         StatsResponse,
         QueueStats,

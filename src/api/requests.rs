@@ -2,7 +2,7 @@
 //! [`NewJob`]. Nothing reaches the engine unless it passed here.
 
 use super::error::ApiError;
-use crate::model::{NewItem, NewJob};
+use crate::model::{JobSchedule, NewItem, NewJob, PRIORITY_RANGE};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -158,6 +158,9 @@ pub struct ValidationRequest {
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// `priority`, `run_at`, `idempotency_key`.
+    #[serde(flatten)]
+    pub schedule: ScheduleFields,
 }
 
 /// `POST /batch/tests`. Every field besides the modules and metadata is kept as the
@@ -186,6 +189,9 @@ pub struct TestsRequest {
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// `priority`, `run_at`, `idempotency_key`.
+    #[serde(flatten)]
+    pub schedule: ScheduleFields,
 }
 
 /// One coding task: the seed's `{id, description}`.
@@ -260,6 +266,9 @@ pub struct AgentTasksRequest {
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// `priority`, `run_at`, `idempotency_key`.
+    #[serde(flatten)]
+    pub schedule: ScheduleFields,
 }
 
 /// The operation types, for the OpenAPI document (the check itself is against
@@ -329,6 +338,9 @@ pub struct McpRequest {
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// `priority`, `run_at`, `idempotency_key`.
+    #[serde(flatten)]
+    pub schedule: ScheduleFields,
 }
 
 /// `POST /batch/jobs`: a job of any registered kind, for embedders' own processors.
@@ -349,6 +361,9 @@ pub struct GenericJobRequest {
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// `priority`, `run_at`, `idempotency_key`.
+    #[serde(flatten)]
+    pub schedule: ScheduleFields,
 }
 
 /// Checks `parallel`, defaulting it.
@@ -390,12 +405,134 @@ fn check_metadata(metadata: Option<Value>) -> Result<Value, ApiError> {
     }
 }
 
-/// The job's options: the body without its items and metadata, with `parallel` settled.
-fn options(mut raw: Map<String, Value>, items_field: &str, parallel: u32) -> Value {
+/// The job: its options are the body without its items, metadata and scheduling fields,
+/// with `parallel` settled.
+fn build_job(
+    kind: String,
+    mut raw: Map<String, Value>,
+    items_field: &str,
+    parallel: u32,
+    metadata: Value,
+    items: Vec<NewItem>,
+) -> Result<NewJob, ApiError> {
+    let schedule = take_schedule(&mut raw)?;
     raw.remove(items_field);
     raw.remove("metadata");
     raw.insert("parallel".into(), parallel.into());
-    Value::Object(raw)
+    Ok(NewJob {
+        kind,
+        spec: Value::Object(raw),
+        parallel,
+        metadata,
+        items,
+        schedule,
+    })
+}
+
+/// The scheduling fields every submission takes (checked by [`take_schedule`]).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ScheduleFields {
+    /// Higher runs first (−1000…1000, default 0). Jobs at the same priority share the
+    /// slots in turn; a job that waits gains a level every 30 s, so none starves.
+    #[schema(value_type = Option<i32>, minimum = -1000, maximum = 1000, example = 10)]
+    pub priority: Option<Value>,
+    /// Nothing of the job starts before this time: an RFC 3339 timestamp or Unix seconds.
+    #[schema(value_type = Option<String>, example = "2026-11-26T18:00:00Z")]
+    pub run_at: Option<Value>,
+    /// Resubmitting with a key already used returns the job created with it (also taken
+    /// from the `Idempotency-Key` header).
+    #[schema(value_type = Option<String>, max_length = 255, example = "nightly-2026-11-26")]
+    pub idempotency_key: Option<Value>,
+}
+
+/// Longest accepted idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Takes `priority`, `run_at` and `idempotency_key` out of the body, checked.
+pub fn take_schedule(raw: &mut Map<String, Value>) -> Result<JobSchedule, ApiError> {
+    let mut schedule = JobSchedule::default();
+    match raw.remove("priority") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let (lo, hi) = (*PRIORITY_RANGE.start(), *PRIORITY_RANGE.end());
+            schedule.priority = v
+                .as_i64()
+                .filter(|p| (i64::from(lo)..=i64::from(hi)).contains(p))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "priority",
+                        format!("must be an integer between {lo} and {hi}, got {v}"),
+                    )
+                })? as i32;
+        }
+    }
+    match raw.remove("run_at") {
+        None | Some(Value::Null) => {}
+        Some(v) => schedule.run_at = Some(parse_run_at(&v)?),
+    }
+    match raw.remove("idempotency_key") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(k)) if !k.trim().is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => {
+            schedule.idempotency_key = Some(k)
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "idempotency_key",
+                format!(
+                    "must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} bytes, got {v}"
+                ),
+            ))
+        }
+    }
+    Ok(schedule)
+}
+
+/// `run_at`: an RFC 3339 timestamp (`2026-11-26T18:00:00Z`, any offset) or Unix seconds.
+pub fn parse_run_at(v: &Value) -> Result<f64, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "run_at",
+            format!(
+                "cannot read {v} as a time: expected an RFC 3339 timestamp such as \
+                 \"2026-11-26T18:00:00Z\" or Unix seconds"
+            ),
+        )
+    };
+    let t = match v {
+        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
+        Value::String(s) => {
+            let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|_| bad())?;
+            dt.timestamp() as f64 + f64::from(dt.timestamp_subsec_micros()) / 1e6
+        }
+        _ => return Err(bad()),
+    };
+    // Year 1970 to 9999: anything else is a mistake, not a schedule.
+    if !(t.is_finite() && (0.0..=253_402_300_799.0).contains(&t)) {
+        return Err(bad());
+    }
+    Ok(t)
+}
+
+/// Merges the `Idempotency-Key` header into the body's `idempotency_key`; both given and
+/// different is an error.
+pub fn merge_idempotency_header(
+    header: Option<&str>,
+    raw: &mut Map<String, Value>,
+) -> Result<(), ApiError> {
+    let Some(key) = header else {
+        return Ok(());
+    };
+    match raw.get("idempotency_key") {
+        None | Some(Value::Null) => {
+            raw.insert("idempotency_key".into(), Value::String(key.to_string()));
+            Ok(())
+        }
+        Some(Value::String(k)) if k == key => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "idempotency_key",
+            "differs from the Idempotency-Key header; send one or make them equal",
+        )),
+    }
 }
 
 fn non_empty(field: String, value: &str) -> Result<(), ApiError> {
@@ -426,13 +563,14 @@ pub fn path_job(
             key: t.id,
         });
     }
-    Ok(NewJob {
-        kind: kind.to_string(),
-        spec: options(raw, items_field, parallel),
+    build_job(
+        kind.to_string(),
+        raw,
+        items_field,
         parallel,
         metadata,
         items,
-    })
+    )
 }
 
 /// Builds a `batch_agent_tasks` job.
@@ -449,13 +587,14 @@ pub fn agent_job(req: AgentTasksRequest, raw: Map<String, Value>) -> Result<NewJ
             key: t.id,
         });
     }
-    Ok(NewJob {
-        kind: "batch_agent_tasks".into(),
-        spec: options(raw, "tasks", parallel),
+    build_job(
+        "batch_agent_tasks".into(),
+        raw,
+        "tasks",
         parallel,
         metadata,
         items,
-    })
+    )
 }
 
 /// Operation types the MCP endpoint knows.
@@ -492,13 +631,14 @@ pub fn mcp_job(req: McpRequest, mut raw: Map<String, Value>) -> Result<NewJob, A
             payload,
         });
     }
-    Ok(NewJob {
-        kind: "batch_mcp".into(),
-        spec: options(raw, "operations", parallel),
+    build_job(
+        "batch_mcp".into(),
+        raw,
+        "operations",
         parallel,
         metadata,
         items,
-    })
+    )
 }
 
 /// Builds a job of any kind from `POST /batch/jobs`.
@@ -520,17 +660,9 @@ pub fn generic_job(req: GenericJobRequest, raw: Map<String, Value>) -> Result<Ne
             payload,
         })
         .collect();
-    let mut spec = options(raw, "items", parallel);
-    if let Some(obj) = spec.as_object_mut() {
-        obj.remove("type");
-    }
-    Ok(NewJob {
-        kind: req.kind,
-        spec,
-        parallel,
-        metadata,
-        items,
-    })
+    let mut raw = raw;
+    raw.remove("type");
+    build_job(req.kind, raw, "items", parallel, metadata, items)
 }
 
 #[cfg(test)]

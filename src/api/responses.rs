@@ -49,11 +49,19 @@ pub struct JobResponse {
     /// The job's options as submitted (without its items).
     #[schema(value_type = Object)]
     pub options: Value,
+    /// Higher runs first (−1000…1000).
+    pub priority: i32,
+    /// Unix seconds before which nothing of the job runs, if it was scheduled.
+    pub run_at: Option<f64>,
+    /// The key that makes resubmissions return this job.
+    pub idempotency_key: Option<String>,
+    /// Whether the job is paused: its running items finish, nothing new starts.
+    pub paused: bool,
 }
 
 impl From<JobView> for JobResponse {
     fn from(view: JobView) -> Self {
-        let JobView { record, live } = view;
+        let JobView { record, live, .. } = view;
         let progress = live.unwrap_or_else(|| Progress::from_record(&record));
         let mut metadata = match record.metadata {
             Value::Object(m) => m,
@@ -75,6 +83,10 @@ impl From<JobView> for JobResponse {
             completed_at: record.completed_at,
             metadata: Value::Object(metadata),
             options: record.spec,
+            priority: record.priority,
+            run_at: record.run_at,
+            idempotency_key: record.idempotency_key,
+            paused: record.paused_at.is_some(),
         }
     }
 }
@@ -185,4 +197,11 @@ pub struct ResultLine {
     pub result: Option<Value>,
     /// Error message.
     pub error: Option<String>,
+}
+
+/// `GET /batch/kinds`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KindList {
+    /// Every registered kind, by name.
+    pub kinds: Vec<crate::actors::messages::KindInfo>,
 }

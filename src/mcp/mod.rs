@@ -15,7 +15,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Name of the built-in server: `batchforge mcp-server --root <workspace>` over stdio.
+/// Name of the built-in server: `batchforge mcp-server --root <workspace>
+/// --command-timeout 86400` over stdio. Its command timeout is the longest a job may
+/// ask for, so the job's `timeout_seconds` (default 300) is what limits each call: when
+/// it runs out the call is cancelled and the server kills the command's process group.
 pub const BUILTIN_SERVER: &str = "batchforge";
 
 /// MCP settings of an engine; see the README's configuration table for their flags.
@@ -107,6 +110,9 @@ impl McpRegistry {
                 "mcp-server".to_string(),
                 "--root".to_string(),
                 workspace.to_string_lossy().into_owned(),
+                // The job's own timeout governs (see BUILTIN_SERVER).
+                "--command-timeout".to_string(),
+                crate::processors::mcp::MAX_TIMEOUT_SECONDS.to_string(),
             ];
             if config.read_only {
                 args.push("--read-only".into());
@@ -355,7 +361,10 @@ mod tests {
         let r = McpRegistry::resolve(&McpConfig::default(), ws).unwrap();
         assert_eq!(r.default_server, BUILTIN_SERVER);
         match &r.servers[0].transport {
-            McpTransport::Stdio { args, .. } => assert_eq!(args, &["mcp-server", "--root", "/tmp"]),
+            McpTransport::Stdio { args, .. } => assert_eq!(
+                args,
+                &["mcp-server", "--root", "/tmp", "--command-timeout", "86400"]
+            ),
             other => panic!("{other:?}"),
         }
         let bad = McpConfig {

@@ -7,6 +7,36 @@ use serde_json::{Map, Value};
 /// Operation types, as submitted in `type`.
 pub const OPERATION_TYPES: [&str; 5] = ["read", "write", "list", "command", "call"];
 
+/// Most bytes a `write` operation's `content` may hold (8 MiB); batchforge's own server
+/// refuses bigger content too.
+pub const MAX_WRITE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most bytes one MCP message batchforge sends (a call's JSON-encoded arguments) or its
+/// own server answers (a JSON-encoded tool result) may take: 15 MiB. rmcp's stdio
+/// transport silently drops a line over 16 MiB (`DEFAULT_MAX_LINE_LENGTH`), which would
+/// leave the call waiting for its timeout; the last MiB is room for the envelope.
+/// JSON escaping inflates text (a control character takes 6 bytes), so the encoded size
+/// is what counts.
+pub const MAX_MESSAGE_BYTES: usize = 15 * 1024 * 1024;
+
+/// The length of `v` encoded as compact JSON, without building the text.
+pub fn encoded_len<T: serde::Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail, and serializing JSON values does not either.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
+}
+
 /// One parsed operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operation {
@@ -74,7 +104,7 @@ impl Operation {
                 ))
             }
         };
-        Ok(match op_type {
+        let op = match op_type {
             "read" => Operation::Read {
                 path: required_str(o, "path", false)?,
             },
@@ -112,7 +142,75 @@ impl Operation {
                     ),
                 ))
             }
-        })
+        };
+        op.check_size()?;
+        Ok(op)
+    }
+
+    /// Refuses an operation too big to send: a `write` over [`MAX_WRITE_BYTES`], or any
+    /// call whose arguments exceed [`MAX_MESSAGE_BYTES`] once JSON-encoded. The error
+    /// names the biggest field.
+    fn check_size(&self) -> Result<(), FieldError> {
+        let mib = |n: usize| n as f64 / (1024.0 * 1024.0);
+        if let Operation::Write { content, .. } = self {
+            if content.len() > MAX_WRITE_BYTES {
+                return Err(FieldError::new(
+                    "content",
+                    format!(
+                        "is {} bytes ({:.1} MiB); a write may hold at most {MAX_WRITE_BYTES} bytes ({:.0} MiB)",
+                        content.len(),
+                        mib(content.len()),
+                        mib(MAX_WRITE_BYTES)
+                    ),
+                ));
+            }
+        }
+        let arguments = self.arguments();
+        let total = encoded_len(&arguments);
+        if total <= MAX_MESSAGE_BYTES {
+            return Ok(());
+        }
+        let field = match self {
+            Operation::Call { .. } => "arguments".to_string(),
+            // The arguments carry the operation's own fields under the same names.
+            _ => arguments
+                .iter()
+                .max_by_key(|(_, v)| encoded_len(v))
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default(),
+        };
+        Err(FieldError::new(
+            field,
+            format!(
+                "makes a tool call of {total} bytes ({:.1} MiB) once JSON-encoded (escaping \
+                 makes text grow: a control character takes 6 bytes); one MCP message may \
+                 take at most {MAX_MESSAGE_BYTES} bytes ({:.0} MiB)",
+                mib(total),
+                mib(MAX_MESSAGE_BYTES)
+            ),
+        ))
+    }
+
+    /// The arguments of the tool call, whichever tool serves the operation.
+    fn arguments(&self) -> Map<String, Value> {
+        let mut args = Map::new();
+        match self {
+            Operation::Call { arguments, .. } => return arguments.clone(),
+            Operation::Read { path } | Operation::List { path } => {
+                args.insert("path".into(), Value::String(path.clone()));
+            }
+            Operation::Write { path, content } => {
+                args.insert("path".into(), Value::String(path.clone()));
+                args.insert("content".into(), Value::String(content.clone()));
+            }
+            Operation::Command { command, cwd } => {
+                args.insert("command".into(), Value::String(command.clone()));
+                if let Some(cwd) = cwd {
+                    args.insert("cwd".into(), Value::String(cwd.clone()));
+                }
+            }
+        }
+        args
     }
 
     /// The submitted `type`.
@@ -144,31 +242,16 @@ impl Operation {
         server: &str,
         offered: &[String],
     ) -> Result<(String, Map<String, Value>), String> {
-        let mut args = Map::new();
-        match self {
-            Operation::Call { tool, arguments } => {
-                if !offered.iter().any(|t| t == tool) {
-                    return Err(format!(
-                        "MCP server '{server}' has no tool '{tool}' (it offers: {})",
-                        offered_list(offered)
-                    ));
-                }
-                return Ok((tool.clone(), arguments.clone()));
+        if let Operation::Call { tool, arguments } = self {
+            if !offered.iter().any(|t| t == tool) {
+                return Err(format!(
+                    "MCP server '{server}' has no tool '{tool}' (it offers: {})",
+                    offered_list(offered)
+                ));
             }
-            Operation::Read { path } | Operation::List { path } => {
-                args.insert("path".into(), Value::String(path.clone()));
-            }
-            Operation::Write { path, content } => {
-                args.insert("path".into(), Value::String(path.clone()));
-                args.insert("content".into(), Value::String(content.clone()));
-            }
-            Operation::Command { command, cwd } => {
-                args.insert("command".into(), Value::String(command.clone()));
-                if let Some(cwd) = cwd {
-                    args.insert("cwd".into(), Value::String(cwd.clone()));
-                }
-            }
+            return Ok((tool.clone(), arguments.clone()));
         }
+        let args = self.arguments();
         let candidates = tool_candidates(self.op_type());
         match candidates
             .iter()
@@ -261,6 +344,31 @@ mod tests {
         assert_eq!(field(json!({"type": "read", "path": 3})), "path");
         let e = Operation::parse(&json!({"type": "read"})).unwrap_err();
         assert!(e.message.contains("required for 'read'"), "{e:?}");
+    }
+
+    #[test]
+    fn operations_too_big_for_one_mcp_message_are_refused() {
+        let ok = "a".repeat(MAX_WRITE_BYTES);
+        assert!(Operation::parse(&json!({"type": "write", "path": "a", "content": ok})).is_ok());
+        let big = "a".repeat(MAX_WRITE_BYTES + 1);
+        let e =
+            Operation::parse(&json!({"type": "write", "path": "a", "content": big})).unwrap_err();
+        assert_eq!(e.field, "content");
+        assert!(e.message.contains("at most 8388608 bytes"), "{e:?}");
+        // 3 MiB of control characters is 18 MiB once escaped.
+        let escaped = "\u{1}".repeat(3 * 1024 * 1024);
+        assert_eq!(encoded_len(&escaped), 6 * escaped.len() + 2);
+        let e = Operation::parse(&json!({"type": "write", "path": "a", "content": escaped}))
+            .unwrap_err();
+        assert_eq!(e.field, "content");
+        assert!(e.message.contains("once JSON-encoded"), "{e:?}");
+        let e = Operation::parse(&json!({"type": "read", "path": "p".repeat(MAX_MESSAGE_BYTES)}))
+            .unwrap_err();
+        assert_eq!(e.field, "path");
+        let e = Operation::parse(&json!({"type": "call", "tool": "t",
+            "arguments": {"blob": "\"".repeat(MAX_MESSAGE_BYTES / 2)}}))
+        .unwrap_err();
+        assert_eq!(e.field, "arguments");
     }
 
     #[test]

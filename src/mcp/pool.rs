@@ -3,8 +3,10 @@
 //! A `batch_mcp` item borrows a session for one tool call and gives it back, so a job
 //! with `parallel = N` ends up with at most N sessions (N server processes for stdio),
 //! started on demand and reused by every later operation; nothing is spawned per
-//! operation. A session whose server died is dropped instead of given back; the next
-//! borrower starts a fresh one. Sessions idle for [`IDLE_TIMEOUT`] are closed.
+//! operation. A session whose server died (or whose call timed out) is dropped instead
+//! of given back; the next borrower starts a fresh one. Sessions idle for
+//! [`IDLE_TIMEOUT`] are closed, and idle sessions whose server exited meanwhile are
+//! dropped rather than lent out.
 
 use super::{McpServerConfig, McpTransport};
 use rmcp::model::{
@@ -20,7 +22,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 /// Idle sessions older than this are closed.
@@ -33,6 +35,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_FAILURE_MEMORY: Duration = Duration::from_secs(2);
 /// Stderr lines kept per session to explain a server that died while starting.
 const STDERR_TAIL: usize = 8;
+/// Longest stderr line logged as one; a longer one is logged in pieces of this size.
+const STDERR_LINE_CAP: usize = 16 * 1024;
 
 /// The sessions of one server.
 pub struct ServerPool {
@@ -95,11 +99,13 @@ impl Lease {
             .expect("a lease holds its session until dropped")
     }
 
-    /// Drops the session instead of giving it back (its server died).
-    pub fn discard(mut self) {
+    /// Drops the session instead of giving it back, `why` saying what happened to it
+    /// (for the log). Dropping a session closes it: a stdio server's stdin is closed and
+    /// the process is terminated if it does not exit by itself.
+    pub fn discard(mut self, why: &str) {
         if let Some(s) = self.session.take() {
             log::warn!(
-                "MCP server '{}': session {} lost its connection; the next operation starts a new one",
+                "MCP server '{}': session {} {why}; dropped, the next operation starts a new one",
                 self.pool.config.name,
                 s.id
             );
@@ -146,7 +152,7 @@ impl ServerPool {
         loop {
             let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
-                Some((s, _)) if s.service.is_closed() => {
+                Some((s, _)) if s.is_dead() => {
                     log::warn!(
                         "MCP server '{}': idle session {} had died; dropped",
                         self.config.name,
@@ -162,6 +168,17 @@ impl ServerPool {
                 None => break,
             }
         }
+        self.checkout_new(cancel).await
+    }
+
+    /// Starts a new session for the caller alone, never lending an idle one: for a retry
+    /// after a session died, when the idle ones may have died the same way unnoticed.
+    /// `None` when `cancel` fired first.
+    pub async fn checkout_new(
+        self: &Arc<Self>,
+        cancel: &CancellationToken,
+    ) -> Option<Result<Lease, String>> {
+        self.start_reaper();
         if let Some((at, message)) = &*self.start_failure.lock().unwrap_or_else(|p| p.into_inner())
         {
             if at.elapsed() < START_FAILURE_MEMORY {
@@ -198,7 +215,12 @@ impl ServerPool {
     }
 
     fn give_back(&self, session: Session) {
-        if session.service.is_closed() {
+        if session.is_dead() {
+            log::warn!(
+                "MCP server '{}': session {} had died; dropped",
+                self.config.name,
+                session.id
+            );
             return;
         }
         self.idle
@@ -217,10 +239,9 @@ impl ServerPool {
                     let Some(pool) = pool.upgrade() else { return };
                     let expired: Vec<Session> = {
                         let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                        let (old, fresh): (Vec<_>, Vec<_>) =
-                            idle.drain(..).partition(|(s, since)| {
-                                since.elapsed() >= IDLE_TIMEOUT || s.service.is_closed()
-                            });
+                        let (old, fresh): (Vec<_>, Vec<_>) = idle
+                            .drain(..)
+                            .partition(|(s, since)| since.elapsed() >= IDLE_TIMEOUT || s.is_dead());
                         *idle = fresh;
                         old.into_iter().map(|(s, _)| s).collect()
                     };
@@ -325,6 +346,14 @@ impl ServerPool {
 }
 
 impl Session {
+    /// Whether the session can no longer carry a call: closed by us, or its connection
+    /// ended (the server exited or crashed, even while the session sat idle).
+    /// `is_closed` alone misses the latter: rmcp ends its service loop on EOF without
+    /// cancelling the service's token, but the loop's end closes the peer's channel.
+    pub fn is_dead(&self) -> bool {
+        self.service.is_closed() || self.service.peer().is_transport_closed()
+    }
+
     /// Calls `tool`; on cancellation or timeout the server is sent
     /// `notifications/cancelled` for the request and the call returns at once.
     pub async fn call(
@@ -334,6 +363,10 @@ impl Session {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<CallToolResult, CallError> {
+        // A cancelled item sends nothing (the select below would notice only afterwards).
+        if cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
         let peer = self.service.peer();
         let mut params = CallToolRequestParams::new(tool.to_string());
         params.arguments = Some(arguments);
@@ -378,19 +411,64 @@ fn classify(e: ServiceError) -> CallError {
     }
 }
 
-/// Sends a server's stderr to the log, line by line, keeping the last few lines.
-async fn forward_stderr(
+/// Sends a server's stderr to the log, line by line, keeping the last few lines, until
+/// EOF: bytes that are not UTF-8 are replaced (never a reason to stop reading, which
+/// would leave the server writing into a closed pipe) and a line longer than
+/// [`STDERR_LINE_CAP`] is logged in pieces.
+async fn forward_stderr<R: AsyncRead + Unpin>(
     label: String,
-    stderr: tokio::process::ChildStderr,
+    stderr: R,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) {
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(STDERR_LINE_CAP as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("[mcp {label}] cannot read its stderr any more: {e}");
+                return;
+            }
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        let line = String::from_utf8_lossy(&buf).into_owned();
         log::info!("[mcp {label}] {line}");
         let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
         if t.len() == STDERR_TAIL {
             t.pop_front();
         }
         t.push_back(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stderr_is_read_to_the_end_whatever_its_bytes() {
+        let mut input = b"first\n\xff\xfe not utf-8\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', STDERR_LINE_CAP + 10));
+        input.extend_from_slice(b"\nlast words");
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        forward_stderr("test".into(), input.as_slice(), tail.clone()).await;
+        let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        assert_eq!(tail.len(), 5, "{tail:?}");
+        assert_eq!(tail[0], "first");
+        assert_eq!(tail[1], "\u{fffd}\u{fffd} not utf-8");
+        assert_eq!(tail[2].len(), STDERR_LINE_CAP);
+        assert_eq!(tail[3], "x".repeat(10));
+        assert_eq!(tail[4], "last words");
     }
 }

@@ -1,13 +1,22 @@
 //! `batchforge mcp-server --root DIR`: an MCP server over stdio whose tools
-//! (`list_files`, `read_file`, `write_file`, `run_command`, `sandbox_root`) work inside one
-//! directory and nowhere else.
+//! (`list_files`, `read_file`, `write_file`, `run_command`, `sandbox_root`) work on one
+//! directory.
 //!
-//! Every path goes through the same confinement as command targets: `..`, absolute paths
-//! elsewhere and symlinks that lead out are refused with a tool error (`isError: true`,
-//! the reason as text), as are files too big to read. `run_command` uses the engine's own
-//! runner: argv without a shell, cwd inside the root, a timeout and capped output, its
-//! process group killed on timeout, on `notifications/cancelled` and when the server dies.
+//! Every path a tool takes goes through the same confinement as command targets: `..`,
+//! absolute paths elsewhere and symlinks that lead out are refused with a tool error
+//! (`isError: true`, the reason as text), as are files too big to read and anything that
+//! is not a regular file (a FIFO, socket or device would block the server). `run_command`
+//! uses the engine's own runner: argv without a shell, its cwd the root or a directory
+//! inside it, a timeout and capped output, its process group killed on timeout, on
+//! `notifications/cancelled` and when the server dies. Like the `command` processor's
+//! commands, it is not sandboxed beyond that: the command itself may read or write
+//! outside the root.
+//!
+//! A tool result bigger than [`MAX_MESSAGE_BYTES`] once JSON-encoded is replaced by a
+//! tool error saying so: rmcp's stdio transport would drop the line silently and the
+//! client would wait for its timeout.
 
+use crate::mcp::ops::{encoded_len, MAX_MESSAGE_BYTES, MAX_WRITE_BYTES};
 use crate::processors::command::{
     confine_path, find_program, run_command, split_command, CommandSpec,
 };
@@ -35,15 +44,38 @@ pub struct ServerArgs {
     /// Offer only list_files, read_file and sandbox_root (no write_file, no run_command).
     #[arg(long)]
     pub read_only: bool,
-    /// Seconds a run_command may take before its process group is killed.
-    #[arg(long, default_value_t = 600.0)]
+    /// Seconds a run_command may take before its process group is killed (at most a
+    /// year). batchforge starts its built-in server with 86400, leaving the limit to
+    /// each job's `timeout_seconds`.
+    #[arg(long, default_value_t = 600.0, value_parser = parse_command_timeout)]
     pub command_timeout: f64,
     /// Cap on each of a command's stdout and stderr, in bytes.
     #[arg(long, default_value_t = crate::processors::command::DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
-    /// Largest file read_file returns, in bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// Largest file read_file returns, in bytes (default 8 MiB). Whatever the cap, a
+    /// file whose JSON-encoded text would exceed 15 MiB is refused: one MCP message over
+    /// stdio may not reach 16 MiB.
+    #[arg(long, default_value_t = DEFAULT_MAX_READ_BYTES)]
     pub max_read_bytes: u64,
+}
+
+/// Default of `--max-read-bytes`: 8 MiB.
+pub const DEFAULT_MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+/// Longest `--command-timeout`: a year.
+const MAX_COMMAND_TIMEOUT_SECONDS: f64 = 365.0 * 86_400.0;
+
+fn parse_command_timeout(s: &str) -> Result<f64, String> {
+    let t: f64 = s.trim().parse().map_err(|e| format!("'{s}': {e}"))?;
+    command_timeout(t).map(|_| t)
+}
+
+fn command_timeout(seconds: f64) -> Result<Duration, String> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= MAX_COMMAND_TIMEOUT_SECONDS) {
+        return Err(format!(
+            "--command-timeout must be a number of seconds in (0, {MAX_COMMAND_TIMEOUT_SECONDS}], got {seconds}"
+        ));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("--command-timeout {seconds}: {e}"))
 }
 
 /// Runs the server on stdin/stdout until the client closes them.
@@ -94,13 +126,10 @@ impl SandboxServer {
         if !root.is_dir() {
             return Err(format!("--root {} is not a directory", root.display()));
         }
-        if !(args.command_timeout.is_finite() && args.command_timeout > 0.0) {
-            return Err("--command-timeout must be a positive number of seconds".into());
-        }
         Ok(SandboxServer {
             root: Arc::new(root),
             read_only: args.read_only,
-            command_timeout: Duration::from_secs_f64(args.command_timeout),
+            command_timeout: command_timeout(args.command_timeout)?,
             max_output_bytes: args.max_output_bytes.max(1),
             max_read_bytes: args.max_read_bytes,
         })
@@ -130,7 +159,8 @@ impl SandboxServer {
             ),
             tool(
                 "read_file",
-                "Read a UTF-8 text file inside the sandbox root.",
+                "Read a UTF-8 text file inside the sandbox root (a regular file of at most \
+                 --max-read-bytes, 8 MiB by default).",
                 path_schema("File, relative to the sandbox root.", true),
             ),
             tool(
@@ -142,8 +172,8 @@ impl SandboxServer {
         if !self.read_only {
             tools.push(tool(
                 "write_file",
-                "Write a text file inside the sandbox root, replacing it if it exists and \
-                 creating missing parent directories.",
+                "Write a text file (at most 8 MiB) inside the sandbox root, replacing it if \
+                 it exists and creating missing parent directories.",
                 json!({
                     "type": "object",
                     "properties": {
@@ -245,29 +275,61 @@ impl SandboxServer {
     async fn read_file(&self, args: &Map<String, Value>) -> ToolOutcome {
         let path = required_arg(args, "path")?;
         let file = self.root.join(confine_path(&self.root, path)?);
-        let meta = tokio::fs::metadata(&file)
-            .await
-            .map_err(|e| format!("cannot read '{path}': {e}"))?;
-        if meta.is_dir() {
-            return Err(format!("'{path}' is a directory; list it with list_files"));
-        }
-        if meta.len() > self.max_read_bytes {
-            return Err(format!(
-                "'{path}' is {} bytes; this server reads at most {} (--max-read-bytes)",
-                meta.len(),
-                self.max_read_bytes
-            ));
-        }
-        let bytes = tokio::fs::read(&file)
-            .await
-            .map_err(|e| format!("cannot read '{path}': {e}"))?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            format!(
-                "'{path}' is not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            )
-        })?;
-        Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
+        let shown = path.to_string();
+        let max = self.max_read_bytes;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
+            let cannot = |e: std::io::Error| format!("cannot read '{shown}': {e}");
+            // O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the
+            // confined path has no symlink left, and one swapped in is not followed.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&file)
+                .map_err(cannot)?;
+            // Checked on the open handle: what the path names may have changed.
+            let meta = f.metadata().map_err(cannot)?;
+            if meta.is_dir() {
+                return Err(format!("'{shown}' is a directory; list it with list_files"));
+            }
+            if !meta.is_file() {
+                return Err(not_regular(&shown, &meta));
+            }
+            if meta.len() > max {
+                return Err(format!(
+                    "'{shown}' is {} bytes; this server reads at most {max} (--max-read-bytes)",
+                    meta.len()
+                ));
+            }
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            f.take(max.saturating_add(1))
+                .read_to_end(&mut bytes)
+                .map_err(cannot)?;
+            if bytes.len() as u64 > max {
+                return Err(format!(
+                    "'{shown}' grew past {max} bytes while being read (--max-read-bytes)"
+                ));
+            }
+            let text = String::from_utf8(bytes).map_err(|e| {
+                format!(
+                    "'{shown}' is not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                )
+            })?;
+            let encoded = encoded_len(&text);
+            if encoded > MAX_MESSAGE_BYTES {
+                return Err(format!(
+                    "'{shown}' is {} bytes but {encoded} once JSON-encoded (a control \
+                     character takes 6 bytes); one MCP message may take at most \
+                     {MAX_MESSAGE_BYTES}",
+                    text.len()
+                ));
+            }
+            Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
+        })
+        .await
+        .map_err(|e| format!("read_file failed: {e}"))?
     }
 
     async fn write_file(&self, args: &Map<String, Value>) -> ToolOutcome {
@@ -280,23 +342,41 @@ impl SandboxServer {
             None => return Err("missing required argument 'content' (a string)".into()),
             Some(other) => return Err(format!("argument 'content' must be a string, got {other}")),
         };
+        if content.len() > MAX_WRITE_BYTES {
+            return Err(format!(
+                "content is {} bytes; this server writes at most {MAX_WRITE_BYTES}",
+                content.len()
+            ));
+        }
         let root = self.root.clone();
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || {
             let target = confine_new_file(&root, &shown)?;
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
+            let cannot = |e: std::io::Error| format!("cannot write '{shown}': {e}");
             // The resolved path has no symlink left in it; O_NOFOLLOW keeps it that way
-            // should one appear there between the check and the open.
+            // should one appear there between the check and the open. O_NONBLOCK: a FIFO
+            // without a reader fails at once (ENXIO) instead of blocking the open. No
+            // O_TRUNC: nothing is truncated before the handle is known to be a file.
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&target)
-                .map_err(|e| format!("cannot write '{shown}': {e}"))?;
-            f.write_all(content.as_bytes())
-                .map_err(|e| format!("cannot write '{shown}': {e}"))?;
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENXIO) => format!(
+                        "'{shown}' is not a regular file (a FIFO or socket); refusing to write to it"
+                    ),
+                    _ => cannot(e),
+                })?;
+            let meta = f.metadata().map_err(cannot)?;
+            if !meta.is_file() {
+                return Err(not_regular(&shown, &meta));
+            }
+            f.set_len(0).map_err(cannot)?;
+            f.write_all(content.as_bytes()).map_err(cannot)?;
             let rel = target.strip_prefix(root.as_path()).unwrap_or(&target);
             Ok(structured(
                 format!("wrote {} bytes to {}", content.len(), rel.display()),
@@ -426,10 +506,43 @@ impl ServerHandler for SandboxServer {
         let outcome = self
             .dispatch(&request.name, &args, context.ct.clone())
             .await;
-        Ok(outcome
-            .unwrap_or_else(|message| CallToolResult::error(vec![ContentBlock::text(message)]))
-            .into())
+        let result = outcome
+            .unwrap_or_else(|message| CallToolResult::error(vec![ContentBlock::text(message)]));
+        Ok(fit_in_a_message(&request.name, result).into())
     }
+}
+
+/// `result`, or a tool error in its place when it would not fit in one MCP message.
+fn fit_in_a_message(tool: &str, result: CallToolResult) -> CallToolResult {
+    let size = encoded_len(&result);
+    if size <= MAX_MESSAGE_BYTES {
+        return result;
+    }
+    let hint = match tool {
+        "run_command" => " (lower --max-output-bytes)",
+        "list_files" => " (list a smaller directory)",
+        _ => "",
+    };
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "the result of {tool} would be {size} bytes once JSON-encoded; one MCP message may \
+         take at most {MAX_MESSAGE_BYTES}{hint}"
+    ))])
+}
+
+/// The refusal for a FIFO, socket or device.
+fn not_regular(path: &str, meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_fifo() {
+        "a FIFO, "
+    } else if t.is_socket() {
+        "a socket, "
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device, "
+    } else {
+        ""
+    };
+    format!("'{path}' is {what}not a regular file; refusing to open it")
 }
 
 fn tool(name: &'static str, description: &'static str, schema: Value) -> Tool {
@@ -544,6 +657,43 @@ pub fn confine_new_file(root: &Path, path: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_timeouts_are_checked_not_panicked_on() {
+        assert_eq!(parse_command_timeout("86400"), Ok(86_400.0));
+        assert_eq!(parse_command_timeout("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "1e300", "inf", "NaN", "soon"] {
+            assert!(parse_command_timeout(bad).is_err(), "{bad}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let args = |t: f64| ServerArgs {
+            root: tmp.path().to_path_buf(),
+            read_only: false,
+            command_timeout: t,
+            max_output_bytes: 1024,
+            max_read_bytes: DEFAULT_MAX_READ_BYTES,
+        };
+        assert!(SandboxServer::new(&args(1e300)).is_err());
+        assert!(SandboxServer::new(&args(f64::NAN)).is_err());
+        assert_eq!(
+            SandboxServer::new(&args(2.5)).unwrap().command_timeout,
+            Duration::from_millis(2500)
+        );
+    }
+
+    #[test]
+    fn results_too_big_for_one_message_become_tool_errors() {
+        let small = CallToolResult::success(vec![ContentBlock::text("ok")]);
+        assert_eq!(fit_in_a_message("read_file", small.clone()), small);
+        let big = CallToolResult::success(vec![ContentBlock::text("\u{1}".repeat(3 << 20))]);
+        let refused = fit_in_a_message("run_command", big);
+        assert_eq!(refused.is_error, Some(true));
+        let text = &refused.content[0].as_text().unwrap().text;
+        assert!(
+            text.contains("once JSON-encoded") && text.contains("--max-output-bytes"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn new_files_are_confined_to_the_root() {

@@ -4,7 +4,9 @@
 //! Results keep the seed's shape, `{operation, status: success|failed, result|error}`,
 //! plus the item's `id`, the `server` and `tool` used and the tool's
 //! `structured_content` when it returned some. A session whose server dies during a call
-//! is replaced and the operation retried once on the new one.
+//! is replaced and the operation retried once on a newly started session (never an idle
+//! one, which may have died the same way). A call that times out fails its item and its
+//! session is dropped, not reused: the server may still be busy with it.
 
 use crate::mcp::ops::Operation;
 use crate::mcp::pool::{CallError, ServerPool};
@@ -21,8 +23,10 @@ use std::time::Duration;
 pub const KIND: &str = "batch_mcp";
 /// Per-operation timeout unless the job sets `timeout_seconds`.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest per-operation timeout a job may ask for (a day).
-const MAX_TIMEOUT_SECONDS: f64 = 86_400.0;
+/// Longest per-operation timeout a job may ask for (a day). The built-in server runs
+/// with this as its `--command-timeout`, so a job's own timeout is what limits its
+/// commands there.
+pub const MAX_TIMEOUT_SECONDS: f64 = 86_400.0;
 
 /// Runs MCP operations against the configured servers.
 pub struct McpProcessor {
@@ -57,7 +61,9 @@ impl McpProcessor {
         options
             .get("timeout_seconds")
             .and_then(Value::as_f64)
-            .map(Duration::from_secs_f64)
+            // Checked at submission; never panic on a stored job that bypassed it.
+            .and_then(|t| Duration::try_from_secs_f64(t.min(MAX_TIMEOUT_SECONDS)).ok())
+            .filter(|t| !t.is_zero())
             .unwrap_or(DEFAULT_OPERATION_TIMEOUT)
     }
 }
@@ -142,7 +148,12 @@ impl Processor for McpProcessor {
         let timeout = Self::timeout(&ctx.options);
         // One retry, and only when the session died under the call.
         for attempt in 1..=2 {
-            let lease = match pool.checkout(&ctx.cancel).await {
+            let lease = if attempt == 1 {
+                pool.checkout(&ctx.cancel).await
+            } else {
+                pool.checkout_new(&ctx.cancel).await
+            };
+            let lease = match lease {
                 None => return cancelled(result),
                 Some(Err(message)) => return fail(result, message),
                 Some(Ok(lease)) => lease,
@@ -163,16 +174,22 @@ impl Processor for McpProcessor {
                         item.index,
                         op.describe()
                     );
-                    lease.discard();
+                    lease.discard("lost its connection during a call");
                 }
                 Err(CallError::Closed) => {
-                    lease.discard();
+                    lease.discard("lost its connection during a call");
                     return fail(
                         result,
                         format!(
                             "MCP server '{server}' went away during the call, twice (its stderr is in the log)"
                         ),
                     );
+                }
+                Err(e @ CallError::Timeout(_)) => {
+                    // The server may still be working on it (or be stuck): closing the
+                    // session stops its process rather than lending it out again.
+                    lease.discard("timed out on a call");
+                    return fail(result, format!("{tool}: {e}"));
                 }
                 Err(e) => return fail(result, format!("{tool}: {e}")),
             }

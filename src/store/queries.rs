@@ -5,7 +5,7 @@
 //! that transaction, never one transaction per item.
 
 use super::rows::{parse_json, ItemRow, JobRow, NewItemRow, NewJobRow};
-use super::schema::{job_items, jobs, nodes};
+use super::schema::{job_items, jobs, kind_pauses, nodes};
 use super::StoreError;
 use crate::model::{
     ClaimedItem, Counts, FinishedItem, ItemRecord, ItemStatus, JobRecord, JobStatus, NewJob,
@@ -36,6 +36,9 @@ pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(
             total: job.items.len() as i32,
             metadata: job.metadata.to_string(),
             created_at: now,
+            priority: job.schedule.priority,
+            run_at: job.schedule.run_at,
+            idempotency_key: job.schedule.idempotency_key.as_deref(),
         })
         .execute(conn)?;
     for (chunk_no, chunk) in job.items.chunks(INSERT_CHUNK).enumerate() {
@@ -466,6 +469,73 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
     ))
 }
 
+/// What [`set_job_paused`] found.
+#[derive(Debug, Clone)]
+pub enum PauseOutcome {
+    /// The job is now paused (or resumed), or already was.
+    Done(Box<JobRecord>),
+    /// No such job.
+    NotFound,
+    /// The job already reached this terminal status.
+    Finished(JobStatus),
+}
+
+/// Pause or resume: sets or clears `jobs.paused_at` of an open (`queued | running`) job.
+/// A paused job keeps its status; the engine claims nothing of it until it is resumed.
+pub fn set_job_paused(
+    conn: &mut Conn,
+    job_id: &str,
+    paused: bool,
+    now: f64,
+) -> Result<PauseOutcome, StoreError> {
+    let Some(status) = get_job_status(conn, job_id)? else {
+        return Ok(PauseOutcome::NotFound);
+    };
+    if status.is_terminal() {
+        return Ok(PauseOutcome::Finished(status));
+    }
+    let target = jobs::table.filter(jobs::id.eq(job_id));
+    if paused {
+        diesel::update(target.filter(jobs::paused_at.is_null()))
+            .set(jobs::paused_at.eq(now))
+            .execute(conn)?;
+    } else {
+        diesel::update(target)
+            .set(jobs::paused_at.eq(None::<f64>))
+            .execute(conn)?;
+    }
+    Ok(match get_job(conn, job_id)? {
+        Some(job) => PauseOutcome::Done(Box::new(job)),
+        None => PauseOutcome::NotFound,
+    })
+}
+
+/// Pause or resume a whole kind: a row in `kind_pauses` while it is paused.
+pub fn set_kind_paused(
+    conn: &mut Conn,
+    kind: &str,
+    paused: bool,
+    now: f64,
+) -> Result<(), StoreError> {
+    if paused {
+        diesel::insert_into(kind_pauses::table)
+            .values((kind_pauses::kind.eq(kind), kind_pauses::paused_at.eq(now)))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+    } else {
+        diesel::delete(kind_pauses::table.filter(kind_pauses::kind.eq(kind))).execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Read: the kinds paused as a whole.
+pub fn paused_kinds(conn: &mut Conn) -> Result<Vec<String>, StoreError> {
+    Ok(kind_pauses::table
+        .select(kind_pauses::kind)
+        .order(kind_pauses::kind)
+        .load(conn)?)
+}
+
 /// What [`cancel_job`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -736,6 +806,17 @@ pub fn register_node(
 pub fn get_job(conn: &mut Conn, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
     jobs::table
         .filter(jobs::id.eq(job_id))
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(JobRow::into_record)
+        .transpose()
+}
+
+/// Read: the job created with this idempotency key, if it is still retained.
+pub fn job_by_idempotency_key(conn: &mut Conn, key: &str) -> Result<Option<JobRecord>, StoreError> {
+    jobs::table
+        .filter(jobs::idempotency_key.eq(key))
         .select(JobRow::as_select())
         .first(conn)
         .optional()?

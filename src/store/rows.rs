@@ -41,6 +41,10 @@ pub(crate) struct JobRow {
     pub created_at: f64,
     pub started_at: Option<f64>,
     pub completed_at: Option<f64>,
+    pub priority: i32,
+    pub run_at: Option<f64>,
+    pub idempotency_key: Option<String>,
+    pub paused_at: Option<f64>,
 }
 
 impl JobRow {
@@ -73,6 +77,10 @@ impl JobRow {
             created_at: self.created_at,
             started_at: self.started_at,
             completed_at: self.completed_at,
+            priority: self.priority,
+            run_at: self.run_at,
+            idempotency_key: self.idempotency_key,
+            paused_at: self.paused_at,
         })
     }
 }
@@ -124,6 +132,9 @@ pub(crate) struct NewJobRow<'a> {
     pub total: i32,
     pub metadata: String,
     pub created_at: f64,
+    pub priority: i32,
+    pub run_at: Option<f64>,
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// A new `job_items` row.

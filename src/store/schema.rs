@@ -23,6 +23,7 @@ diesel::table! {
         created_at -> Double,
         started_at -> Nullable<Double>,
         completed_at -> Nullable<Double>,
+        paused_at -> Nullable<Double>,
     }
 }
 
@@ -43,6 +44,15 @@ diesel::table! {
         error -> Nullable<Text>,
         started_at -> Nullable<Double>,
         finished_at -> Nullable<Double>,
+        attempt_errors -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    /// Kinds whose jobs are paused as a whole.
+    kind_pauses (kind) {
+        kind -> Text,
+        paused_at -> Double,
     }
 }
 

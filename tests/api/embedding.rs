@@ -101,6 +101,7 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
                     payload: json!({"n": n * 2}),
                 })
                 .collect(),
+            schedule: Default::default(),
         })
         .await
         .unwrap();
@@ -125,6 +126,7 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
             parallel: 1,
             metadata: json!({}),
             items: vec![],
+            schedule: Default::default(),
         })
         .await
         .unwrap_err();
@@ -136,6 +138,7 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
             parallel: 1,
             metadata: json!({}),
             items: vec![],
+            schedule: Default::default(),
         })
         .await
         .unwrap_err();

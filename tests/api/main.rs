@@ -19,3 +19,4 @@ mod lifecycle;
 mod mcp;
 mod metrics;
 mod openapi;
+mod scheduling;

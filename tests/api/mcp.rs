@@ -634,3 +634,189 @@ async fn mcp_operations_reach_a_streamable_http_server() {
         assert_eq!(r[4 + i]["result"], format!("Echo: hello {i}"));
     }
 }
+
+/// Waits (up to 5 s, without failing) until the killed `pids` are reaped.
+async fn until_reaped(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn idle_sessions_whose_server_died_are_not_lent_out_again() {
+    let app = spawn_app().await;
+    app.write_file("a.txt", "alpha\n");
+    // Two slow operations at once: two sessions, two servers, idle afterwards.
+    let (job, _) = run(
+        &app,
+        json!({"operations": [
+            {"type": "command", "command": "sleep 0.5"},
+            {"type": "command", "command": "sleep 0.5"}
+        ], "parallel": 2}),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job["result"]["summary"]["successful"], 2, "{job}");
+    let idle = builtin_servers(&app.workspace);
+    assert_eq!(idle.len(), 2, "{idle:?}");
+    for pid in &idle {
+        // SAFETY: killing the test's own child server, by pid.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    until_reaped(&idle).await;
+    let operations: Vec<Value> = (0..8)
+        .map(|i| json!({"id": format!("r{i}"), "type": "read", "path": "a.txt"}))
+        .collect();
+    let (job, r) = run(
+        &app,
+        json!({"operations": operations, "parallel": 2}),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job["result"]["summary"]["successful"], 8, "{job}");
+    assert!(r.iter().all(|r| r["result"] == "alpha\n"), "{r:?}");
+    let now = builtin_servers(&app.workspace);
+    assert!(
+        !now.is_empty() && now.iter().all(|p| !idle.contains(p)),
+        "{idle:?} → {now:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_timed_out_call_closes_its_session_and_its_server() {
+    let app = spawn_app().await;
+    let marker = "2999.2717";
+    let started = Instant::now();
+    let (job, r) = run(
+        &app,
+        json!({"operations": [{"type": "command", "command": format!("sleep {marker}")}],
+               "timeout_seconds": 1}),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job["result"]["summary"]["failed"], 1, "{job}");
+    assert!(
+        error_of(&r[0]).contains("no answer within 1.0s"),
+        "{}",
+        r[0]
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The session is not pooled: its server is stopped, and the command with it.
+    wait_for(
+        Duration::from_secs(15),
+        "the timed-out server and its command to end",
+        || async {
+            (builtin_servers(&app.workspace).is_empty() && processes_with(marker).is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    let (job, _) = run(
+        &app,
+        json!({"operations": [{"type": "list", "path": "."}]}),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job["result"]["summary"]["successful"], 1, "{job}");
+}
+
+#[actix_web::test]
+async fn fifos_are_refused_at_once_not_waited_on() {
+    let app = spawn_app().await;
+    let fifo = app.workspace.join("pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    app.write_file("a.txt", "alpha\n");
+    let started = Instant::now();
+    let (_, r) = run(
+        &app,
+        json!({"operations": [
+            {"type": "read", "path": "pipe"},
+            {"type": "write", "path": "pipe", "content": "into the pipe"},
+            {"type": "read", "path": "a.txt"}
+        ], "timeout_seconds": 20, "parallel": 3}),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    for item in &r[..2] {
+        assert!(error_of(item).contains("not a regular file"), "{item}");
+    }
+    assert!(error_of(&r[0]).contains("'pipe' is a FIFO"), "{}", r[0]);
+    assert_eq!(r[2]["result"], "alpha\n", "{}", r[2]);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[actix_web::test]
+async fn messages_too_big_for_mcp_fail_at_once() {
+    let app = spawn_app().await;
+    // Refused at submission: more than 8 MiB to write.
+    let big = "a".repeat(8 * 1024 * 1024 + 1);
+    let (status, answer) = app
+        .post(
+            "/batch/mcp-operations",
+            &json!({"operations": [{"type": "read", "path": "a"},
+                                   {"type": "write", "path": "big.txt", "content": big}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["field"], "operations[1].content", "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 8388608 bytes"),
+        "{answer}"
+    );
+    // Over the read cap; under it, but 18 MiB once JSON-encoded; and 7 MiB that fits.
+    app.write_file("nine.txt", &"b".repeat(9 * 1024 * 1024));
+    app.write_file("controls.txt", &"\u{1}".repeat(3 * 1024 * 1024));
+    let seven = "line of text\n".repeat(7 * 1024 * 1024 / 13);
+    app.write_file("seven.txt", &seven);
+    let started = Instant::now();
+    let (_, r) = run(
+        &app,
+        json!({"operations": [
+            {"type": "read", "path": "nine.txt"},
+            {"type": "read", "path": "controls.txt"},
+            {"type": "read", "path": "seven.txt"},
+            {"type": "write", "path": "eight.txt", "content": "c".repeat(8 * 1024 * 1024)}
+        ], "timeout_seconds": 60}),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        error_of(&r[0]).contains("reads at most 8388608 (--max-read-bytes)"),
+        "{}",
+        r[0]
+    );
+    assert!(error_of(&r[1]).contains("once JSON-encoded"), "{}", r[1]);
+    assert_eq!(r[2]["status"], "success", "{}", r[2]["error"]);
+    assert_eq!(r[2]["result"].as_str().map(str::len), Some(seven.len()));
+    assert_eq!(r[3]["status"], "success", "{}", r[3]["error"]);
+    assert_eq!(
+        std::fs::metadata(app.workspace.join("eight.txt"))
+            .unwrap()
+            .len(),
+        8 * 1024 * 1024
+    );
+}

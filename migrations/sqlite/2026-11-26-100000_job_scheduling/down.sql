@@ -1,0 +1,3 @@
+ALTER TABLE job_items DROP COLUMN attempt_errors;
+DROP TABLE kind_pauses;
+ALTER TABLE jobs DROP COLUMN paused_at;
