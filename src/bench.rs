@@ -520,7 +520,10 @@ async fn mcp_job(
         if job["status"] == "completed" && !job["result"].is_null() {
             return Ok((job, t0.elapsed().as_secs_f64()));
         }
-        if matches!(job["status"].as_str(), Some("failed" | "cancelled")) {
+        if matches!(
+            job["status"].as_str(),
+            Some("failed" | "cancelled" | "expired")
+        ) {
             return Err(setup(format!("the MCP job ended {}", job["status"])));
         }
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;

@@ -34,6 +34,12 @@ pub struct EngineConfig {
     pub mcp: McpConfig,
     /// The LLM endpoint and limits of `batch_agent_tasks`.
     pub agent: crate::agent::AgentConfig,
+    /// Delivery of `callback_url` webhooks (signing secret, timeout, backoff).
+    pub webhooks: crate::webhooks::WebhookConfig,
+    /// Delete finished jobs this long after they finished; `None` keeps them.
+    pub retention: Option<Duration>,
+    /// How often retention looks for jobs to delete.
+    pub retention_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +52,9 @@ impl Default for EngineConfig {
             builtin_processors: true,
             mcp: McpConfig::default(),
             agent: crate::agent::AgentConfig::default(),
+            webhooks: crate::webhooks::WebhookConfig::default(),
+            retention: None,
+            retention_interval: crate::retention::DEFAULT_INTERVAL,
         }
     }
 }
@@ -191,11 +200,29 @@ impl EngineBuilder {
             paused_kinds,
         })
         .start();
-        Ok(Engine {
+        let background = tokio_util::sync::CancellationToken::new();
+        crate::webhooks::spawn_dispatcher(
+            store.clone(),
+            config.webhooks.clone(),
+            background.clone(),
+        );
+        if let Some(retention) = config.retention {
+            crate::retention::spawn_pruner(
+                store.clone(),
+                retention,
+                config.retention_interval,
+                background.clone(),
+            );
+        }
+        let engine = Engine {
             supervisor,
             node_id,
             workspace: Arc::new(workspace),
-        })
+            background,
+            schedules: crate::schedules::Scheduler::new(store.clone()),
+        };
+        crate::schedules::Scheduler::start(&engine);
+        Ok(engine)
     }
 }
 
@@ -213,6 +240,10 @@ pub struct Engine {
     supervisor: Addr<Supervisor>,
     node_id: Arc<str>,
     workspace: Arc<PathBuf>,
+    /// Stops the webhook dispatcher and the retention pruner.
+    background: tokio_util::sync::CancellationToken,
+    /// The cron schedules' store and ticker (`crate::schedules`).
+    pub(crate) schedules: crate::schedules::Scheduler,
 }
 
 impl Engine {
@@ -269,6 +300,21 @@ impl Engine {
             .await?
     }
 
+    /// Requeues a finished job's items of these statuses (`failed`, `cancelled`,
+    /// `skipped`) with a fresh attempt budget and reopens the job.
+    pub async fn retry(
+        &self,
+        job_id: &str,
+        statuses: Vec<crate::model::ItemStatus>,
+    ) -> Result<crate::store::queries::RetryOutcome, EngineError> {
+        self.supervisor
+            .send(crate::actors::messages::RetryJob {
+                job_id: job_id.to_string(),
+                statuses,
+            })
+            .await?
+    }
+
     /// Pauses or resumes every job of a kind, present and future; survives restarts.
     pub async fn set_kind_paused(
         &self,
@@ -299,6 +345,7 @@ impl Engine {
     /// Stops claiming, lets running items finish for `grace`, stops the rest and puts them
     /// back in the queue. Gives up waiting `grace + 10 s` after it began.
     pub async fn shutdown(&self, grace: Duration) {
+        self.schedules.stop();
         let wait = self.supervisor.send(Shutdown { grace });
         if tokio::time::timeout(grace + Duration::from_secs(10), wait)
             .await
@@ -306,5 +353,7 @@ impl Engine {
         {
             log::warn!("shutdown: items still running; they are recovered at next start");
         }
+        // Webhooks not yet delivered stay in the outbox for the next start.
+        self.background.cancel();
     }
 }

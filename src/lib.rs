@@ -19,6 +19,8 @@
 //!   client, guardrail, per-task git worktrees).
 //! - [`engine`]: starting it all ([`engine::EngineBuilder`]) and the [`engine::Engine`] handle.
 //! - [`api`]: the REST surface; [`app`]: the HTTP application used by the binary and tests.
+//! - [`webhooks`]: `callback_url` deliveries from a durable outbox; [`retention`]: pruning
+//!   finished jobs.
 
 pub mod actors;
 pub mod agent;
@@ -32,7 +34,10 @@ pub mod metrics;
 pub mod model;
 pub mod processor;
 pub mod processors;
+pub mod retention;
+pub mod schedules;
 pub mod store;
+pub mod webhooks;
 
 pub use app::{Application, ServeConfig};
 pub use engine::{Engine, EngineBuilder, EngineConfig, StartError};

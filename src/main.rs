@@ -83,6 +83,14 @@ struct ServeArgs {
     /// Bearer token for the LLM server (vLLM --api-key, hosted OpenAI-compatible APIs).
     #[arg(long, env = "BATCHFORGE_LLM_API_KEY", hide_env_values = true)]
     llm_api_key: Option<String>,
+    /// Sign `callback_url` webhooks with HMAC-SHA256 under this secret
+    /// (X-Batchforge-Timestamp, X-Batchforge-Signature headers).
+    #[arg(long, env = "BATCHFORGE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Delete finished jobs (with their items) this long after they finished: 7d, 12h,
+    /// 30m, 45s. Default: keep them.
+    #[arg(long, env = "BATCHFORGE_RETENTION", value_parser = batchforge::retention::parse_duration)]
+    retention: Option<Duration>,
 }
 
 fn parse_llm_api(s: &str) -> Result<batchforge::agent::LlmApi, String> {
@@ -160,6 +168,10 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
             }
         }
     }
+    if args.webhook_secret.as_deref().is_some_and(|s| s.is_empty()) {
+        eprintln!("error: --webhook-secret must not be empty");
+        return std::process::ExitCode::from(2);
+    }
     if !(args.llm_timeout.is_finite() && args.llm_timeout > 0.0) {
         eprintln!("error: --llm-timeout must be a positive number of seconds");
         return std::process::ExitCode::from(2);
@@ -201,6 +213,12 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
             builtin_processors: true,
             mcp,
             agent,
+            webhooks: batchforge::webhooks::WebhookConfig {
+                secret: args.webhook_secret,
+                ..Default::default()
+            },
+            retention: args.retention,
+            ..EngineConfig::default()
         },
         bind: args.bind,
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),

@@ -85,6 +85,9 @@ status_enum!(
         Failed => "failed",
         /// Cancelled by a user; terminal, never overwritten.
         Cancelled => "cancelled",
+        /// Its `deadline` passed first: the finished results are kept, the rest of its
+        /// items are cancelled; terminal.
+        Expired => "expired",
     }
 );
 
@@ -93,7 +96,7 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Expired
         )
     }
 }
@@ -287,6 +290,8 @@ pub struct ItemRecord {
     pub started_at: Option<f64>,
     /// Unix seconds of the final result.
     pub finished_at: Option<f64>,
+    /// The errors of earlier attempts (retried errors, manual retries), oldest first.
+    pub attempt_errors: Vec<String>,
 }
 
 /// An item handed out to a worker.
@@ -313,6 +318,10 @@ pub struct ItemOutcome {
     pub result: Value,
     /// A one-line error for failed items.
     pub error: Option<String>,
+    /// The failure was an error worth another attempt (a timeout, a crashed process, a
+    /// transport failure, an LLM 5xx), not an ordinary outcome such as a failing test:
+    /// the item is retried while its job's `max_attempts` allows.
+    pub retryable: bool,
 }
 
 impl ItemOutcome {
@@ -322,15 +331,27 @@ impl ItemOutcome {
             status: ItemStatus::Succeeded,
             result,
             error: None,
+            retryable: false,
         }
     }
 
-    /// A failed item, with its result and a short reason.
+    /// A failed item, with its result and a short reason: an ordinary outcome, never
+    /// retried.
     pub fn failed(result: Value, error: impl Into<String>) -> Self {
         ItemOutcome {
             status: ItemStatus::Failed,
             result,
             error: Some(error.into()),
+            retryable: false,
+        }
+    }
+
+    /// An item that failed by an error worth another attempt (see
+    /// [`ItemOutcome::retryable`]).
+    pub fn error(result: Value, error: impl Into<String>) -> Self {
+        ItemOutcome {
+            retryable: true,
+            ..ItemOutcome::failed(result, error)
         }
     }
 
@@ -340,6 +361,7 @@ impl ItemOutcome {
             status: ItemStatus::Skipped,
             result,
             error: None,
+            retryable: false,
         }
     }
 
@@ -349,7 +371,206 @@ impl ItemOutcome {
             status: ItemStatus::Cancelled,
             result,
             error: Some("cancelled".into()),
+            retryable: false,
         }
+    }
+}
+
+/// How a job retries items that fail by an error ([`ItemOutcome::retryable`]): job options
+/// `max_attempts` (1–50, default 1: no retry), `retry_delay_seconds` (the first delay,
+/// default 1) and `retry_max_delay_seconds` (the cap, default 300). The delay before
+/// attempt n+1 is `min(delay × 2^(n−1), cap)`, scaled by a random factor in [0.5, 1] so
+/// that items failing together do not come back together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Most attempts an item gets, the first included.
+    pub max_attempts: u32,
+    /// Delay before the second attempt, in seconds.
+    pub delay: f64,
+    /// Longest delay, in seconds.
+    pub max_delay: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            delay: 1.0,
+            max_delay: 300.0,
+        }
+    }
+}
+
+/// Most attempts a job may ask for.
+pub const MAX_ATTEMPTS: u32 = 50;
+
+impl RetryPolicy {
+    /// The policy in a job's options, checked: the error names the option.
+    pub fn from_options(options: &Value) -> Result<RetryPolicy, (&'static str, String)> {
+        let mut p = RetryPolicy::default();
+        match options.get("max_attempts") {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=u64::from(MAX_ATTEMPTS)).contains(&n) => p.max_attempts = n as u32,
+                _ => {
+                    return Err((
+                        "max_attempts",
+                        format!("must be an integer between 1 and {MAX_ATTEMPTS}, got {v}"),
+                    ))
+                }
+            },
+        }
+        let seconds =
+            |name: &'static str, max: f64| -> Result<Option<f64>, (&'static str, String)> {
+                match options.get(name) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(v) => match v.as_f64() {
+                        Some(s) if s > 0.0 && s <= max => Ok(Some(s)),
+                        _ => Err((
+                            name,
+                            format!("must be a number of seconds in (0, {max}], got {v}"),
+                        )),
+                    },
+                }
+            };
+        if let Some(d) = seconds("retry_delay_seconds", 3600.0)? {
+            p.delay = d;
+        }
+        if let Some(d) = seconds("retry_max_delay_seconds", 86_400.0)? {
+            p.max_delay = d;
+        }
+        if p.max_delay < p.delay {
+            return Err((
+                "retry_max_delay_seconds",
+                format!(
+                    "must not be below retry_delay_seconds ({} < {})",
+                    p.max_delay, p.delay
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Seconds to wait after failed attempt `attempt` (1-based); `jitter` in [0, 1].
+    pub fn backoff(&self, attempt: u32, jitter: f64) -> f64 {
+        let exp = 2f64.powi(attempt.saturating_sub(1).min(60) as i32);
+        (self.delay * exp).min(self.max_delay) * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// A time given as an RFC 3339 timestamp (`2026-11-26T18:00:00Z`, any offset) or as Unix
+/// seconds, between 1970 and 9999; `None` when it is neither.
+pub fn parse_timestamp(v: &Value) -> Option<f64> {
+    let t = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => {
+            let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
+            dt.timestamp() as f64 + f64::from(dt.timestamp_subsec_micros()) / 1e6
+        }
+        _ => return None,
+    };
+    (t.is_finite() && (0.0..=253_402_300_799.0).contains(&t)).then_some(t)
+}
+
+/// The job option `deadline`: when it passes, the job's unfinished items are cancelled
+/// and the job ends `expired`, its finished results kept.
+pub fn deadline(options: &Value) -> Result<Option<f64>, (String, String)> {
+    match options.get("deadline") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => parse_timestamp(v).map(Some).ok_or_else(|| {
+            (
+                "deadline".to_string(),
+                format!(
+                    "cannot read {v} as a time: expected an RFC 3339 timestamp such as \
+                     \"2026-11-26T18:00:00Z\" or Unix seconds"
+                ),
+            )
+        }),
+    }
+}
+
+/// Longest `item_timeout_seconds` a job may set (a week).
+pub const MAX_ITEM_TIMEOUT_SECONDS: f64 = 7.0 * 86_400.0;
+
+/// The job option `item_timeout_seconds`: a bound on every item of any kind, enforced by
+/// the engine around the processor (kinds may have their own, finer timeouts).
+pub fn item_timeout(options: &Value) -> Option<std::time::Duration> {
+    options
+        .get("item_timeout_seconds")
+        .and_then(Value::as_f64)
+        .filter(|s| *s > 0.0 && *s <= MAX_ITEM_TIMEOUT_SECONDS)
+        .map(std::time::Duration::from_secs_f64)
+}
+
+/// Checks `item_timeout_seconds`.
+pub fn check_item_timeout(options: &Value) -> Result<(), (String, String)> {
+    match options.get("item_timeout_seconds") {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => match v.as_f64() {
+            Some(s) if s > 0.0 && s <= MAX_ITEM_TIMEOUT_SECONDS => Ok(()),
+            _ => Err((
+                "item_timeout_seconds".into(),
+                format!("must be a number of seconds in (0, {MAX_ITEM_TIMEOUT_SECONDS}], got {v}"),
+            )),
+        },
+    }
+}
+
+/// A job's dependencies: job option `depends_on` (ids of jobs that must complete first)
+/// and `run_on_failure` (run even when one of them failed or was cancelled).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    /// The jobs waited for.
+    pub jobs: Vec<String>,
+    /// Run anyway when one of them did not complete.
+    pub run_on_failure: bool,
+}
+
+/// Most jobs one job may depend on.
+pub const MAX_DEPENDENCIES: usize = 1000;
+
+impl Dependencies {
+    /// The dependencies in a job's options, checked for shape (existence is checked when
+    /// the job is stored); the error names the option.
+    pub fn from_options(options: &Value) -> Result<Dependencies, (String, String)> {
+        let mut deps = Dependencies::default();
+        match options.get("depends_on") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(ids)) if ids.len() <= MAX_DEPENDENCIES => {
+                for (i, id) in ids.iter().enumerate() {
+                    match id.as_str() {
+                        Some(s) if !s.trim().is_empty() => {
+                            if !deps.jobs.iter().any(|d| d == s) {
+                                deps.jobs.push(s.to_string());
+                            }
+                        }
+                        _ => {
+                            return Err((
+                                format!("depends_on[{i}]"),
+                                format!("must be a job id, got {id}"),
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(v) => {
+                return Err((
+                    "depends_on".into(),
+                    format!("must be a list of at most {MAX_DEPENDENCIES} job ids, got {v}"),
+                ))
+            }
+        }
+        match options.get("run_on_failure") {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(b)) => deps.run_on_failure = *b,
+            Some(v) => {
+                return Err((
+                    "run_on_failure".into(),
+                    format!("must be true or false, got {v}"),
+                ))
+            }
+        }
+        Ok(deps)
     }
 }
 
@@ -366,6 +587,11 @@ pub struct FinishedItem {
     pub outcome: ItemOutcome,
     /// Unix seconds when it finished.
     pub finished_at: f64,
+    /// Which attempt this was (1 for the first run).
+    pub attempt: u32,
+    /// Set by the Supervisor when the outcome is an error its job retries: the item goes
+    /// back to the queue, claimable from this time (Unix seconds), instead of finishing.
+    pub retry_at: Option<f64>,
 }
 
 /// A job's item counters.
@@ -400,6 +626,8 @@ pub struct QueueStats {
     pub failed: u64,
     /// Jobs cancelled.
     pub cancelled: u64,
+    /// Jobs whose deadline passed.
+    pub expired: u64,
 }
 
 #[cfg(test)]

@@ -146,6 +146,16 @@ pub struct PauseJob {
     pub paused: bool,
 }
 
+/// Requeue a finished job's items of these statuses and reopen it.
+#[derive(Message)]
+#[rtype(result = "Result<crate::store::queries::RetryOutcome, EngineError>")]
+pub struct RetryJob {
+    /// The job id.
+    pub job_id: String,
+    /// Which items: `failed` and/or `cancelled` (and `skipped`).
+    pub statuses: Vec<ItemStatus>,
+}
+
 /// Pause or resume every job of a kind, present and future.
 #[derive(Message)]
 #[rtype(result = "Result<KindInfo, EngineError>")]

@@ -19,8 +19,8 @@ use crate::actors::tracker::Tracker;
 use crate::actors::worker::Worker;
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::{
-    new_job_id, now, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus, JobRecord, JobStatus,
-    NewJob, QueueStats,
+    new_job_id, now, ClaimedItem, Dependencies, FinishedItem, ItemOutcome, ItemStatus, JobRecord,
+    JobStatus, NewJob, QueueStats, RetryPolicy,
 };
 use crate::processor::{Processor, ProgressReporter};
 use crate::store::queries::{self, CancelOutcome};
@@ -139,6 +139,16 @@ struct ActiveJob {
     /// Since when the job has waited with nothing of it starting or finishing (for
     /// [`effective_priority`]).
     waiting_since: f64,
+    /// How its failed-by-error items are retried.
+    retry: RetryPolicy,
+    /// Items waiting out a retry delay: claimable again from these times.
+    retry_wakeups: Vec<f64>,
+    /// Jobs that must complete before this one starts (not yet seen completed).
+    waiting_on: Vec<String>,
+    /// Start even when a dependency failed or was cancelled.
+    run_on_failure: bool,
+    /// When it expires if not finished (Unix seconds).
+    deadline: Option<f64>,
 }
 
 impl ActiveJob {
@@ -149,7 +159,10 @@ impl ActiveJob {
 
     /// Whether the job may have items claimed or started now.
     fn runnable(&self, now: f64) -> bool {
-        !self.cancelled && !self.paused && self.run_at.is_none_or(|t| t <= now)
+        !self.cancelled
+            && !self.paused
+            && self.waiting_on.is_empty()
+            && self.run_at.is_none_or(|t| t <= now)
     }
 
     /// The level it is served at now.
@@ -214,6 +227,14 @@ pub struct Supervisor {
     pending_release: Vec<(String, u32)>,
     /// Kinds paused as a whole, before the Workers exist.
     paused_kinds: Vec<String>,
+    /// Retried items waiting out their delay, over all jobs.
+    retries_waiting: usize,
+    /// Jobs others depend on whose state must be read (admitted dependents, ended jobs).
+    deps_to_check: Vec<String>,
+    /// Jobs still waiting for dependencies.
+    waiting_jobs: usize,
+    /// Open jobs with a deadline.
+    deadlines: usize,
 }
 
 type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
@@ -226,6 +247,8 @@ enum Inserted {
     Existing(JobRecord),
     /// The key names a job of another kind.
     KeyConflict(JobRecord),
+    /// A job it depends on does not exist: (field, message).
+    UnknownDependency(String, String),
 }
 
 /// What one write committed.
@@ -255,7 +278,14 @@ fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
         key: item.key.clone(),
         outcome: ItemOutcome::cancelled(json!({"key": item.key, "status": "cancelled"})),
         finished_at: t,
+        attempt: item.attempt,
+        retry_at: None,
     }
+}
+
+/// A random factor in [0, 1] for backoff jitter.
+fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
 impl Supervisor {
@@ -284,6 +314,10 @@ impl Supervisor {
             listening: config.listening,
             pending_release: Vec::new(),
             paused_kinds: config.paused_kinds,
+            retries_waiting: 0,
+            deps_to_check: Vec::new(),
+            waiting_jobs: 0,
+            deadlines: 0,
         }
     }
 
@@ -291,6 +325,8 @@ impl Supervisor {
     /// known (a job just inserted); it spares an empty claim at the end of every job.
     fn admit(&mut self, job: &JobRecord, queued: Option<u64>) {
         let id: Arc<str> = Arc::from(job.id.as_str());
+        let deps = Dependencies::from_options(&job.spec).unwrap_or_default();
+        let deadline = crate::model::deadline(&job.spec).ok().flatten();
         let ctx = Arc::new(JobContext {
             id: id.clone(),
             options: Arc::new(job.spec.clone()),
@@ -320,8 +356,54 @@ impl Supervisor {
                 run_at: job.run_at,
                 paused: job.paused_at.is_some(),
                 waiting_since: now(),
+                // Checked at submission; a stored job with bad options retries nothing.
+                retry: RetryPolicy::from_options(&job.spec).unwrap_or_default(),
+                retry_wakeups: Vec::new(),
+                waiting_on: deps.jobs.clone(),
+                run_on_failure: deps.run_on_failure,
+                deadline,
             },
         );
+        if deadline.is_some() {
+            self.deadlines += 1;
+        }
+        if !deps.jobs.is_empty() {
+            self.waiting_jobs += 1;
+        }
+        self.deps_to_check.extend(deps.jobs);
+    }
+
+    /// Remembers when the retried items among committed outcomes become claimable.
+    fn note_retries(&mut self, outcomes: &[FinishedItem]) {
+        for f in outcomes {
+            if let (Some(at), Some(job)) = (f.retry_at, self.jobs.get_mut(f.job_id.as_str())) {
+                job.retry_wakeups.push(at);
+                self.retries_waiting += 1;
+            }
+        }
+    }
+
+    /// Reopens the jobs whose retried items became claimable.
+    fn wake_retries(&mut self, t: f64) {
+        let due: Vec<Arc<str>> = self
+            .jobs
+            .iter_mut()
+            .filter(|(_, j)| j.retry_wakeups.iter().any(|&at| at <= t))
+            .map(|(id, j)| {
+                let before = j.retry_wakeups.len();
+                j.retry_wakeups.retain(|&at| at > t);
+                (id.clone(), before - j.retry_wakeups.len())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(id, woken)| {
+                self.retries_waiting = self.retries_waiting.saturating_sub(woken);
+                id
+            })
+            .collect();
+        for id in due {
+            self.reopen(&id);
+        }
     }
 
     /// Makes a job claimable again after items of it went back to the queue.
@@ -356,10 +438,150 @@ impl Supervisor {
 
     /// Stops following a job that reached a terminal state.
     fn forget(&mut self, job_id: &str) {
-        if let Some((id, _)) = self.jobs.remove_entry(job_id) {
+        if let Some((id, gone)) = self.jobs.remove_entry(job_id) {
+            if gone.deadline.is_some() {
+                self.deadlines = self.deadlines.saturating_sub(1);
+            }
+            if !gone.waiting_on.is_empty() {
+                self.waiting_jobs = self.waiting_jobs.saturating_sub(1);
+            }
+            // Only scan for dependents while some job waits for others.
+            if self.waiting_jobs > 0
+                && self
+                    .jobs
+                    .values()
+                    .any(|j| j.waiting_on.iter().any(|d| **d == *id))
+            {
+                self.deps_to_check.push(id.to_string());
+            }
             self.tracker
                 .do_send(ProgressUpdate::Finished { job_id: id });
         }
+    }
+
+    /// Reads how the jobs others wait for stand, then lets the waiting jobs start (a
+    /// dependency completed) or cancels them (one failed or was cancelled, unless they
+    /// run on failure).
+    fn resolve_dependencies(&mut self, ctx: &mut Context<Self>) {
+        let ids = std::mem::take(&mut self.deps_to_check);
+        self.store
+            .read(move |conn| {
+                let mut found = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let status = queries::get_job_status(conn, &id)?;
+                    found.push((id, status));
+                }
+                Ok(found)
+            })
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                let found = match res {
+                    Ok(found) => found,
+                    Err(e) => {
+                        log::error!("could not read dependencies: {e}; retrying");
+                        let ids: Vec<String> = act
+                            .jobs
+                            .values()
+                            .flat_map(|j| j.waiting_on.iter().cloned())
+                            .collect();
+                        act.deps_to_check.extend(ids);
+                        return;
+                    }
+                };
+                let mut to_cancel: Vec<(String, String)> = Vec::new();
+                for (dep, status) in found {
+                    let Some(status) = status.filter(|s| s.is_terminal()) else {
+                        continue; // still open: its end brings it back here
+                    };
+                    for (id, job) in act.jobs.iter_mut() {
+                        if !job.waiting_on.contains(&dep) {
+                            continue;
+                        }
+                        job.waiting_on.retain(|d| *d != dep);
+                        if job.waiting_on.is_empty() {
+                            act.waiting_jobs = act.waiting_jobs.saturating_sub(1);
+                        }
+                        if status != JobStatus::Completed && !job.run_on_failure && !job.cancelled {
+                            to_cancel.push((
+                                id.to_string(),
+                                format!("dependency '{dep}' ended {status}"),
+                            ));
+                        } else {
+                            job.waiting_since = now();
+                        }
+                    }
+                }
+                for (id, reason) in to_cancel {
+                    act.cancel_for(ctx, id, reason);
+                }
+                act.cycle(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Expires the jobs whose deadline passed: their unfinished items are cancelled
+    /// (running ones stopped), their finished results kept, their status `expired`.
+    fn expire_overdue(&mut self, ctx: &mut Context<Self>) {
+        let t = now();
+        let overdue: Vec<(Arc<str>, f64)> = self
+            .jobs
+            .iter_mut()
+            .filter(|(_, j)| !j.cancelled && j.deadline.is_some_and(|d| d <= t))
+            .map(|(id, j)| {
+                // Once: the store write below settles it.
+                let d = j.deadline.take().unwrap_or(t);
+                (id.clone(), d)
+            })
+            .collect();
+        for (id, at) in overdue {
+            self.deadlines = self.deadlines.saturating_sub(1);
+            let job_id = id.to_string();
+            let reason = format!("deadline passed at {at:.3}");
+            log::info!("job {job_id}: expired: {reason}");
+            let for_store = job_id.clone();
+            self.store
+                .write(move |conn| {
+                    let outcome = queries::expire_job(conn, &for_store, now())?;
+                    if let CancelOutcome::Cancelled { .. } = outcome {
+                        queries::set_job_error(conn, &for_store, &reason)?;
+                    }
+                    Ok(outcome)
+                })
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(CancelOutcome::Cancelled { .. }) => {
+                        act.cancel_in_memory(&job_id);
+                        act.cycle(ctx);
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::error!("could not expire job {job_id}: {e}"),
+                })
+                .spawn(ctx);
+        }
+    }
+
+    /// Cancels a job on the engine's own account, recording why in its `error`.
+    fn cancel_for(&mut self, ctx: &mut Context<Self>, job_id: String, reason: String) {
+        log::info!("job {job_id}: cancelled: {reason}");
+        let id = job_id.clone();
+        self.store
+            .write(move |conn| {
+                let outcome = queries::cancel_job(conn, &id, now())?;
+                if let CancelOutcome::Cancelled { .. } = outcome {
+                    queries::set_job_error(conn, &id, &reason)?;
+                }
+                Ok(outcome)
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(CancelOutcome::Cancelled { .. }) => {
+                    act.cancel_in_memory(&job_id);
+                    act.cycle(ctx);
+                }
+                Ok(_) => {}
+                Err(e) => log::error!("could not cancel job {job_id}: {e}"),
+            })
+            .spawn(ctx);
     }
 
     /// Decides how many items to claim from which jobs, reserving buffer room: per kind at
@@ -444,6 +666,12 @@ impl Supervisor {
     /// buffer slot, unless a write is already in flight; whatever arrives meanwhile goes
     /// into the next one. A few outcomes alone wait `FLUSH_LINGER` for company.
     fn cycle(&mut self, ctx: &mut Context<Self>) {
+        if !self.deps_to_check.is_empty() {
+            self.resolve_dependencies(ctx);
+        }
+        if self.deadlines > 0 {
+            self.expire_overdue(ctx);
+        }
         if self.writing {
             return;
         }
@@ -456,6 +684,9 @@ impl Supervisor {
         let plan = if self.stopping {
             Vec::new()
         } else {
+            if self.retries_waiting > 0 {
+                self.wake_retries(now());
+            }
             self.plan_claims()
         };
         let outcomes_due = !self.finished.is_empty()
@@ -526,9 +757,24 @@ impl Supervisor {
                         Some(key) => queries::job_by_idempotency_key(conn, key)?,
                         None => None,
                     };
+                    let deps = Dependencies::from_options(&job.spec).unwrap_or_default();
+                    let mut missing = None;
+                    for (i, dep) in deps.jobs.iter().enumerate() {
+                        if queries::get_job_status(conn, dep)?.is_none() {
+                            missing = Some((i, dep.clone()));
+                            break;
+                        }
+                    }
                     inserted.push(match existing {
                         Some(e) if e.kind == job.kind => Inserted::Existing(e),
                         Some(e) => Inserted::KeyConflict(e),
+                        None if missing.is_some() => {
+                            let (i, dep) = missing.unwrap_or_default();
+                            Inserted::UnknownDependency(
+                                format!("depends_on[{i}]"),
+                                format!("no job '{dep}' (a job can only depend on jobs that exist, so dependencies never form a cycle)"),
+                            )
+                        }
                         None => {
                             queries::insert_job(conn, id, job, t)?;
                             Inserted::New(JobRecord::queued(id, job, t))
@@ -556,6 +802,33 @@ impl Supervisor {
                 match res {
                     Ok(w) => {
                         act.announce_items(&outcomes);
+                        act.note_retries(&outcomes);
+                        // Wake up when a retried item or a delayed job becomes claimable,
+                        // rather than at the next once-a-second pump.
+                        let wakeups = outcomes.iter().filter_map(|f| f.retry_at).chain(
+                            w.inserted
+                                .iter()
+                                .flat_map(|i| match i {
+                                    Inserted::New(r) => [
+                                        r.run_at,
+                                        crate::model::deadline(&r.spec).ok().flatten(),
+                                    ],
+                                    _ => [None, None],
+                                })
+                                .flatten(),
+                        );
+                        // The soonest one; later ones are caught by it or by the pump.
+                        let t = now();
+                        let soonest = wakeups.filter(|&at| at > t).reduce(f64::min);
+                        if let Some(at) = soonest {
+                            ctx.run_later(
+                                Duration::from_secs_f64((at - t).min(3600.0)),
+                                |act, ctx| {
+                                    act.flush_due = true;
+                                    act.cycle(ctx);
+                                },
+                            );
+                        }
                         act.written(w, submits)
                     }
                     Err(e) => {
@@ -610,7 +883,7 @@ impl Supervisor {
             return;
         }
         let mut by_job: HashMap<&str, Vec<(u32, String, ItemStatus)>> = HashMap::new();
-        for f in outcomes {
+        for f in outcomes.iter().filter(|f| f.retry_at.is_none()) {
             by_job.entry(f.job_id.as_str()).or_default().push((
                 f.index,
                 f.key.clone(),
@@ -662,6 +935,9 @@ impl Supervisor {
                     "idempotency key already used by job '{}' of kind '{}'",
                     record.id, record.kind
                 ))),
+                Inserted::UnknownDependency(field, message) => {
+                    Err(EngineError::Invalid { field, message })
+                }
             };
             let _ = pending.reply.send(answer);
         }
@@ -933,6 +1209,19 @@ impl Handler<SubmitJob> for Supervisor {
                 message: e.message,
             })));
         }
+        if let Err((field, message)) = RetryPolicy::from_options(&job.spec) {
+            return Box::pin(fut::ready(Err(EngineError::Invalid {
+                field: field.into(),
+                message,
+            })));
+        }
+        if let Err((field, message)) = Dependencies::from_options(&job.spec)
+            .map(drop)
+            .and_then(|()| crate::model::check_item_timeout(&job.spec))
+            .and_then(|()| crate::model::deadline(&job.spec).map(drop))
+        {
+            return Box::pin(fut::ready(Err(EngineError::Invalid { field, message })));
+        }
         let (reply, answer) = oneshot::channel();
         self.pending_submits.push(PendingSubmit {
             id: new_job_id(&job.kind),
@@ -950,14 +1239,23 @@ impl Handler<SubmitJob> for Supervisor {
 impl Handler<ItemFinished> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, ItemFinished(item): ItemFinished, ctx: &mut Self::Context) {
+    fn handle(&mut self, ItemFinished(mut item): ItemFinished, ctx: &mut Self::Context) {
         let mut release = false;
         if let Some(job) = self.jobs.get_mut(item.job_id.as_str()) {
             // An item stopped by shutdown (not by its job's cancellation) goes back.
             release =
                 self.stopping && !job.cancelled && item.outcome.status == ItemStatus::Cancelled;
             job.active = job.active.saturating_sub(1);
-            job.waiting_since = now();
+            let t = now();
+            job.waiting_since = t;
+            if item.outcome.retryable
+                && item.outcome.status == ItemStatus::Failed
+                && !job.cancelled
+                && !self.stopping
+                && item.attempt < job.retry.max_attempts
+            {
+                item.retry_at = Some(t + job.retry.backoff(item.attempt, jitter()));
+            }
             if let Some(slot) = self.kinds.get_mut(&job.kind) {
                 slot.active = slot.active.saturating_sub(1);
             }
@@ -1154,6 +1452,7 @@ impl Handler<GetMetrics> for Supervisor {
                     ("completed", stats.completed),
                     ("failed", stats.failed),
                     ("cancelled", stats.cancelled),
+                    ("expired", stats.expired),
                 ],
                 queued_items: unfinished.saturating_sub(held),
                 running,
@@ -1341,5 +1640,75 @@ mod tests {
         );
         // A clock that moved back never lowers a level.
         assert_eq!(effective_priority(3, t, t - 100.0), 3);
+    }
+}
+
+impl Handler<RetryJob> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<queries::RetryOutcome, EngineError>>;
+
+    fn handle(&mut self, msg: RetryJob, _: &mut Self::Context) -> Self::Result {
+        let RetryJob { job_id, statuses } = msg;
+        if self.stopping {
+            return Box::pin(fut::ready(Err(EngineError::ShuttingDown)));
+        }
+        if self.jobs.contains_key(job_id.as_str()) {
+            // Finished in the store but still stopping here (cancelled, items winding down).
+            return Box::pin(fut::ready(Err(EngineError::Conflict(format!(
+                "job '{job_id}' is still stopping; retry it once it has"
+            )))));
+        }
+        let id = job_id.clone();
+        Box::pin(
+            self.store
+                .write(move |conn| queries::retry_job(conn, &id, &statuses))
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let outcome = res?;
+                    if let queries::RetryOutcome::Requeued { items, job } = &outcome {
+                        if act.kinds.contains_key(&job.kind)
+                            && !act.jobs.contains_key(job_id.as_str())
+                        {
+                            act.admit(job, Some(*items));
+                            act.cycle(ctx);
+                        }
+                    }
+                    Ok(outcome)
+                }),
+        )
+    }
+}
+
+/// Checks a job as [`SubmitJob`] would (its kind is registered, it has items, its options
+/// are valid) without storing anything: cron schedules check their job template with it.
+#[derive(Message)]
+#[rtype(result = "Result<(), EngineError>")]
+pub struct ValidateJob {
+    /// The processor kind.
+    pub kind: String,
+    /// The job's options.
+    pub spec: serde_json::Value,
+    /// How many items the job has.
+    pub items: usize,
+}
+
+impl Handler<ValidateJob> for Supervisor {
+    type Result = Result<(), EngineError>;
+
+    fn handle(&mut self, msg: ValidateJob, _: &mut Self::Context) -> Self::Result {
+        let Some(slot) = self.kinds.get(&msg.kind) else {
+            return Err(EngineError::NoProcessor(msg.kind));
+        };
+        if msg.items == 0 {
+            return Err(EngineError::Invalid {
+                field: "items".into(),
+                message: "a job needs at least one item".into(),
+            });
+        }
+        slot.processor
+            .validate_options(&msg.spec)
+            .map_err(|e| EngineError::Invalid {
+                field: e.field,
+                message: e.message,
+            })
     }
 }

@@ -76,12 +76,25 @@ impl Handler<RunItems> for Worker {
                         progress: job.progress.clone(),
                     };
                     // A panicking processor fails its item, not the worker thread.
-                    match AssertUnwindSafe(processor.process(item, ctx))
-                        .catch_unwind()
-                        .await
-                    {
-                        Ok(outcome) if outcome.status.is_terminal() => outcome,
-                        Ok(outcome) => {
+                    let run = AssertUnwindSafe(processor.process(item, ctx)).catch_unwind();
+                    // The job's `item_timeout_seconds` bounds every kind: past it the
+                    // processor's future is dropped (its guards kill what it started).
+                    let limit = crate::model::item_timeout(&job.options);
+                    let finished = match limit {
+                        Some(limit) => tokio::time::timeout(limit, run).await,
+                        None => Ok(run.await),
+                    };
+                    match finished {
+                        Err(_) => {
+                            let secs = limit.map_or(0.0, |l| l.as_secs_f64());
+                            let message = format!("timed out after {secs}s (item_timeout_seconds)");
+                            ItemOutcome::error(
+                                json!({"key": key, "status": "error", "error": message}),
+                                message,
+                            )
+                        }
+                        Ok(Ok(outcome)) if outcome.status.is_terminal() => outcome,
+                        Ok(Ok(outcome)) => {
                             let message = format!(
                                 "processor returned the non-final status '{}'",
                                 outcome.status
@@ -89,7 +102,7 @@ impl Handler<RunItems> for Worker {
                             log::error!("{job_id}[{index}]: {message}");
                             ItemOutcome::failed(outcome.result, message)
                         }
-                        Err(panic) => {
+                        Ok(Err(panic)) => {
                             let what = panic
                                 .downcast_ref::<&str>()
                                 .map(|s| s.to_string())
@@ -110,6 +123,8 @@ impl Handler<RunItems> for Worker {
                     key,
                     outcome,
                     finished_at: now(),
+                    attempt,
+                    retry_at: None,
                 }));
             });
         }

@@ -18,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+/// Largest answer body read from an LLM server; a request whose answer is longer fails.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -380,12 +383,33 @@ impl LlmClient {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
+        let too_large = || LlmError::BadAnswer {
+            url: self.base_url.clone(),
+            api: self.api.name(),
+            detail: format!(
+                "the answer is larger than the {MAX_RESPONSE_BYTES}-byte limit; it was not read"
+            ),
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        // Read in chunks, never more than the limit.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.transport_error(e))?;
+            .map_err(|e| self.transport_error(e))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(self.status_error(status.as_u16(), &bytes, model));
         }

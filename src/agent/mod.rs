@@ -6,7 +6,9 @@
 //!   request time out).
 //! - [`parse`]: tool calls a model wrote as JSON in its text instead of calling natively.
 //! - [`guardrail`]: what a tool call may not do (destructive commands, system paths,
-//!   leaving the workspace, changes in read-only mode), checked before every call.
+//!   leaving the workspace, git beyond local reading and committing, `.git`, changes in
+//!   read-only mode), checked before every call. An argv and pattern check, advisory
+//!   defence in depth: not a sandbox.
 //! - [`tools`]: the workspace tools themselves (`list_files`, `read_file`, `write_file`,
 //!   `run_command`, `finish`), confined like the MCP server's.
 //! - [`workspace`]: one isolated workspace per task (a git worktree, a copy, or the shared

@@ -9,14 +9,17 @@
 //! conversation and the other role takes the next loop, until `max_loops` are spent.
 //!
 //! Every tool call passes the [`super::guardrail`] first; a refused call is answered as a
-//! refusal and counted.
+//! refusal and counted. A reply runs at most [`MAX_CALLS_PER_REPLY`] calls (the rest are
+//! answered "too many calls in one reply"), and the conversation is kept within
+//! [`MAX_CONVERSATION_CHARS`] (see [`compact_conversation`]); the messages recorded for
+//! the result are bounded too.
 
 use super::guardrail;
 use super::llm::{ChatRequest, LlmClient, LlmError, Message, Role, ToolCall, ToolSpec, Usage};
 use super::parse::{parse_tool_calls, TextCalls};
 use super::tools::{format_output, Workbench, FINISH};
 use crate::processor::ProgressReporter;
-use crate::processors::command::{run_command, CommandSpec};
+use crate::processors::command::{run_command_with_env, CommandSpec};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +34,26 @@ const MAX_RECORDED_CHARS: usize = 4_000;
 const MAX_RECORDED_MESSAGES: usize = 300;
 /// Replies in a row with an unparseable tool call before the turn ends.
 const MAX_INVALID_IN_A_ROW: u32 = 3;
+/// Most characters (counted as bytes) of the conversation sent to the model; beyond it
+/// the oldest tool results are shortened, then the oldest exchanges dropped. The system
+/// prompt and the task are always kept.
+pub const MAX_CONVERSATION_CHARS: usize = 200_000;
+/// Longest text of a model reply kept in the conversation (and each string argument of
+/// its tool calls).
+const MAX_ASSISTANT_CHARS: usize = 16_000;
+/// Tool calls run per reply; the rest are answered "too many calls in one reply".
+pub const MAX_CALLS_PER_REPLY: usize = 16;
+/// Tool calls of one reply kept at all; any beyond are dropped with a note.
+const MAX_CALLS_KEPT: usize = 64;
+/// Most characters (counted as bytes) of all the messages kept in a task's result.
+const MAX_RECORDED_TOTAL_CHARS: usize = 400_000;
+/// Tool calls of one reply listed in a task's result.
+const MAX_RECORDED_CALLS: usize = 16;
+/// Longest check output kept in a task's result (`validator.output`).
+pub const MAX_VALIDATOR_OUTPUT_CHARS: usize = 64 * 1024;
+/// What a tool result shortened away says.
+const RESULT_REMOVED: &str =
+    "[this older tool result was removed to keep the conversation within its size limit]";
 
 /// The two roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +123,10 @@ pub struct CheckRun {
     pub passed: bool,
     /// Its exit code (`None` when killed).
     pub exit_code: Option<i32>,
-    /// Status and output, as the model saw it.
+    /// Status and output (its middle cut beyond [`MAX_VALIDATOR_OUTPUT_CHARS`]).
     pub output: String,
+    /// Whether `output` was cut.
+    pub output_truncated: bool,
 }
 
 /// How a task ended.
@@ -124,6 +149,8 @@ pub enum Ending {
 pub struct Transcript {
     /// The conversation, as recorded for the result.
     pub messages: Vec<Value>,
+    /// The size of each of `messages` (serialized).
+    sizes: Vec<usize>,
     /// Messages left out of `messages` to keep it bounded.
     pub messages_omitted: usize,
     /// Tool calls the guardrail refused.
@@ -140,12 +167,18 @@ pub struct Transcript {
 
 impl Transcript {
     fn record(&mut self, entry: Value) {
-        if self.messages.len() >= MAX_RECORDED_MESSAGES {
-            // Keep the system prompt and the task; drop the oldest after them.
+        let size = entry.to_string().len();
+        self.messages.push(entry);
+        self.sizes.push(size);
+        // Keep the system prompt and the task; drop the oldest after them.
+        while self.messages.len() > 3
+            && (self.messages.len() > MAX_RECORDED_MESSAGES
+                || self.sizes.iter().sum::<usize>() > MAX_RECORDED_TOTAL_CHARS)
+        {
             self.messages.remove(2);
+            self.sizes.remove(2);
             self.messages_omitted += 1;
         }
-        self.messages.push(entry);
     }
 }
 
@@ -232,6 +265,8 @@ pub struct Session<'a> {
     /// Offer tools natively; off for the rest of the task once the model refuses them.
     native_tools: bool,
     conversation: Vec<Message>,
+    /// Messages dropped from the conversation to keep it within its budget.
+    dropped_messages: usize,
     /// What the result reports.
     pub transcript: Transcript,
 }
@@ -267,6 +302,7 @@ impl<'a> Session<'a> {
                 ),
                 Message::text(Role::User, task.clone()),
             ],
+            dropped_messages: 0,
             transcript: Transcript::default(),
         };
         s.transcript
@@ -330,6 +366,7 @@ impl<'a> Session<'a> {
                 );
                 self.conversation
                     .push(Message::text(Role::User, feedback.clone()));
+                self.compact();
                 self.transcript
                     .record(json!({"role": "user", "content": recorded_text(&feedback)}));
             }
@@ -387,12 +424,33 @@ impl<'a> Session<'a> {
                 if !c.is_empty() {
                     entry["tool_calls"] = Value::Array(
                         c.iter()
+                            .take(MAX_RECORDED_CALLS)
                             .map(|c| json!({"name": c.name, "arguments": recorded_args(&c.arguments)}))
                             .collect(),
                     );
+                    if c.len() > MAX_RECORDED_CALLS {
+                        entry["tool_calls_omitted"] = json!(c.len() - MAX_RECORDED_CALLS);
+                    }
                 }
             }
             self.transcript.record(entry);
+            // What the conversation keeps of the reply: its text and calls bounded.
+            let mut calls = calls;
+            let mut dropped_calls = 0;
+            if let Ok(c) = &mut calls {
+                if c.len() > MAX_CALLS_KEPT {
+                    dropped_calls = c.len() - MAX_CALLS_KEPT;
+                    c.truncate(MAX_CALLS_KEPT);
+                }
+            }
+            let mut message = message;
+            message.content = clip_middle(&message.content, MAX_ASSISTANT_CHARS);
+            if native {
+                message.tool_calls.truncate(MAX_CALLS_KEPT);
+                for c in &mut message.tool_calls {
+                    c.arguments = clip_args(&c.arguments, MAX_ASSISTANT_CHARS);
+                }
+            }
             self.conversation.push(message);
             let calls = match calls {
                 Ok(c) => c,
@@ -418,11 +476,20 @@ impl<'a> Session<'a> {
             }
             let mut finished = false;
             let mut text_results = Vec::new();
-            for call in &calls {
+            for (i, call) in calls.iter().enumerate() {
                 if self.cancel.is_cancelled() {
                     return TurnEnd::Cancelled;
                 }
-                let (answer, blocked) = self.run_tool(call).await;
+                let (answer, blocked) = if i < MAX_CALLS_PER_REPLY {
+                    self.run_tool(call).await
+                } else {
+                    (
+                        format!(
+                            "not run: too many calls in one reply (at most {MAX_CALLS_PER_REPLY} are run per reply); make it again in your next reply if it is still needed"
+                        ),
+                        false,
+                    )
+                };
                 if call.name == FINISH && !blocked {
                     finished = true;
                 }
@@ -438,10 +505,16 @@ impl<'a> Session<'a> {
                     text_results.push(format!("Result of {}:\n{answer}", call.name));
                 }
             }
+            if dropped_calls > 0 {
+                text_results.push(format!(
+                    "{dropped_calls} more tool calls of your reply were dropped: too many calls in one reply"
+                ));
+            }
             if !text_results.is_empty() {
                 self.conversation
                     .push(Message::text(Role::User, text_results.join("\n\n")));
             }
+            self.compact();
             if self.cancel.is_cancelled() {
                 return TurnEnd::Cancelled;
             }
@@ -450,6 +523,16 @@ impl<'a> Session<'a> {
             }
         }
         TurnEnd::Done
+    }
+
+    /// Keeps the conversation within [`MAX_CONVERSATION_CHARS`].
+    fn compact(&mut self) {
+        let dropped = compact_conversation(
+            &mut self.conversation,
+            MAX_CONVERSATION_CHARS,
+            self.dropped_messages,
+        );
+        self.dropped_messages += dropped;
     }
 
     /// Runs one call past the guardrail; the answer for the model and whether it was
@@ -488,9 +571,14 @@ impl<'a> Session<'a> {
             timeout: s.command_timeout,
             max_output_bytes: s.max_output_bytes,
         };
-        let out = run_command(&spec, self.cancel).await.map_err(|e| {
-            Ending::CheckFailedToStart(format!("cannot start the check '{}': {e}", s.check_command))
-        })?;
+        let out = run_command_with_env(&spec, self.bench.env(), self.cancel)
+            .await
+            .map_err(|e| {
+                Ending::CheckFailedToStart(format!(
+                    "cannot start the check '{}': {e}",
+                    s.check_command
+                ))
+            })?;
         if out.cancelled {
             return Err(Ending::Cancelled);
         }
@@ -502,10 +590,13 @@ impl<'a> Session<'a> {
                 (None, sig) => format!("killed by signal {}", sig.unwrap_or(0)),
             }
         };
+        let output = format_output(&status, &out.stdout, &out.stderr, out.truncated);
+        let output_truncated = output.chars().count() > MAX_VALIDATOR_OUTPUT_CHARS;
         Ok(CheckRun {
             passed: !out.timed_out && check_passes(out.exit_code, &out.stdout, &out.stderr),
             exit_code: out.exit_code,
-            output: format_output(&status, &out.stdout, &out.stderr, out.truncated),
+            output: clip_middle(&output, MAX_VALIDATOR_OUTPUT_CHARS),
+            output_truncated,
         })
     }
 }
@@ -520,6 +611,132 @@ pub fn check_passes(exit_code: Option<i32>, stdout: &str, stderr: &str) -> bool 
         }
         _ => false,
     }
+}
+
+/// A message's size as the budget counts it: its text and its calls' names and arguments.
+fn message_size(m: &Message) -> usize {
+    m.content.len()
+        + m.tool_calls
+            .iter()
+            .map(|c| c.name.len() + c.arguments.to_string().len())
+            .sum::<usize>()
+}
+
+/// Tool call arguments with long strings clipped.
+fn clip_args(args: &Value, max_chars: usize) -> Value {
+    match args {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), clip_args(v, max_chars)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|v| clip_args(v, max_chars)).collect()),
+        Value::String(s) => Value::String(clip_middle(s, max_chars)),
+        other => other.clone(),
+    }
+}
+
+fn removed_note(n: usize) -> String {
+    format!("[{n} earlier messages were removed to keep the conversation within its size limit; the task is above, the latest work below]")
+}
+
+/// Shortens the messages `range` of `conversation`, oldest first, until `total` is
+/// within `budget`: tool results to a stub (`stub`) or their middle cut to `limit`
+/// characters, with the replies' text and arguments. Whether it got within.
+fn shorten(
+    conversation: &mut [Message],
+    range: std::ops::Range<usize>,
+    limit: usize,
+    stub: bool,
+    total: &mut usize,
+    budget: usize,
+) -> bool {
+    for m in &mut conversation[range] {
+        if *total <= budget {
+            return true;
+        }
+        let before = message_size(m);
+        match m.role {
+            Role::Tool if stub && m.content.len() > RESULT_REMOVED.len() => {
+                m.content = RESULT_REMOVED.to_string()
+            }
+            Role::Tool | Role::User | Role::Assistant => {
+                m.content = clip_middle(&m.content, limit);
+                for c in &mut m.tool_calls {
+                    c.arguments = clip_args(&c.arguments, limit / 4);
+                }
+            }
+            Role::System => {}
+        }
+        *total = *total - before + message_size(m);
+    }
+    *total <= budget
+}
+
+/// Brings `conversation` within `budget`, keeping the system prompt and the task: first
+/// the messages before the last reply are shortened (tool results cut, then stubbed),
+/// then the oldest exchanges (a reply with the results of its calls) are dropped, noted
+/// in one message after the task; only then is the last exchange itself shortened.
+/// `already_dropped` counts earlier drops (the note is there when it is not 0). Returns
+/// how many messages it dropped.
+pub fn compact_conversation(
+    conversation: &mut Vec<Message>,
+    budget: usize,
+    already_dropped: usize,
+) -> usize {
+    let mut total: usize = conversation.iter().map(message_size).sum();
+    if total <= budget {
+        return 0;
+    }
+    let first = if already_dropped > 0 { 3 } else { 2 };
+    let last_reply = |c: &[Message]| {
+        c.iter()
+            .rposition(|m| m.role == Role::Assistant)
+            .unwrap_or(c.len())
+            .max(first)
+    };
+    let old = first..last_reply(conversation);
+    if shorten(conversation, old.clone(), 2_000, false, &mut total, budget)
+        || shorten(conversation, old, 300, true, &mut total, budget)
+    {
+        return 0;
+    }
+    // Drop whole exchanges, oldest first, never the last reply and what follows it.
+    let mut dropped = 0;
+    while total > budget && first < last_reply(conversation) {
+        total -= message_size(&conversation.remove(first));
+        dropped += 1;
+        while conversation
+            .get(first)
+            .is_some_and(|m| m.role == Role::Tool)
+        {
+            total -= message_size(&conversation.remove(first));
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        let note = Message::text(Role::User, removed_note(already_dropped + dropped));
+        total += message_size(&note);
+        if already_dropped > 0 {
+            total -= message_size(&conversation[2]);
+            conversation[2] = note;
+        } else {
+            conversation.insert(2, note);
+        }
+    }
+    let recent = last_reply(conversation) + usize::from(dropped > 0 && already_dropped == 0);
+    let recent = recent.min(conversation.len())..conversation.len();
+    if !shorten(
+        conversation,
+        recent.clone(),
+        2_000,
+        false,
+        &mut total,
+        budget,
+    ) {
+        shorten(conversation, recent, 300, true, &mut total, budget);
+    }
+    dropped
 }
 
 fn recorded_args(args: &Value) -> Value {
@@ -566,5 +783,101 @@ mod tests {
         );
         assert_eq!(clip_middle("short", 20), "short");
         assert!(clip_tail(&long, 10).ends_with("\nbbbbbbbbbb"));
+    }
+
+    fn size(conv: &[Message]) -> usize {
+        conv.iter().map(message_size).sum()
+    }
+
+    fn exchange(n: usize, result_len: usize) -> Vec<Message> {
+        let call = ToolCall {
+            id: format!("c{n}"),
+            name: "read_file".into(),
+            arguments: json!({"path": format!("f{n}.py")}),
+        };
+        let mut reply = Message::text(Role::Assistant, format!("reading f{n}"));
+        reply.tool_calls = vec![call.clone()];
+        vec![reply, Message::tool_result(&call, "x".repeat(result_len))]
+    }
+
+    #[test]
+    fn the_conversation_stays_within_its_budget() {
+        let mut conv = vec![
+            Message::text(Role::System, "system prompt"),
+            Message::text(Role::User, "Task t: do it"),
+        ];
+        // Under the budget nothing changes.
+        conv.extend(exchange(0, 1000));
+        let before = conv.clone();
+        assert_eq!(compact_conversation(&mut conv, 10_000, 0), 0);
+        assert_eq!(conv, before);
+
+        // Old tool results are shortened first, the newest kept.
+        let mut conv = before[..2].to_vec();
+        for n in 0..5 {
+            conv.extend(exchange(n, 3_000));
+        }
+        assert_eq!(compact_conversation(&mut conv, 10_000, 0), 0);
+        assert!(size(&conv) <= 10_000, "{}", size(&conv));
+        assert_eq!(conv[3].content, RESULT_REMOVED);
+        assert!(
+            conv[5].content.contains("characters cut"),
+            "{}",
+            conv[5].content
+        );
+        assert_eq!(
+            conv.last().unwrap().content.len(),
+            3_000,
+            "the newest result is whole"
+        );
+
+        // Many exchanges: the oldest are dropped in whole, with one note after the task.
+        let mut conv = before[..2].to_vec();
+        let mut dropped = 0;
+        for n in 0..200 {
+            conv.extend(exchange(n, 24_000));
+            dropped += compact_conversation(&mut conv, 30_000, dropped);
+            assert!(size(&conv) <= 30_000, "{n}: {}", size(&conv));
+        }
+        assert!(dropped > 0);
+        assert_eq!(conv[0].content, "system prompt");
+        assert_eq!(conv[1].content, "Task t: do it");
+        assert!(conv[2]
+            .content
+            .contains(&format!("[{dropped} earlier messages were removed")));
+        assert_eq!(
+            conv[3].role,
+            Role::Assistant,
+            "no tool result without its call"
+        );
+        let last = &conv[conv.len() - 2];
+        assert_eq!(last.tool_calls[0].id, "c199", "the last exchange is kept");
+        assert_eq!(
+            conv.iter().filter(|m| m.role == Role::Tool).count(),
+            conv.iter().filter(|m| m.role == Role::Assistant).count()
+        );
+        // Huge arguments of an old call are clipped too.
+        let mut conv = before[..2].to_vec();
+        let mut big = exchange(0, 10);
+        big[0].tool_calls[0].arguments = json!({"path": "a", "content": "y".repeat(100_000)});
+        conv.extend(big);
+        conv.extend(exchange(1, 10));
+        compact_conversation(&mut conv, 5_000, 0);
+        assert!(size(&conv) <= 5_000, "{}", size(&conv));
+    }
+
+    #[test]
+    fn the_recorded_transcript_is_bounded() {
+        let mut t = Transcript::default();
+        t.record(json!({"role": "system", "content": "s"}));
+        t.record(json!({"role": "user", "content": "task"}));
+        for _ in 0..1000 {
+            t.record(json!({"role": "tool", "content": "z".repeat(MAX_RECORDED_CHARS)}));
+        }
+        assert!(t.messages.len() <= MAX_RECORDED_MESSAGES);
+        let total: usize = t.messages.iter().map(|m| m.to_string().len()).sum();
+        assert!(total <= MAX_RECORDED_TOTAL_CHARS, "{total}");
+        assert_eq!(t.messages[1]["content"], "task");
+        assert_eq!(t.messages_omitted + t.messages.len(), 1002);
     }
 }

@@ -10,7 +10,7 @@
 use super::llm::{ToolCall, ToolSpec};
 use crate::mcp::server::confine_new_file;
 use crate::processors::command::{
-    confine_path, find_program, run_command, split_command, CommandSpec,
+    confine_path, find_program, run_command_with_env, split_command, CommandEnv, CommandSpec,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub const FINISH: &str = "finish";
 /// Largest file `read_file` returns whole; longer ones are cut with a note.
 const MAX_READ_CHARS: usize = 100_000;
+/// Most bytes `read_file` reads of a file (a character is at most 4 bytes).
+const MAX_READ_BYTES: u64 = 4 * MAX_READ_CHARS as u64 + 4;
 /// Most entries `list_files` shows.
 const MAX_LIST_ENTRIES: usize = 1000;
 /// Directories a recursive listing does not descend into.
@@ -98,6 +100,8 @@ pub struct Workbench {
     root: PathBuf,
     command_timeout: Duration,
     max_output_bytes: usize,
+    /// The environment of `run_command`.
+    env: CommandEnv,
     /// Files written through `write_file`, relative to the root.
     written: BTreeSet<String>,
 }
@@ -134,8 +138,21 @@ impl Workbench {
             root,
             command_timeout,
             max_output_bytes,
+            env: CommandEnv::default(),
             written: BTreeSet::new(),
         }
+    }
+
+    /// The same, with commands run in `env` (see
+    /// [`super::workspace::TaskWorkspace::command_env`]).
+    pub fn with_env(mut self, env: CommandEnv) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// The environment commands run in.
+    pub fn env(&self) -> &CommandEnv {
+        &self.env
     }
 
     /// The workspace root.
@@ -211,27 +228,12 @@ impl Workbench {
     }
 
     async fn read_file(&self, args: &Map<String, Value>) -> Result<String, String> {
-        let path = required(args, "path")?;
-        let file = self.root.join(confine_path(&self.root, path)?);
-        if file.is_dir() {
-            return Err(format!("'{path}' is a directory; list it with list_files"));
-        }
-        let bytes = tokio::fs::read(&file)
+        let path = required(args, "path")?.to_string();
+        let file = self.root.join(confine_path(&self.root, &path)?);
+        // Off the async threads, and never more than a prefix of a large file.
+        tokio::task::spawn_blocking(move || read_prefix(&file, &path))
             .await
-            .map_err(|e| format!("cannot read '{path}': {e}"))?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            format!(
-                "'{path}' is not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            )
-        })?;
-        if text.chars().count() > MAX_READ_CHARS {
-            let cut: String = text.chars().take(MAX_READ_CHARS).collect();
-            return Ok(format!(
-                "{cut}\n… [file continues: only the first {MAX_READ_CHARS} characters are shown]"
-            ));
-        }
-        Ok(text)
+            .map_err(|e| format!("read_file failed: {e}"))?
     }
 
     async fn write_file(&mut self, args: &Map<String, Value>) -> Result<String, String> {
@@ -249,6 +251,15 @@ impl Workbench {
         let shown = path.clone();
         let rel = tokio::task::spawn_blocking(move || {
             let target = confine_new_file(&root, &shown)?;
+            // Where the path really leads, symlinks resolved: never into git's files.
+            if target
+                .strip_prefix(&root)
+                .unwrap_or(&target)
+                .components()
+                .any(|c| c.as_os_str() == ".git")
+            {
+                return Err(format!("writes into .git are not allowed ('{shown}')"));
+            }
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             // No symlink is left in the resolved path; O_NOFOLLOW keeps it that way.
@@ -294,7 +305,7 @@ impl Workbench {
             timeout: self.command_timeout,
             max_output_bytes: self.max_output_bytes,
         };
-        let out = run_command(&spec, cancel)
+        let out = run_command_with_env(&spec, &self.env, cancel)
             .await
             .map_err(|e| format!("cannot start '{}': {e}", spec.argv[0]))?;
         let status = if out.cancelled {
@@ -317,6 +328,45 @@ impl Workbench {
             out.truncated,
         ))
     }
+}
+
+/// Reads at most [`MAX_READ_BYTES`] of a text file; a longer one is cut at
+/// [`MAX_READ_CHARS`] characters with a note.
+fn read_prefix(file: &Path, path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    if meta.is_dir() {
+        return Err(format!("'{path}' is a directory; list it with list_files"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_READ_BYTES).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read '{path}': {e}"))?;
+    let cut_bytes = meta.len() > bytes.len() as u64 || bytes.len() as u64 >= MAX_READ_BYTES;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        // A character split by the cut at the end is not an error.
+        Err(e) if cut_bytes && e.utf8_error().error_len().is_none() => {
+            let valid = e.utf8_error().valid_up_to();
+            let mut bytes = e.into_bytes();
+            bytes.truncate(valid);
+            String::from_utf8(bytes).expect("valid up to here")
+        }
+        Err(e) => {
+            return Err(format!(
+                "'{path}' is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
+        }
+    };
+    if cut_bytes || text.chars().count() > MAX_READ_CHARS {
+        let cut: String = text.chars().take(MAX_READ_CHARS).collect();
+        return Ok(format!(
+            "{cut}\n… [file continues ({} bytes in all): only the first {MAX_READ_CHARS} characters are shown]",
+            meta.len()
+        ));
+    }
+    Ok(text)
 }
 
 /// A command's status and output as the model reads it.
@@ -447,5 +497,50 @@ mod tests {
             .run(&call("run_command", json!({"command": "ls | wc"})), &cancel)
             .await;
         assert!(e.ok && e.text.starts_with("exit code 2"), "no shell: {e:?}");
+    }
+
+    #[actix_rt::test]
+    async fn read_file_reads_only_a_prefix_and_write_file_never_lands_in_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let mut bench = Workbench::new(root.clone(), Duration::from_secs(10), 4096);
+        let cancel = CancellationToken::new();
+        // 6 MB of 'é' (2 bytes each): only the first 100k characters come back.
+        std::fs::write(root.join("big.txt"), "é".repeat(3_000_000)).unwrap();
+        let r = bench
+            .run(&call("read_file", json!({"path": "big.txt"})), &cancel)
+            .await;
+        assert!(r.ok, "{}", &r.text[..100]);
+        assert!(r.text.contains("file continues (6000000 bytes in all)"));
+        assert_eq!(r.text.chars().filter(|c| *c == 'é').count(), MAX_READ_CHARS);
+        // A cut in the middle of a character is no error.
+        std::fs::write(root.join("odd.txt"), "a".to_string() + &"€".repeat(200_000)).unwrap();
+        let r = bench
+            .run(&call("read_file", json!({"path": "odd.txt"})), &cancel)
+            .await;
+        assert!(r.ok && r.text.contains("file continues"));
+        std::fs::write(root.join("latin1.txt"), b"caf\xe9\n").unwrap();
+        let r = bench
+            .run(&call("read_file", json!({"path": "latin1.txt"})), &cancel)
+            .await;
+        assert!(!r.ok && r.text.contains("not UTF-8"), "{r:?}");
+        let r = bench
+            .run(&call("read_file", json!({"path": "."})), &cancel)
+            .await;
+        assert!(r.text.contains("is a directory"), "{r:?}");
+
+        std::fs::create_dir_all(root.join(".git/hooks")).unwrap();
+        std::os::unix::fs::symlink(".git", root.join("g")).unwrap();
+        let w = bench
+            .run(
+                &call(
+                    "write_file",
+                    json!({"path": "g/hooks/pre-commit", "content": "x"}),
+                ),
+                &cancel,
+            )
+            .await;
+        assert!(!w.ok && w.text.contains(".git"), "{w:?}");
+        assert!(!root.join(".git/hooks/pre-commit").exists());
     }
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod openapi;
 pub mod requests;
 pub mod responses;
+pub mod schedules;
 
 use crate::actors::messages::{
     EngineError, GetJob, GetMetrics, KindInfo, ListItems, ListJobs, Ping, ReadResults, Subscribe,
@@ -21,6 +22,9 @@ use error::{ApiError, ErrorBody};
 use openapi::openapi_json;
 use requests::*;
 use responses::*;
+use schedules::{
+    create_schedule, delete_schedule, get_schedule, list_schedules, pause_schedule, resume_schedule,
+};
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -53,6 +57,7 @@ api_routes! {
     delete "/batch/jobs/{id}" => cancel_job,
     post "/batch/jobs/{id}/pause" => pause_job,
     post "/batch/jobs/{id}/resume" => resume_job,
+    post "/batch/jobs/{id}/retry" => retry_job,
     get "/batch/kinds" => list_kinds,
     post "/batch/kinds/{kind}/pause" => pause_kind,
     post "/batch/kinds/{kind}/resume" => resume_kind,
@@ -61,6 +66,12 @@ api_routes! {
     get "/batch/jobs/{id}/events" => job_events,
     get "/batch/events" => all_events,
     get "/batch/stats" => stats,
+    post "/batch/schedules" => create_schedule,
+    get "/batch/schedules" => list_schedules,
+    get "/batch/schedules/{id}" => get_schedule,
+    delete "/batch/schedules/{id}" => delete_schedule,
+    post "/batch/schedules/{id}/pause" => pause_schedule,
+    post "/batch/schedules/{id}/resume" => resume_schedule,
 }
 
 /// After the real routes: any other method on a known path answers 405 with `Allow`, not
@@ -448,6 +459,46 @@ async fn pause_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
 )]
 async fn resume_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     set_paused(&engine, id.into_inner(), false).await
+}
+
+#[utoipa::path(
+    post, path = "/batch/jobs/{id}/retry", tag = "jobs",
+    description = "Requeues a finished job's failed items (or those of the statuses given) with a fresh attempt budget, keeping each one's earlier errors in `attempt_errors`, and reopens the job. The body is optional.",
+    params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
+    request_body(content = Option<RetryRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The items went back to the queue", body = RetryResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job has not finished, or has no item to retry", body = ErrorBody),
+        (status = 422, description = "A bad `status`", body = ErrorBody),
+    )
+)]
+async fn retry_job(engine: web::Data<Engine>, id: web::Path<String>, body: Bytes) -> Reply {
+    use crate::store::queries::RetryOutcome;
+    let id = id.into_inner();
+    let statuses = if body.iter().all(u8::is_ascii_whitespace) {
+        vec![ItemStatus::Failed]
+    } else {
+        let (req, _): (RetryRequest, _) = parse_body(&body)?;
+        retry_statuses(req)?
+    };
+    match engine.retry(&id, statuses).await? {
+        RetryOutcome::Requeued { items, job } => Ok(HttpResponse::Ok().json(RetryResponse {
+            requeued: items,
+            job: JobResponse::from(crate::actors::messages::JobView {
+                record: *job,
+                live: None,
+                replayed: false,
+            }),
+        })),
+        RetryOutcome::NotFound => Err(ApiError::NotFound(format!("job '{id}' not found"))),
+        RetryOutcome::NotFinished(status) => Err(ApiError::Conflict(format!(
+            "job '{id}' is {status}; only a finished job is retried"
+        ))),
+        RetryOutcome::NothingToRetry => Err(ApiError::Conflict(format!(
+            "job '{id}' has no item to retry in those statuses"
+        ))),
+    }
 }
 
 async fn set_paused(engine: &Engine, id: String, paused: bool) -> Reply {

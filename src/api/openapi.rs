@@ -5,11 +5,11 @@
 use super::error::ErrorBody;
 use super::requests::{
     AgentTask, AgentTasksRequest, GenericJobRequest, McpOperation, McpOperationType, McpRequest,
-    PathTarget, TestsRequest, ValidationRequest,
+    PathTarget, RetryRequest, TestsRequest, ValidationRequest,
 };
 use super::responses::{
     CancelResponse, HealthResponse, ItemList, ItemResponse, JobList, JobResponse, KindList,
-    ResultLine, StatsResponse,
+    ResultLine, RetryResponse, StatsResponse,
 };
 use crate::actors::messages::KindInfo;
 use crate::actors::tracker::Progress;
@@ -44,6 +44,7 @@ field is at fault.",
         super::cancel_job,
         super::pause_job,
         super::resume_job,
+        super::retry_job,
         super::list_kinds,
         super::pause_kind,
         super::resume_kind,
@@ -52,6 +53,12 @@ field is at fault.",
         super::job_events,
         super::all_events,
         super::stats,
+        super::schedules::create_schedule,
+        super::schedules::list_schedules,
+        super::schedules::get_schedule,
+        super::schedules::delete_schedule,
+        super::schedules::pause_schedule,
+        super::schedules::resume_schedule,
     ),
     components(schemas(
         ErrorBody,
@@ -71,6 +78,8 @@ field is at fault.",
         CancelResponse,
         KindList,
         KindInfo,
+        RetryRequest,
+        RetryResponse,
         HealthResponse,
         StatsResponse,
         QueueStats,
@@ -78,11 +87,16 @@ field is at fault.",
         Progress,
         JobStatus,
         ItemStatus,
+        super::schedules::ScheduleRequest,
+        super::schedules::ScheduleResponse,
+        super::schedules::ScheduleList,
+        super::schedules::ScheduleDeleted,
     )),
     tags(
         (name = "submit", description = "Submit a batch: one job of many items"),
         (name = "jobs", description = "Read, page and cancel jobs and their items"),
         (name = "events", description = "Live progress as Server-Sent Events"),
+        (name = "schedules", description = "Cron schedules that submit a job per tick"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]

@@ -2,7 +2,7 @@
 //! [`NewJob`]. Nothing reaches the engine unless it passed here.
 
 use super::error::ApiError;
-use crate::model::{JobSchedule, NewItem, NewJob, PRIORITY_RANGE};
+use crate::model::{ItemStatus, JobSchedule, NewItem, NewJob, PRIORITY_RANGE};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -416,6 +416,11 @@ fn build_job(
     items: Vec<NewItem>,
 ) -> Result<NewJob, ApiError> {
     let schedule = take_schedule(&mut raw)?;
+    // Kept in the options: the webhook outbox reads it from there when the job finishes.
+    if let Some(url) = raw.get(crate::webhooks::CALLBACK_URL_FIELD) {
+        crate::webhooks::check_callback_url(url)
+            .map_err(|m| ApiError::invalid(crate::webhooks::CALLBACK_URL_FIELD, m))?;
+    }
     raw.remove(items_field);
     raw.remove("metadata");
     raw.insert("parallel".into(), parallel.into());
@@ -427,6 +432,52 @@ fn build_job(
         items,
         schedule,
     })
+}
+
+/// `POST /batch/jobs/{id}/retry`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"status": ["failed", "cancelled"]}))]
+pub struct RetryRequest {
+    /// Which items to requeue: `failed` (the default), `cancelled`, `skipped`.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub status: Option<Value>,
+}
+
+/// The statuses a retry asks for, checked.
+pub fn retry_statuses(req: RetryRequest) -> Result<Vec<ItemStatus>, ApiError> {
+    const RETRYABLE: [ItemStatus; 3] = [
+        ItemStatus::Failed,
+        ItemStatus::Cancelled,
+        ItemStatus::Skipped,
+    ];
+    let names: Vec<Value> = match req.status {
+        None | Some(Value::Null) => return Ok(vec![ItemStatus::Failed]),
+        Some(Value::String(s)) => vec![Value::String(s)],
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "status",
+                format!("must be a status or a non-empty list of them, got {other}"),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for (i, v) in names.iter().enumerate() {
+        let status = v
+            .as_str()
+            .and_then(|s| s.parse::<ItemStatus>().ok())
+            .filter(|s| RETRYABLE.contains(s))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("status[{i}]"),
+                    format!("expected failed, cancelled or skipped, got {v}"),
+                )
+            })?;
+        if !out.contains(&status) {
+            out.push(status);
+        }
+    }
+    Ok(out)
 }
 
 /// The scheduling fields every submission takes (checked by [`take_schedule`]).
@@ -443,6 +494,35 @@ pub struct ScheduleFields {
     /// from the `Idempotency-Key` header).
     #[schema(value_type = Option<String>, max_length = 255, example = "nightly-2026-11-26")]
     pub idempotency_key: Option<Value>,
+    /// An http or https URL that gets a `job.finished` POST when the job finishes (kept in
+    /// the job's options; checked in `build_job`, see `crate::webhooks`).
+    #[schema(value_type = Option<String>, max_length = 2048, example = "https://ci.example.com/hooks/batchforge")]
+    pub callback_url: Option<Value>,
+    /// Ids of jobs that must complete before this one starts; if one fails or is
+    /// cancelled, this job is cancelled too (unless `run_on_failure`).
+    #[schema(value_type = Option<Vec<String>>)]
+    pub depends_on: Option<Value>,
+    /// Start even when a dependency failed or was cancelled (default false).
+    #[schema(value_type = Option<bool>)]
+    pub run_on_failure: Option<Value>,
+    /// Attempts an item gets when it fails by an error (timeout, crash, transport
+    /// failure); 1–50, default 1 (no retry). Ordinary failures are never retried.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 50)]
+    pub max_attempts: Option<Value>,
+    /// Seconds before the first retry (default 1); doubled each time, with jitter.
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 3600)]
+    pub retry_delay_seconds: Option<Value>,
+    /// Longest wait between attempts (default 300).
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 86400)]
+    pub retry_max_delay_seconds: Option<Value>,
+    /// A bound on every item of the job, whatever its kind: past it the item is stopped
+    /// and fails by an error (retried under `max_attempts`).
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 604800)]
+    pub item_timeout_seconds: Option<Value>,
+    /// When it passes, the job's unfinished items are cancelled (running ones stopped),
+    /// its finished results kept, and the job ends `expired`: RFC 3339 or Unix seconds.
+    #[schema(value_type = Option<String>, example = "2026-11-27T06:00:00Z")]
+    pub deadline: Option<Value>,
 }
 
 /// Longest accepted idempotency key.
@@ -498,19 +578,7 @@ pub fn parse_run_at(v: &Value) -> Result<f64, ApiError> {
             ),
         )
     };
-    let t = match v {
-        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
-        Value::String(s) => {
-            let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|_| bad())?;
-            dt.timestamp() as f64 + f64::from(dt.timestamp_subsec_micros()) / 1e6
-        }
-        _ => return Err(bad()),
-    };
-    // Year 1970 to 9999: anything else is a mistake, not a schedule.
-    if !(t.is_finite() && (0.0..=253_402_300_799.0).contains(&t)) {
-        return Err(bad());
-    }
-    Ok(t)
+    crate::model::parse_timestamp(v).ok_or_else(bad)
 }
 
 /// Merges the `Idempotency-Key` header into the body's `idempotency_key`; both given and

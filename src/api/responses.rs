@@ -122,6 +122,8 @@ pub struct ItemResponse {
     pub started_at: Option<f64>,
     /// Unix seconds.
     pub finished_at: Option<f64>,
+    /// The errors of earlier attempts, oldest first.
+    pub attempt_errors: Vec<String>,
 }
 
 impl From<ItemRecord> for ItemResponse {
@@ -136,6 +138,7 @@ impl From<ItemRecord> for ItemResponse {
             error: r.error,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            attempt_errors: r.attempt_errors,
         }
     }
 }
@@ -204,4 +207,13 @@ pub struct ResultLine {
 pub struct KindList {
     /// Every registered kind, by name.
     pub kinds: Vec<crate::actors::messages::KindInfo>,
+}
+
+/// `POST /batch/jobs/{id}/retry`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryResponse {
+    /// Items put back in the queue.
+    pub requeued: u64,
+    /// The reopened job.
+    pub job: JobResponse,
 }

@@ -2,12 +2,16 @@
 //! LLM agent of [`crate::agent`] in a workspace of its own, until the job's check passes
 //! or its loops are spent.
 //!
-//! Result per task: `{task_id, status: completed|failed|cancelled, messages,
-//! validator_ok, blocked, loops, files_changed, patch, usage: {prompt_tokens,
-//! completion_tokens}, duration_seconds}`, plus `error` when it failed, `validator` (the
-//! last check: exit code and output), `workspace_mode` and `model`s used. A task that
-//! fails (check never passed, LLM unreachable, unknown model) is a failed item that still
-//! carries everything above.
+//! Result per task: `{task_id, status, messages, validator_ok, blocked, loops,
+//! files_changed, patch, usage: {prompt_tokens, completion_tokens}, duration_seconds}`,
+//! plus `error` when it failed, `patch_note` (why there is no patch, or how to read it)
+//! and `patch_encoding: "base64"` when the diff is not UTF-8, `validator` (the last check:
+//! exit code and output, cut to 64 KiB with `output_truncated`), `workspace_mode` and the
+//! `models` used. `status` is `completed` or `failed`, or a third value, `cancelled`,
+//! when the job was cancelled while the task ran (the item is then cancelled too, not
+//! failed). A task that fails (check never passed, LLM unreachable, unknown model) is a
+//! failed item that still carries everything above. `messages` is bounded (the first two
+//! and the latest, each cut; `… N messages omitted` says what is left out).
 //!
 //! Job options, all checked at submit (a bad one is a 422 naming it): `coder_model`,
 //! `reviewer_model`, `max_loops` (1..=50), `max_steps` (replies per loop, 1..=200),
@@ -371,7 +375,30 @@ impl Processor for AgentProcessor {
             None => self.workspaces.default_mode(&self.root).await,
         };
         let label = format!("{}-{}-{}", item.job_id, item.index, item.key);
-        let mut workspace = match self.workspaces.create(mode, &self.root, &label).await {
+        // A cancel does not wait for a large copy or checkout: the creation is dropped
+        // (and what it made removed on a thread).
+        let created = tokio::select! {
+            w = self.workspaces.create(mode, &self.root, &label) => w,
+            _ = ctx.cancel.cancelled() => {
+                let mut result = result;
+                for (k, v) in [
+                    ("status", json!("cancelled")),
+                    ("messages", json!([])),
+                    ("validator_ok", json!(false)),
+                    ("blocked", json!(0)),
+                    ("loops", json!(0)),
+                    ("files_changed", json!([])),
+                    ("patch", Value::Null),
+                    ("usage", json!({"prompt_tokens": 0, "completion_tokens": 0})),
+                    ("duration_seconds", json!(round3(started.elapsed().as_secs_f64()))),
+                    ("workspace_mode", json!(mode.name())),
+                ] {
+                    result.insert(k.into(), v);
+                }
+                return ItemOutcome::cancelled(Value::Object(result));
+            }
+        };
+        let mut workspace = match created {
             Ok(w) => w,
             Err(e) => return fail_early(result, format!("cannot prepare the workspace: {e}")),
         };
@@ -396,7 +423,8 @@ impl Processor for AgentProcessor {
             workspace.dir().to_path_buf(),
             opts.command_timeout,
             opts.max_output_bytes,
-        );
+        )
+        .with_env(workspace.command_env());
         let mut session = Session::new(&settings, &llm, bench, &ctx.progress, &ctx.cancel);
         let ending = session.run().await;
         let written = session.written();
@@ -453,6 +481,9 @@ impl Processor for AgentProcessor {
             Some(Ok(c)) => {
                 result.insert("files_changed".into(), json!(c.files_changed));
                 result.insert("patch".into(), json!(c.patch));
+                if let Some(encoding) = c.encoding {
+                    result.insert("patch_encoding".into(), json!(encoding));
+                }
                 if let Some(note) = c.note {
                     result.insert("patch_note".into(), json!(note));
                 }
@@ -491,11 +522,12 @@ impl Processor for AgentProcessor {
             json!({"coder": opts.coder_model, "reviewer": opts.reviewer_model}),
         );
         if let Some(check) = &transcript.last_check {
-            result.insert(
-                "validator".into(),
-                json!({"command": opts.check_command, "passed": check.passed,
-                       "exit_code": check.exit_code, "output": check.output}),
-            );
+            let mut validator = json!({"command": opts.check_command, "passed": check.passed,
+                       "exit_code": check.exit_code, "output": check.output});
+            if check.output_truncated {
+                validator["output_truncated"] = json!(true);
+            }
+            result.insert("validator".into(), validator);
         }
         let result = Value::Object(result);
         match (ending, error) {

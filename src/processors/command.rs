@@ -186,9 +186,27 @@ async fn read_capped<R: AsyncRead + Unpin>(
     }
 }
 
+/// Changes to the environment a command inherits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommandEnv {
+    /// Variables set.
+    pub set: Vec<(String, String)>,
+    /// Variables removed.
+    pub remove: Vec<String>,
+}
+
 /// Runs a command to completion, timeout or cancellation. Fails only when it cannot start.
 pub async fn run_command(
     spec: &CommandSpec,
+    cancel: &CancellationToken,
+) -> std::io::Result<CommandOutput> {
+    run_command_with_env(spec, &CommandEnv::default(), cancel).await
+}
+
+/// [`run_command`] with changes to the inherited environment.
+pub async fn run_command_with_env(
+    spec: &CommandSpec,
+    env: &CommandEnv,
     cancel: &CancellationToken,
 ) -> std::io::Result<CommandOutput> {
     let started = Instant::now();
@@ -196,7 +214,12 @@ pub async fn run_command(
         .argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    for name in &env.remove {
+        command.env_remove(name);
+    }
+    command.envs(env.set.iter().map(|(k, v)| (k, v)));
+    let mut child = command
         .args(args)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())

@@ -191,7 +191,8 @@ impl Processor for CommandProcessor {
             );
             result.insert("status".into(), json!("error"));
             result.insert("error".into(), json!(message));
-            return ItemOutcome::failed(Value::Object(result), message);
+            // A timeout is an error, not a verdict: the job's max_attempts may retry it.
+            return ItemOutcome::error(Value::Object(result), message);
         }
         match out.exit_code {
             Some(code) if (self.passes)(code) => {
@@ -206,7 +207,8 @@ impl Processor for CommandProcessor {
                 let message = format!("killed by signal {}", out.signal.unwrap_or(0));
                 result.insert("status".into(), json!("failed"));
                 result.insert("error".into(), json!(message));
-                ItemOutcome::failed(Value::Object(result), message)
+                // A crashed process (OOM killer, segfault) is an error worth retrying.
+                ItemOutcome::error(Value::Object(result), message)
             }
         }
     }

@@ -124,6 +124,13 @@ impl Processor for McpProcessor {
             result.insert("error".into(), json!(message));
             ItemOutcome::failed(Value::Object(result), message)
         };
+        // Transport failures (a server that cannot start or went away, a call that timed
+        // out) are errors the job's max_attempts may retry; tool errors are outcomes.
+        let error = |mut result: Map<String, Value>, message: String| {
+            result.insert("status".into(), json!("failed"));
+            result.insert("error".into(), json!(message));
+            ItemOutcome::error(Value::Object(result), message)
+        };
         let cancelled = |mut result: Map<String, Value>| {
             result.insert("status".into(), json!("cancelled"));
             ItemOutcome::cancelled(Value::Object(result))
@@ -155,7 +162,7 @@ impl Processor for McpProcessor {
             };
             let lease = match lease {
                 None => return cancelled(result),
-                Some(Err(message)) => return fail(result, message),
+                Some(Err(message)) => return error(result, message),
                 Some(Ok(lease)) => lease,
             };
             let session = lease.session();
@@ -178,7 +185,7 @@ impl Processor for McpProcessor {
                 }
                 Err(CallError::Closed) => {
                     lease.discard("lost its connection during a call");
-                    return fail(
+                    return error(
                         result,
                         format!(
                             "MCP server '{server}' went away during the call, twice (its stderr is in the log)"
@@ -189,8 +196,9 @@ impl Processor for McpProcessor {
                     // The server may still be working on it (or be stuck): closing the
                     // session stops its process rather than lending it out again.
                     lease.discard("timed out on a call");
-                    return fail(result, format!("{tool}: {e}"));
+                    return error(result, format!("{tool}: {e}"));
                 }
+                // A protocol error (unknown tool, bad arguments) will not change on retry.
                 Err(e) => return fail(result, format!("{tool}: {e}")),
             }
         }

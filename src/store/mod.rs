@@ -151,8 +151,10 @@ impl Store {
             .to_string();
         let mut writer =
             SqliteConnection::establish(&path_str).map_err(|e| open_err(e.to_string()))?;
+        // The busy timeout first: switching to WAL waits out a connection that is still
+        // closing (the last one to close checkpoints and removes the WAL file).
         writer
-            .batch_execute("PRAGMA journal_mode = WAL;")
+            .batch_execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;")
             .and_then(|_| writer.batch_execute(PRAGMAS))
             .map_err(|e| open_err(e.to_string()))?;
         writer

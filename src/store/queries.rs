@@ -41,6 +41,11 @@ pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(
             idempotency_key: job.schedule.idempotency_key.as_deref(),
         })
         .execute(conn)?;
+    // Crash recovery requeues an item until it used this many attempts; errors are retried
+    // up to the job's own `max_attempts`.
+    let max_attempts = crate::model::RetryPolicy::from_options(&job.spec)
+        .map_or(1, |p| p.max_attempts as i32)
+        .max(DEFAULT_MAX_ATTEMPTS);
     for (chunk_no, chunk) in job.items.chunks(INSERT_CHUNK).enumerate() {
         let rows: Vec<NewItemRow> = chunk
             .iter()
@@ -51,7 +56,7 @@ pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(
                 key: &item.key,
                 payload: item.payload.to_string(),
                 status: ItemStatus::Queued.as_str(),
-                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                max_attempts,
             })
             .collect();
         diesel::insert_into(job_items::table)
@@ -79,6 +84,12 @@ pub fn claim_items(
     let chunk = q
         .filter(q.field(i::job_id).eq(job_id))
         .filter(q.field(i::status).eq(ItemStatus::Queued.as_str()))
+        // Items waiting out a retry delay are not claimable yet.
+        .filter(
+            q.field(i::available_at)
+                .is_null()
+                .or(q.field(i::available_at).le(now)),
+        )
         .order(q.field(i::idx).asc())
         .limit(limit as i64)
         .select(q.field(i::idx));
@@ -243,6 +254,10 @@ pub fn record_finished(
     let mut chunks: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
     let mut chunk_bytes = 0usize;
     for item in finished {
+        if let Some(at) = item.retry_at {
+            requeue_for_retry(conn, item, at)?;
+            continue;
+        }
         if !item.outcome.status.is_terminal() {
             // The Worker turns such outcomes into failures; never store a non-final one.
             log::error!(
@@ -292,6 +307,25 @@ pub fn record_finished(
     Ok(Recorded { done, counts })
 }
 
+/// Retry: an item that failed by an error its job retries goes `running → queued`,
+/// claimable from `at`, with the attempt's error appended to `attempt_errors`. Retries
+/// are rare, so one statement each is fine.
+fn requeue_for_retry(conn: &mut Conn, item: &FinishedItem, at: f64) -> Result<(), StoreError> {
+    let error = item.outcome.error.clone().unwrap_or_else(|| "error".into());
+    diesel::sql_query(
+        "UPDATE job_items SET status = 'queued', available_at = ?, error = ?, node_id = NULL, \
+                attempt_errors = json_insert(coalesce(attempt_errors, '[]'), '$[#]', ?) \
+         WHERE job_id = ? AND idx = ? AND status = 'running'",
+    )
+    .bind::<diesel::sql_types::Double, _>(at)
+    .bind::<diesel::sql_types::Text, _>(&error)
+    .bind::<diesel::sql_types::Text, _>(&error)
+    .bind::<diesel::sql_types::Text, _>(&item.job_id)
+    .bind::<diesel::sql_types::Integer, _>(item.index as i32)
+    .execute(conn)?;
+    Ok(())
+}
+
 /// Largest JSON text of outcomes sent in one statement.
 const OUTCOME_CHUNK_BYTES: usize = 32 * 1024 * 1024;
 
@@ -338,7 +372,8 @@ struct ChangedItem {
 
 /// Finalization: once every item of a job is final, builds the job's result and moves the
 /// job `queued | running → completed`. A cancelled job keeps its status and only gains its
-/// result. Returns whether the job is now finished with a result.
+/// result. Either way its webhook, if any, is queued ([`enqueue_webhook`]). Returns whether
+/// the job is now finished with a result.
 pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, StoreError> {
     type Row = (String, i32, i32, i32, Option<f64>, Option<f64>, bool);
     let Some((status, total, processed, cancelled, started_at, completed_at, has_result)) =
@@ -362,10 +397,10 @@ pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, Sto
         return Ok(false);
     }
     let result = build_result(conn, job_id, started_at.map(|s| now - s).unwrap_or(0.0))?;
-    let status = if status == JobStatus::Cancelled.as_str() {
-        JobStatus::Cancelled
-    } else {
-        JobStatus::Completed
+    // A cancelled or expired job keeps its status; only an open one becomes completed.
+    let status = match status.parse::<JobStatus>() {
+        Ok(s @ (JobStatus::Cancelled | JobStatus::Expired)) => s,
+        _ => JobStatus::Completed,
     };
     diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
         .set((
@@ -374,6 +409,7 @@ pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, Sto
             jobs::completed_at.eq(completed_at.unwrap_or(now)),
         ))
         .execute(conn)?;
+    enqueue_webhook(conn, job_id, now)?;
     Ok(true)
 }
 
@@ -469,6 +505,96 @@ fn build_result(conn: &mut Conn, job_id: &str, elapsed: f64) -> Result<String, S
     ))
 }
 
+/// What [`retry_job`] did.
+#[derive(Debug, Clone)]
+pub enum RetryOutcome {
+    /// This many items went back to the queue; the job is open again.
+    Requeued {
+        /// Items requeued.
+        items: u64,
+        /// The reopened job.
+        job: Box<JobRecord>,
+    },
+    /// No such job.
+    NotFound,
+    /// The job has not finished; only a finished job is retried.
+    NotFinished(JobStatus),
+    /// No item of the job has one of the asked statuses.
+    NothingToRetry,
+}
+
+/// Manual retry: puts a finished job's items of the given statuses (`failed`,
+/// `cancelled`) back to `queued` with a fresh attempt budget (their last error appended
+/// to `attempt_errors`), takes them off the counters, and reopens the job (`queued`, no
+/// result, no completion time).
+pub fn retry_job(
+    conn: &mut Conn,
+    job_id: &str,
+    statuses: &[ItemStatus],
+) -> Result<RetryOutcome, StoreError> {
+    use job_items::dsl as i;
+    let Some(status) = get_job_status(conn, job_id)? else {
+        return Ok(RetryOutcome::NotFound);
+    };
+    if !status.is_terminal() {
+        return Ok(RetryOutcome::NotFinished(status));
+    }
+    let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+    let by_status: Vec<(String, i64)> = i::job_items
+        .filter(i::job_id.eq(job_id))
+        .filter(i::status.eq_any(&names))
+        .group_by(i::status)
+        .select((i::status, count_star()))
+        .load(conn)?;
+    let total: i64 = by_status.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return Ok(RetryOutcome::NothingToRetry);
+    }
+    let n_of = |s: ItemStatus| {
+        by_status
+            .iter()
+            .find(|(name, _)| name == s.as_str())
+            .map_or(0, |(_, n)| *n as i32)
+    };
+    let (failed, cancelled, skipped) = (
+        n_of(ItemStatus::Failed),
+        n_of(ItemStatus::Cancelled),
+        n_of(ItemStatus::Skipped),
+    );
+    for name in &names {
+        diesel::sql_query(
+            "UPDATE job_items SET status = 'queued', attempts = 0, available_at = NULL, \
+                    attempt_errors = json_insert(coalesce(attempt_errors, '[]'), '$[#]', \
+                                                 coalesce(error, status)), \
+                    result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
+                    node_id = NULL \
+             WHERE job_id = ? AND status = ?",
+        )
+        .bind::<diesel::sql_types::Text, _>(job_id)
+        .bind::<diesel::sql_types::Text, _>(*name)
+        .execute(conn)?;
+    }
+    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
+        .set((
+            jobs::status.eq(JobStatus::Queued.as_str()),
+            jobs::result.eq(None::<String>),
+            jobs::error.eq(None::<String>),
+            jobs::completed_at.eq(None::<f64>),
+            jobs::processed.eq(jobs::processed - (failed + skipped)),
+            jobs::failed.eq(jobs::failed - failed),
+            jobs::skipped.eq(jobs::skipped - skipped),
+            jobs::cancelled.eq(jobs::cancelled - cancelled),
+        ))
+        .execute(conn)?;
+    Ok(match get_job(conn, job_id)? {
+        Some(job) => RetryOutcome::Requeued {
+            items: total as u64,
+            job: Box::new(job),
+        },
+        None => RetryOutcome::NotFound,
+    })
+}
+
 /// What [`set_job_paused`] found.
 #[derive(Debug, Clone)]
 pub enum PauseOutcome {
@@ -553,6 +679,34 @@ pub enum CancelOutcome {
 /// Cancellation: moves a job `queued | running → cancelled` and its queued items
 /// `queued → cancelled`. Running items stay `running` until their workers stop them.
 pub fn cancel_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutcome, StoreError> {
+    end_job(
+        conn,
+        job_id,
+        JobStatus::Cancelled,
+        "cancelled before it started",
+        now,
+    )
+}
+
+/// Expiry: like [`cancel_job`], for a job whose `deadline` passed: `queued | running →
+/// expired`, its queued items cancelled, its finished results kept.
+pub fn expire_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutcome, StoreError> {
+    end_job(
+        conn,
+        job_id,
+        JobStatus::Expired,
+        "expired: the job's deadline passed before it ran",
+        now,
+    )
+}
+
+fn end_job(
+    conn: &mut Conn,
+    job_id: &str,
+    end: JobStatus,
+    item_error: &str,
+    now: f64,
+) -> Result<CancelOutcome, StoreError> {
     use job_items::dsl as i;
     let Some(status) = jobs::table
         .filter(jobs::id.eq(job_id))
@@ -575,7 +729,7 @@ pub fn cancel_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutco
     )
     .set((
         i::status.eq(ItemStatus::Cancelled.as_str()),
-        i::error.eq("cancelled before it started"),
+        i::error.eq(item_error),
         i::finished_at.eq(now),
     ))
     .execute(conn)?;
@@ -586,7 +740,7 @@ pub fn cancel_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutco
         .first(conn)?;
     diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
         .set((
-            jobs::status.eq(JobStatus::Cancelled.as_str()),
+            jobs::status.eq(end.as_str()),
             jobs::cancelled.eq(jobs::cancelled + dropped as i32),
             jobs::completed_at.eq(now),
         ))
@@ -599,8 +753,17 @@ pub fn cancel_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutco
     })
 }
 
+/// Records why a job ended (a dependency that failed, a deadline), on a job that is
+/// already terminal.
+pub fn set_job_error(conn: &mut Conn, job_id: &str, error: &str) -> Result<(), StoreError> {
+    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
+        .set(jobs::error.eq(error))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Job failure: moves a job that cannot run `queued | running → failed` with `error`,
-/// and its unfinished items `queued | running → failed`.
+/// and its unfinished items `queued | running → failed`; queues its webhook, if any.
 pub fn fail_job(conn: &mut Conn, job_id: &str, error: &str, now: f64) -> Result<(), StoreError> {
     use job_items::dsl as i;
     let open = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
@@ -643,6 +806,7 @@ pub fn fail_job(conn: &mut Conn, job_id: &str, error: &str, now: f64) -> Result<
     diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
         .set(jobs::result.eq(result))
         .execute(conn)?;
+    enqueue_webhook(conn, job_id, now)?;
     Ok(())
 }
 
@@ -670,7 +834,7 @@ pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, St
     let job_ids: Vec<String> = jobs::table
         .filter(
             jobs::status.eq(JobStatus::Running.as_str()).or(jobs::status
-                .eq(JobStatus::Cancelled.as_str())
+                .eq_any([JobStatus::Cancelled.as_str(), JobStatus::Expired.as_str()])
                 .and(jobs::result.is_null())),
         )
         .select(jobs::id)
@@ -686,7 +850,7 @@ pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, St
             .filter(i::job_id.eq(&job_id))
             .filter(i::status.eq(running));
         let mut tally = Tally::default();
-        if job_status.as_deref() == Some(JobStatus::Cancelled.as_str()) {
+        if matches!(job_status.as_deref(), Some("cancelled" | "expired")) {
             let n = diesel::update(mine)
                 .set((
                     i::status.eq(ItemStatus::Cancelled.as_str()),
@@ -741,7 +905,10 @@ pub fn release_items(
         let cancelled = match cancelled_jobs.get(job_id.as_str()) {
             Some(c) => *c,
             None => {
-                let c = get_job_status(conn, job_id)? == Some(JobStatus::Cancelled);
+                let c = matches!(
+                    get_job_status(conn, job_id)?,
+                    Some(JobStatus::Cancelled | JobStatus::Expired)
+                );
                 cancelled_jobs.insert(job_id, c);
                 c
             }
@@ -915,6 +1082,7 @@ pub fn queue_stats(conn: &mut Conn) -> Result<QueueStats, StoreError> {
             Ok(JobStatus::Completed) => stats.completed += n,
             Ok(JobStatus::Failed) => stats.failed += n,
             Ok(JobStatus::Cancelled) => stats.cancelled += n,
+            Ok(JobStatus::Expired) => stats.expired += n,
             Err(_) => {}
         }
     }
@@ -951,4 +1119,513 @@ pub fn unfinished_items(conn: &mut Conn) -> Result<u64, StoreError> {
 pub fn ping(conn: &mut Conn) -> Result<(), StoreError> {
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1")).execute(conn)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Cron schedules (see `crate::schedules`).
+
+use super::schema::schedules;
+
+/// A stored cron schedule: its definition and where its ticks stand.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schedules, check_for_backend(diesel::sqlite::Sqlite))]
+pub struct ScheduleRecord {
+    /// `sched-{12 hex}`.
+    pub id: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// The cron expression, as given.
+    pub cron: String,
+    /// IANA time zone the expression is read in.
+    pub timezone: String,
+    /// The job body (`POST /batch/jobs` form), JSON text.
+    pub job: String,
+    /// Unix seconds; set while paused.
+    pub paused_at: Option<f64>,
+    /// Unix seconds of the next tick.
+    pub next_run_at: f64,
+    /// Unix seconds of the last tick that fired.
+    pub last_run_at: Option<f64>,
+    /// The job the last tick created (or found, when another node created it).
+    pub last_job_id: Option<String>,
+    /// Why the last tick could not submit its job, if it could not.
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
+/// Schedule creation: inserts a schedule.
+pub fn insert_schedule(conn: &mut Conn, schedule: &ScheduleRecord) -> Result<(), StoreError> {
+    diesel::insert_into(schedules::table)
+        .values(schedule)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Read: every schedule, oldest first.
+pub fn list_schedules(conn: &mut Conn) -> Result<Vec<ScheduleRecord>, StoreError> {
+    Ok(schedules::table
+        .order((schedules::created_at.asc(), schedules::id.asc()))
+        .select(ScheduleRecord::as_select())
+        .load(conn)?)
+}
+
+/// Read: one schedule.
+pub fn get_schedule(conn: &mut Conn, id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+    Ok(schedules::table
+        .filter(schedules::id.eq(id))
+        .select(ScheduleRecord::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Read: the schedule with this name.
+pub fn schedule_by_name(conn: &mut Conn, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+    Ok(schedules::table
+        .filter(schedules::name.eq(name))
+        .select(ScheduleRecord::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Read: up to `limit` unpaused schedules whose next tick is due (`next_run_at <= now`),
+/// most overdue first.
+pub fn due_schedules(
+    conn: &mut Conn,
+    now: f64,
+    limit: i64,
+) -> Result<Vec<ScheduleRecord>, StoreError> {
+    Ok(schedules::table
+        .filter(schedules::paused_at.is_null())
+        .filter(schedules::next_run_at.le(now))
+        .order(schedules::next_run_at.asc())
+        .limit(limit)
+        .select(ScheduleRecord::as_select())
+        .load(conn)?)
+}
+
+/// Read: the earliest next tick of the unpaused schedules.
+pub fn next_schedule_due(conn: &mut Conn) -> Result<Option<f64>, StoreError> {
+    Ok(schedules::table
+        .filter(schedules::paused_at.is_null())
+        .select(diesel::dsl::min(schedules::next_run_at))
+        .first(conn)?)
+}
+
+/// Schedule tick: records the tick `ran_at` and moves `next_run_at` on, guarded by the
+/// `next_run_at` the caller read, so that of two schedulers that fired the same tick only
+/// one advances it. Returns whether this call advanced it.
+pub fn advance_schedule(
+    conn: &mut Conn,
+    id: &str,
+    expected_next: f64,
+    next_run_at: f64,
+    ran_at: f64,
+    job_id: Option<&str>,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        schedules::table
+            .filter(schedules::id.eq(id))
+            .filter(schedules::next_run_at.eq(expected_next)),
+    )
+    .set((
+        schedules::next_run_at.eq(next_run_at),
+        schedules::last_run_at.eq(ran_at),
+        schedules::last_job_id.eq(job_id),
+        schedules::last_error.eq(error),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Schedule stop: a schedule whose expression cannot fire any more is paused with why,
+/// guarded like [`advance_schedule`].
+pub fn halt_schedule(
+    conn: &mut Conn,
+    id: &str,
+    expected_next: f64,
+    error: &str,
+    now: f64,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        schedules::table
+            .filter(schedules::id.eq(id))
+            .filter(schedules::next_run_at.eq(expected_next)),
+    )
+    .set((
+        schedules::paused_at.eq(now),
+        schedules::last_error.eq(error),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Schedule pause: sets `paused_at` (kept when already paused). `None` when unknown.
+pub fn pause_schedule(
+    conn: &mut Conn,
+    id: &str,
+    now: f64,
+) -> Result<Option<ScheduleRecord>, StoreError> {
+    diesel::update(
+        schedules::table
+            .filter(schedules::id.eq(id))
+            .filter(schedules::paused_at.is_null()),
+    )
+    .set(schedules::paused_at.eq(now))
+    .execute(conn)?;
+    get_schedule(conn, id)
+}
+
+/// Schedule resume: clears `paused_at` of a paused schedule and sets its next tick (an
+/// unpaused one is left as it is). `None` when unknown.
+pub fn resume_schedule(
+    conn: &mut Conn,
+    id: &str,
+    next_run_at: f64,
+) -> Result<Option<ScheduleRecord>, StoreError> {
+    diesel::update(
+        schedules::table
+            .filter(schedules::id.eq(id))
+            .filter(schedules::paused_at.is_not_null()),
+    )
+    .set((
+        schedules::paused_at.eq(None::<f64>),
+        schedules::next_run_at.eq(next_run_at),
+    ))
+    .execute(conn)?;
+    get_schedule(conn, id)
+}
+
+/// Schedule deletion: removes the schedule (its jobs stay). Returns whether it existed.
+pub fn delete_schedule(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
+    Ok(diesel::delete(schedules::table.filter(schedules::id.eq(id))).execute(conn)? == 1)
+}
+
+// ---- Webhooks (the `callback_url` outbox) and retention ----
+
+/// `(kind, status, total, succeeded, failed, skipped, cancelled, error, created_at,
+/// started_at, completed_at, callback_url)` of a job, as its webhook summary needs them.
+type WebhookJobRow = (
+    String,
+    String,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    Option<String>,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<String>,
+);
+
+/// Webhook outbox: when a finished job asked for a `callback_url`, stores its
+/// `job.finished` summary as a delivery due now. The transitions that finish a job call it
+/// inside their transaction, once per finish, so a delivery exists exactly when the job is
+/// terminal with its result. Returns whether a delivery was added.
+pub fn enqueue_webhook(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, StoreError> {
+    use super::schema::webhook_deliveries as w;
+    use diesel::sql_types::{Nullable, Text};
+    let row: Option<WebhookJobRow> = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select((
+            jobs::kind,
+            jobs::status,
+            jobs::total,
+            jobs::succeeded,
+            jobs::failed,
+            jobs::skipped,
+            jobs::cancelled,
+            jobs::error,
+            jobs::created_at,
+            jobs::started_at,
+            jobs::completed_at,
+            diesel::dsl::sql::<Nullable<Text>>(
+                "CASE json_type(spec, '$.callback_url') WHEN 'text' \
+                 THEN json_extract(spec, '$.callback_url') END",
+            ),
+        ))
+        .first(conn)
+        .optional()?;
+    let Some((
+        kind,
+        status,
+        total,
+        succeeded,
+        failed,
+        skipped,
+        cancelled,
+        error,
+        created,
+        started,
+        completed,
+        Some(url),
+    )) = row
+    else {
+        return Ok(false);
+    };
+    let payload = serde_json::json!({
+        "event": "job.finished",
+        "job_id": job_id,
+        "type": kind,
+        "status": status,
+        "summary": {
+            "total": total,
+            "successful": succeeded,
+            "failed": failed,
+            "skipped": skipped,
+            "cancelled": cancelled,
+        },
+        "error": error,
+        "created_at": created,
+        "started_at": started,
+        "completed_at": completed,
+    });
+    let added = diesel::insert_into(w::table)
+        .values((
+            w::job_id.eq(job_id),
+            w::url.eq(url),
+            w::payload.eq(payload.to_string()),
+            w::attempts.eq(0),
+            w::next_attempt_at.eq(now),
+            w::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(added > 0)
+}
+
+/// A webhook delivery taken by [`lease_webhooks`].
+#[derive(Debug, Clone, PartialEq, diesel::QueryableByName)]
+pub struct LeasedWebhook {
+    /// The delivery's id.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    /// The finished job.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub job_id: String,
+    /// Where to POST.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub url: String,
+    /// The JSON body, exactly as it is sent and signed.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub payload: String,
+    /// Attempts so far, this one included.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+}
+
+/// Read: whether a webhook delivery is due at `now` (the dispatcher's cheap, indexed poll).
+pub fn webhook_due(conn: &mut Conn, now: f64) -> Result<bool, StoreError> {
+    use super::schema::webhook_deliveries as w;
+    Ok(diesel::select(diesel::dsl::exists(
+        w::table
+            .filter(w::next_attempt_at.is_not_null())
+            .filter(w::next_attempt_at.le(now)),
+    ))
+    .get_result(conn)?)
+}
+
+/// Webhook lease: takes up to `limit` due deliveries, soonest first, counting an attempt
+/// and moving their next attempt to `now + lease`, so no later poll (nor another engine on
+/// the database) sends them meanwhile; after a crash mid-send they are sent again once the
+/// lease runs out.
+pub fn lease_webhooks(
+    conn: &mut Conn,
+    now: f64,
+    lease: f64,
+    limit: i64,
+) -> Result<Vec<LeasedWebhook>, StoreError> {
+    use diesel::sql_types::{BigInt, Double};
+    Ok(diesel::sql_query(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ? \
+         WHERE id IN (SELECT id FROM webhook_deliveries \
+                      WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ? \
+                      ORDER BY next_attempt_at LIMIT ?) \
+         RETURNING id, job_id, url, payload, attempts",
+    )
+    .bind::<Double, _>(now + lease)
+    .bind::<Double, _>(now)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?)
+}
+
+/// How one webhook attempt ended, for [`record_webhook_attempt`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookAttempt {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// It failed; try again at this time (Unix seconds).
+    Retry {
+        /// When to try again.
+        at: f64,
+        /// What went wrong.
+        error: String,
+    },
+    /// It failed for the last time.
+    GaveUp {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Webhook outcome: a leased delivery becomes delivered, due again later, or given up.
+pub fn record_webhook_attempt(
+    conn: &mut Conn,
+    id: i64,
+    attempt: &WebhookAttempt,
+    now: f64,
+) -> Result<(), StoreError> {
+    use super::schema::webhook_deliveries as w;
+    let target = w::table.filter(w::id.eq(id));
+    match attempt {
+        WebhookAttempt::Delivered => diesel::update(target)
+            .set((w::delivered_at.eq(now), w::next_attempt_at.eq(None::<f64>)))
+            .execute(conn)?,
+        WebhookAttempt::Retry { at, error } => diesel::update(target)
+            .set((w::next_attempt_at.eq(at), w::last_error.eq(error)))
+            .execute(conn)?,
+        WebhookAttempt::GaveUp { error } => diesel::update(target)
+            .set((
+                w::given_up_at.eq(now),
+                w::next_attempt_at.eq(None::<f64>),
+                w::last_error.eq(error),
+            ))
+            .execute(conn)?,
+    };
+    Ok(())
+}
+
+/// A job's webhook delivery as stored.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct WebhookDelivery {
+    /// The delivery's id.
+    pub id: i64,
+    /// The finished job.
+    pub job_id: String,
+    /// Where it is POSTed.
+    pub url: String,
+    /// The JSON body.
+    pub payload: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// When it is due next; `None` once delivered or given up.
+    pub next_attempt_at: Option<f64>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// When it was added (the job finished).
+    pub created_at: f64,
+    /// When a receiver took it.
+    pub delivered_at: Option<f64>,
+    /// When it was given up.
+    pub given_up_at: Option<f64>,
+}
+
+/// Read: a job's latest webhook delivery, if it has one.
+pub fn webhook_delivery(
+    conn: &mut Conn,
+    job_id: &str,
+) -> Result<Option<WebhookDelivery>, StoreError> {
+    use super::schema::webhook_deliveries as w;
+    Ok(w::table
+        .filter(w::job_id.eq(job_id))
+        .select((
+            w::id,
+            w::job_id,
+            w::url,
+            w::payload,
+            w::attempts,
+            w::next_attempt_at,
+            w::last_error,
+            w::created_at,
+            w::delivered_at,
+            w::given_up_at,
+        ))
+        .order(w::id.desc())
+        .first(conn)
+        .optional()?)
+}
+
+/// Most items one [`prune_finished`] call deletes (one job's items may take several calls).
+pub const PRUNE_MAX_ITEMS: i64 = 5000;
+
+/// What one [`prune_finished`] call removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Jobs deleted (with all their items).
+    pub jobs: u64,
+    /// Items deleted, including those of jobs not yet wholly deleted.
+    pub items: u64,
+    /// More may be left: call again.
+    pub more: bool,
+}
+
+#[derive(diesel::QueryableByName)]
+struct PruneCandidate {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
+
+/// Retention: deletes jobs that finished (`completed | failed | cancelled`, their result
+/// built) before `older_than`, with their items and webhook delivery; never an open job,
+/// nor one whose webhook is still being delivered. One call is one short transaction: at
+/// most `max_jobs` jobs and [`PRUNE_MAX_ITEMS`] items; a job with more items loses them
+/// over several calls, its row going last. `more` says whether to call again.
+pub fn prune_finished(
+    conn: &mut Conn,
+    older_than: f64,
+    max_jobs: i64,
+) -> Result<Pruned, StoreError> {
+    use super::schema::webhook_deliveries as w;
+    use diesel::sql_types::{BigInt, Double, Text};
+    let max_jobs = max_jobs.max(1);
+    // `+status`: walk `jobs_by_completed` (oldest first, stops at the limit), never
+    // every finished job through `jobs_by_status`.
+    let candidates: Vec<PruneCandidate> = diesel::sql_query(
+        "SELECT id FROM jobs \
+         WHERE completed_at < ? AND +status IN ('completed', 'failed', 'cancelled') \
+           AND result IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
+                           WHERE d.job_id = jobs.id AND d.next_attempt_at IS NOT NULL) \
+         ORDER BY completed_at LIMIT ?",
+    )
+    .bind::<Double, _>(older_than)
+    .bind::<BigInt, _>(max_jobs + 1)
+    .load(conn)?;
+    let mut pruned = Pruned {
+        more: candidates.len() as i64 > max_jobs,
+        ..Pruned::default()
+    };
+    let mut budget = PRUNE_MAX_ITEMS;
+    for PruneCandidate { id } in candidates.iter().take(max_jobs as usize) {
+        let deleted = diesel::sql_query(
+            "DELETE FROM job_items WHERE job_id = ? AND idx IN \
+             (SELECT idx FROM job_items WHERE job_id = ? ORDER BY idx LIMIT ?)",
+        )
+        .bind::<Text, _>(id)
+        .bind::<Text, _>(id)
+        .bind::<BigInt, _>(budget)
+        .execute(conn)? as i64;
+        pruned.items += deleted as u64;
+        budget -= deleted;
+        if budget == 0 {
+            let left: bool = diesel::select(diesel::dsl::exists(
+                job_items::table.filter(job_items::job_id.eq(id)),
+            ))
+            .get_result(conn)?;
+            if left {
+                pruned.more = true;
+                break;
+            }
+        }
+        diesel::delete(w::table.filter(w::job_id.eq(id))).execute(conn)?;
+        diesel::delete(jobs::table.filter(jobs::id.eq(id))).execute(conn)?;
+        pruned.jobs += 1;
+        if budget == 0 {
+            pruned.more = true;
+            break;
+        }
+    }
+    Ok(pruned)
 }

@@ -98,6 +98,7 @@ pub(crate) struct ItemRow {
     pub error: Option<String>,
     pub started_at: Option<f64>,
     pub finished_at: Option<f64>,
+    pub attempt_errors: Option<String>,
 }
 
 impl ItemRow {
@@ -116,6 +117,13 @@ impl ItemRow {
             error: self.error,
             started_at: self.started_at,
             finished_at: self.finished_at,
+            attempt_errors: match self.attempt_errors.as_deref() {
+                None => Vec::new(),
+                Some(text) => serde_json::from_str(text).map_err(|source| StoreError::Json {
+                    column: "job_items.attempt_errors",
+                    source,
+                })?,
+            },
         })
     }
 }

@@ -67,5 +67,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Webhook outbox: one `job.finished` POST per finished job that has a `callback_url`.
+    webhook_deliveries (id) {
+        id -> BigInt,
+        job_id -> Text,
+        url -> Text,
+        payload -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Nullable<Double>,
+        last_error -> Nullable<Text>,
+        created_at -> Double,
+        delivered_at -> Nullable<Double>,
+        given_up_at -> Nullable<Double>,
+    }
+}
+
+diesel::table! {
+    /// Cron schedules: each tick submits `job` (a `POST /batch/jobs` body) once.
+    schedules (id) {
+        id -> Text,
+        name -> Nullable<Text>,
+        cron -> Text,
+        timezone -> Text,
+        job -> Text,
+        paused_at -> Nullable<Double>,
+        next_run_at -> Double,
+        last_run_at -> Nullable<Double>,
+        last_job_id -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        created_at -> Double,
+    }
+}
+
 diesel::joinable!(job_items -> jobs (job_id));
 diesel::allow_tables_to_appear_in_same_query!(jobs, job_items, nodes);

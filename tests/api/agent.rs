@@ -906,6 +906,257 @@ async fn fifty_parallel_tasks_in_worktrees_of_one_repository_each_return_only_th
     );
 }
 
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => 0,
+        }
+    };
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let pad = chunk.iter().filter(|c| **c == b'=').count();
+        let n = chunk.iter().fold(0u32, |n, c| (n << 6) | value(*c));
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8][..3 - pad]);
+    }
+    out
+}
+
+#[actix_web::test]
+async fn generated_files_stay_out_of_the_patch_and_non_utf8_changes_survive() {
+    let (app, scratch) = agent_app().await;
+    app.write_file("helper.py", "VALUE = 1\n");
+    app.write_file(
+        "mk.py",
+        r#"import os, helper
+os.makedirs("__pycache__", exist_ok=True)
+open("__pycache__/x.pyc", "wb").write(b"\x00pyc")
+open("latin1.txt", "wb").write(b"caf\xe9\n")
+names = ["PYTHONDONTWRITEBYTECODE", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM"]
+open("env.txt", "w").write("".join(n + "=" + os.environ.get(n, "") + "\n" for n in names))
+print("y" * 200000)
+"#,
+    );
+    init_repo(&app);
+    let llm = FakeLlm::start(|_: &Chat| call("finish", json!({})));
+    let (_, results) = run_job(
+        &app,
+        json!({
+            "tasks": [{"id": "gen", "description": "Run the generator"}],
+            "llm_url": llm.url, "check_command": "python3 mk.py"
+        }),
+    )
+    .await;
+    let r = &results[0];
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(r["workspace_mode"], "worktree");
+    // No __pycache__ (neither the check's own nor the import's): excluded, and bytecode
+    // is not written at all.
+    assert_eq!(r["files_changed"], json!(["env.txt", "latin1.txt"]), "{r}");
+    assert_eq!(r["patch_encoding"], "base64", "{r}");
+    assert!(r["patch_note"].as_str().unwrap().contains("base64"));
+    let patch = base64_decode(r["patch"].as_str().unwrap());
+    let text = String::from_utf8_lossy(&patch);
+    assert!(
+        !text.contains("pycache") && !text.contains(".pyc"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "+PYTHONDONTWRITEBYTECODE=1\n+GIT_CONFIG_GLOBAL=/dev/null\n+GIT_CONFIG_NOSYSTEM=1\n"
+        ),
+        "{text}"
+    );
+    assert!(patch.windows(6).any(|w| w == b"+caf\xe9\n"), "{text}");
+    let patch_file = app.dir.path().join("gen.patch");
+    std::fs::write(&patch_file, &patch).unwrap();
+    git(&app.workspace, &["apply", patch_file.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(app.workspace.join("latin1.txt")).unwrap(),
+        b"caf\xe9\n"
+    );
+    // The check's output is kept to 64 KiB in the result.
+    let v = &r["validator"];
+    assert_eq!(v["output_truncated"], true, "{v}");
+    assert!(v["output"].as_str().unwrap().chars().count() <= 64 * 1024 + 100);
+    assert!(scratch_is_empty(&scratch));
+}
+
+#[actix_web::test]
+async fn a_worktree_task_cannot_touch_the_users_branches_tags_or_git_files() {
+    let (app, scratch) = agent_app().await;
+    init_repo(&app);
+    let branches_before = git(&app.workspace, &["branch", "--list"]);
+    let head_before = git(&app.workspace, &["rev-parse", "HEAD"]);
+    let llm = FakeLlm::start(|chat: &Chat| match chat.replies() {
+        0 => Reply::Calls(vec![
+            ("run_command", json!({"command": "git branch evil"})),
+            (
+                "run_command",
+                json!({"command": "git -c 'alias.x=!touch pwned' x"}),
+            ),
+            (
+                "write_file",
+                json!({"path": "a.sh", "content": "echo hi\ngit tag evil\n"}),
+            ),
+            ("run_command", json!({"command": "sh a.sh"})),
+            ("run_command", json!({"command": "ln -s .git g"})),
+            (
+                "write_file",
+                json!({"path": ".git/hooks/pre-commit", "content": "x"}),
+            ),
+            ("run_command", json!({"command": "env -S 'git stash'"})),
+            ("run_command", json!({"command": "git add a.sh"})),
+            ("run_command", json!({"command": "git commit -q -m wip"})),
+            ("run_command", json!({"command": "git log --format=%an -1"})),
+        ]),
+        _ => call("finish", json!({})),
+    });
+    let (_, results) = run_job(
+        &app,
+        json!({
+            "tasks": [{"id": "git", "description": "Try git"}],
+            "llm_url": llm.url, "check_command": "true"
+        }),
+    )
+    .await;
+    let r = &results[0];
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(r["blocked"], 6, "{r}");
+    let runs = tool_entries(r, "run_command");
+    assert!(runs[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("git branch is not allowed"));
+    assert!(runs[2]["content"]
+        .as_str()
+        .unwrap()
+        .contains("the script 'a.sh' is refused"));
+    // The agent's own commit works (the identity comes from the engine, hooks are off)
+    // and its work is in the patch; the user's repository did not change.
+    assert!(
+        runs[6]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("exit code 0"),
+        "{r}"
+    );
+    assert!(
+        runs[7]["content"]
+            .as_str()
+            .unwrap()
+            .contains("batchforge-agent"),
+        "{r}"
+    );
+    assert_eq!(r["files_changed"], json!(["a.sh"]));
+    assert_eq!(git(&app.workspace, &["branch", "--list"]), branches_before);
+    assert_eq!(git(&app.workspace, &["tag", "--list"]), "");
+    assert_eq!(git(&app.workspace, &["stash", "list"]), "");
+    assert_eq!(git(&app.workspace, &["rev-parse", "HEAD"]), head_before);
+    assert!(!app.workspace.join(".git/hooks/pre-commit").exists());
+    assert!(!app.workspace.join("pwned").exists());
+    assert!(scratch_is_empty(&scratch));
+}
+
+#[actix_web::test]
+async fn a_reply_runs_at_most_sixteen_calls_and_the_conversation_stays_bounded() {
+    let (app, _scratch) = agent_app().await;
+    app.write_file("big.txt", &("x".repeat(99) + "\n").repeat(1000));
+    let llm = FakeLlm::start(|chat: &Chat| match chat.replies() {
+        0 => Reply::Calls(
+            (0..20)
+                .map(|_| ("read_file", json!({"path": "big.txt"})))
+                .collect(),
+        ),
+        1..=12 => call("read_file", json!({"path": "big.txt"})),
+        _ => call("finish", json!({})),
+    });
+    let (_, results) = run_job(
+        &app,
+        json!({
+            "tasks": [{"id": "big", "description": "Read a lot"}],
+            "llm_url": llm.url, "check_command": "true", "max_steps": 20
+        }),
+    )
+    .await;
+    let r = &results[0];
+    assert_eq!(r["status"], "completed", "{r}");
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 14);
+    // Every call of the first reply is answered; the 17th on were not run.
+    let second = &requests[1].1["messages"];
+    let answers: Vec<&str> = second
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(answers.len(), 20);
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| a.contains("too many calls in one reply"))
+            .count(),
+        4
+    );
+    // No request carries more than the budget (plus the system prompt's few KB).
+    for (_, body) in &requests {
+        let chars: usize = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().map_or(0, str::len))
+            .sum();
+        assert!(chars < 205_000, "{chars}");
+    }
+    // Older results were shortened to make room.
+    let last = &requests.last().unwrap().1["messages"];
+    assert!(
+        last.as_array().unwrap().iter().any(|m| m["role"] == "tool"
+            && m["content"].as_str().unwrap().len() < 2_100
+            && m["content"].as_str().unwrap().contains("characters cut")),
+        "compacted"
+    );
+    assert_eq!(
+        requests.last().unwrap().1["messages"][1]["content"],
+        "Task big: Read a lot"
+    );
+    // The stored transcript is bounded too.
+    assert!(r["messages"].to_string().len() < 450_000);
+}
+
+#[actix_web::test]
+async fn an_llm_answer_over_the_size_limit_fails_the_task_clearly() {
+    let (app, _scratch) = agent_app().await;
+    let huge = format!(
+        "{{\"message\": {{\"role\": \"assistant\", \"content\": \"{}\"}}}}",
+        "z".repeat(9 << 20)
+    );
+    let llm = FakeLlm::start(move |_: &Chat| Reply::Raw(200, "application/json", huge.clone()));
+    let (_, results) = run_job(
+        &app,
+        json!({
+            "tasks": [{"id": "huge", "description": "Say a lot"}],
+            "llm_url": llm.url, "check_command": "true"
+        }),
+    )
+    .await;
+    let r = &results[0];
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the 8388608-byte limit"),
+        "{r}"
+    );
+}
+
 /// Opt-in: a real task against a real Ollama or OpenAI-compatible server.
 /// `BATCHFORGE_TEST_LLM_URL=http://127.0.0.1:11434 [BATCHFORGE_TEST_LLM_API=openai]
 /// [BATCHFORGE_TEST_LLM_MODEL=qwen2.5-coder:7b] cargo nextest run -E 'test(real_llm)'`

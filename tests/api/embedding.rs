@@ -24,6 +24,7 @@ impl Processor for Doubler {
                 status: batchforge::ItemStatus::Running,
                 result: json!({"id": item.key}),
                 error: None,
+                retryable: false,
             },
             Some(n) => ItemOutcome::succeeded(
                 json!({"id": item.key, "doubled": n * 2, "factor": ctx.options["factor"]}),

@@ -51,6 +51,18 @@ pub async fn spawn_app_with_agent(
     agent: batchforge::agent::AgentConfig,
     customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
 ) -> TestApp {
+    spawn_app_configured(options, mcp_servers, agent, |_| {}, customize).await
+}
+
+/// Like [`spawn_app_with_agent`], adjusting the engine's settings last (webhook backoff,
+/// retention, …).
+pub async fn spawn_app_configured(
+    options: AppOptions,
+    mcp_servers: Vec<batchforge::mcp::McpServerConfig>,
+    agent: batchforge::agent::AgentConfig,
+    configure: impl FnOnce(&mut EngineConfig),
+    customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
     std::fs::create_dir(&workspace).unwrap();
@@ -68,11 +80,14 @@ pub async fn spawn_app_with_agent(
                 ..Default::default()
             },
             agent,
+            ..EngineConfig::default()
         },
         bind: "127.0.0.1:0".into(),
         shutdown_grace: Duration::from_secs(1),
         http_workers: Some(2),
     };
+    let mut config = config;
+    configure(&mut config.engine);
     let app = Application::build_with(config, customize)
         .await
         .expect("app starts");
@@ -201,7 +216,7 @@ impl TestApp {
         self.wait_job(id, limit, |j| {
             matches!(
                 j["status"].as_str(),
-                Some("completed" | "failed" | "cancelled")
+                Some("completed" | "failed" | "cancelled" | "expired")
             ) && !j["result"].is_null()
         })
         .await

@@ -19,4 +19,8 @@ mod lifecycle;
 mod mcp;
 mod metrics;
 mod openapi;
+mod retention;
+mod retries;
+mod schedules;
 mod scheduling;
+mod webhooks;

@@ -353,3 +353,117 @@ async fn a_paused_kind_starts_nothing_until_resumed() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[actix_web::test]
+async fn a_job_starts_only_after_the_jobs_it_depends_on_complete() {
+    let app = spawn_app().await;
+    app.write_file("f", "x\n");
+    let first = app.submit("/batch/validation", &slow(1, 0.4)).await;
+    let then = app
+        .submit(
+            "/batch/validation",
+            &with(quick(2), json!({"depends_on": [first]})),
+        )
+        .await;
+    assert_eq!(app.job(&then).await["status"], "queued");
+    let first_done = app.wait_finished(&first, LIMIT).await;
+    let done = app.wait_finished(&then, LIMIT).await;
+    assert_eq!(done["status"], "completed");
+    let first_end = first_done["completed_at"].as_f64().unwrap();
+    for item in app.all_items(&then, 10).await {
+        assert!(item["started_at"].as_f64().unwrap() >= first_end, "{item}");
+    }
+    // Depending on a job already completed: runs at once.
+    let after = app
+        .submit(
+            "/batch/validation",
+            &with(quick(1), json!({"depends_on": [first, then]})),
+        )
+        .await;
+    assert_eq!(
+        app.wait_finished(&after, LIMIT).await["status"],
+        "completed"
+    );
+}
+
+#[actix_web::test]
+async fn a_dependent_of_a_cancelled_job_is_cancelled_unless_it_runs_on_failure() {
+    let app = spawn_app().await;
+    app.write_file("f", "x\n");
+    let first = app.submit("/batch/validation", &slow(1, 30.0)).await;
+    let strict = app
+        .submit(
+            "/batch/validation",
+            &with(quick(1), json!({"depends_on": [first]})),
+        )
+        .await;
+    let lenient = app
+        .submit(
+            "/batch/validation",
+            &with(
+                quick(1),
+                json!({"depends_on": [first], "run_on_failure": true}),
+            ),
+        )
+        .await;
+    // A chain: cancelling the first cancels the strict one, which cancels this one.
+    let chained = app
+        .submit(
+            "/batch/validation",
+            &with(quick(1), json!({"depends_on": [strict]})),
+        )
+        .await;
+    let (status, _) = app.delete(&format!("/batch/jobs/{first}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let strict_end = app.wait_finished(&strict, LIMIT).await;
+    assert_eq!(strict_end["status"], "cancelled");
+    assert!(
+        strict_end["error"].as_str().unwrap().contains(&first),
+        "{strict_end}"
+    );
+    assert_eq!(
+        app.wait_finished(&chained, LIMIT).await["status"],
+        "cancelled"
+    );
+    let lenient_end = app.wait_finished(&lenient, LIMIT).await;
+    assert_eq!(lenient_end["status"], "completed");
+    assert_eq!(lenient_end["result"]["summary"]["successful"], 1);
+}
+
+#[actix_web::test]
+async fn bad_dependencies_are_refused_at_submission() {
+    let app = spawn_app().await;
+    let known = app.submit("/batch/validation", &quick(1)).await;
+    for (deps, field) in [
+        (json!(["batch_validation-000000000000"]), "depends_on[0]"),
+        (json!([known, "nope"]), "depends_on[1]"),
+        (json!("x"), "depends_on"),
+        (json!([5]), "depends_on[0]"),
+        (json!([""]), "depends_on[0]"),
+    ] {
+        let (status, body) = app
+            .post(
+                "/batch/validation",
+                &with(quick(1), json!({"depends_on": deps})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{deps}: {body}");
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let (status, body) = app
+        .post(
+            "/batch/validation",
+            &with(
+                quick(1),
+                json!({"depends_on": [known], "run_on_failure": "yes"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["field"], "run_on_failure");
+    let (_, stats) = app.get("/batch/stats").await;
+    assert_eq!(
+        stats["stats"]["total"], 1,
+        "refused submissions store nothing"
+    );
+}

@@ -17,7 +17,7 @@
   const ITEMS_PAGE = 50;
   const REFRESH_MS = 5000;
   const RATE_WINDOW_S = 20;
-  const JOB_STATUSES = ['queued', 'running', 'completed', 'failed', 'cancelled'];
+  const JOB_STATUSES = ['queued', 'running', 'completed', 'failed', 'cancelled', 'expired'];
   const ITEM_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'skipped', 'cancelled'];
 
   // ---------------------------------------------------------------- helpers

@@ -1,0 +1,2 @@
+DROP INDEX jobs_by_completed;
+DROP TABLE webhook_deliveries;

@@ -1,0 +1,740 @@
+//! Cron schedules: a stored job body (the `POST /batch/jobs` form) submitted once per tick
+//! of a cron expression read in an IANA time zone.
+//!
+//! Each engine runs a [`Scheduler`] task. It sleeps until the earliest due tick (at most a
+//! second, so schedules created through another node are seen), loads the unpaused
+//! schedules whose `next_run_at` has passed and, for each, submits the job with the
+//! idempotency key `schedule:<id>:<tick unix seconds>`, then moves `next_run_at` on with
+//! an UPDATE guarded by the value it read. Exactly one job per tick follows, whatever the
+//! number of nodes and restarts:
+//! - two schedulers that read the same due tick submit the same key: the store's
+//!   check-then-insert runs in one `BEGIN IMMEDIATE` transaction, so one creates the job and
+//!   the other gets it back (`replayed`); only one of their guarded UPDATEs matches;
+//! - a crash between the submission and the UPDATE leaves `next_run_at` on the tick, and
+//!   the next start submits the same key again, which returns the job already created.
+//!
+//! Missed ticks (the engine was down, or the scheduler stalled): only the latest missed
+//! tick runs, once; older ones are skipped. A tick whose job cannot be submitted (its kind
+//! is no longer registered, say) is skipped too, with the reason in `last_error`.
+//!
+//! Expressions have 5 fields (`min hour dom month dow`) or 6 with seconds first; see
+//! [`CronSchedule::parse`]. Daylight-saving changes follow the wall clock: a time that a
+//! spring-forward gap skips runs at the first instant after the gap, a time that a
+//! fall-back repeats runs once (at its first pass); interval patterns (`0 * * * *`) run
+//! once per real hour.
+
+use crate::actors::messages::EngineError;
+use crate::actors::supervisor::ValidateJob;
+use crate::engine::Engine;
+use crate::model::{now, NewJob};
+use crate::store::queries::{self, ScheduleRecord};
+use crate::store::Store;
+use chrono::TimeZone;
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The time zone of a schedule that names none.
+pub const DEFAULT_TIMEZONE: &str = "UTC";
+/// Longest accepted cron expression.
+const MAX_CRON_LEN: usize = 256;
+/// Longest accepted schedule name.
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest the scheduler sleeps, so schedules created or resumed through another node
+/// are seen within about a second.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How long after a tick's second the scheduler wakes, so the clock has surely passed it.
+const TICK_SLACK: f64 = 0.005;
+/// Due schedules handled per pass.
+const DUE_BATCH: i64 = 100;
+
+/// A parsed cron expression and the time zone it is read in.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    cron: Cron,
+    tz: Tz,
+}
+
+impl CronSchedule {
+    /// Parses an expression of 5 fields (`minute hour day-of-month month day-of-week`) or 6
+    /// (seconds first), with croner's extensions (`L`, `W`, `#`, names, `@daily` …), in an
+    /// IANA time zone (`UTC`, `Europe/Berlin`). Errors name the field: `cron` or `timezone`.
+    pub fn parse(expression: &str, timezone: &str) -> Result<CronSchedule, EngineError> {
+        let cron = parse_cron(expression).map_err(|m| invalid("cron", m))?;
+        let tz = parse_timezone(timezone).map_err(|m| invalid("timezone", m))?;
+        Ok(CronSchedule { cron, tz })
+    }
+
+    /// The first tick strictly after `t` (unix seconds); `None` if there is none.
+    pub fn next_after(&self, t: i64) -> Option<i64> {
+        let at = self.tz.timestamp_opt(t, 0).single()?;
+        self.cron
+            .find_next_occurrence(&at, false)
+            .ok()
+            .map(|d| d.timestamp())
+    }
+
+    /// The latest tick at or before `t` (unix seconds); `None` if there is none.
+    pub fn latest_at_or_before(&self, t: i64) -> Option<i64> {
+        let at = self.tz.timestamp_opt(t, 0).single()?;
+        self.cron
+            .find_previous_occurrence(&at, true)
+            .ok()
+            .map(|d| d.timestamp())
+    }
+
+    /// The tick to fire for a schedule whose stored next tick, `next_run_at`, is due at
+    /// `now`: the latest tick not after `now` (older missed ticks are skipped), never one
+    /// before `next_run_at`.
+    pub fn due_tick(&self, next_run_at: i64, now: i64) -> i64 {
+        self.latest_at_or_before(now)
+            .unwrap_or(next_run_at)
+            .max(next_run_at)
+    }
+}
+
+/// Parses a cron expression: 5 fields, or 6 with seconds first.
+pub fn parse_cron(expression: &str) -> Result<Cron, String> {
+    let expression = expression.trim();
+    if expression.is_empty() {
+        return Err(
+            "must not be empty; expected 5 fields (minute hour day-of-month month \
+                    day-of-week) or 6 with seconds first"
+                .into(),
+        );
+    }
+    if expression.len() > MAX_CRON_LEN {
+        return Err(format!("is longer than {MAX_CRON_LEN} bytes"));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expression)
+        .map_err(|e| format!("invalid cron expression '{expression}': {e}"))
+}
+
+/// Parses an IANA time zone name.
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.trim().parse::<Tz>().map_err(|_| {
+        format!("unknown time zone '{name}': expected an IANA name such as UTC or Europe/Berlin")
+    })
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> EngineError {
+    EngineError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The idempotency key of a schedule's tick: the same on every node and every restart.
+pub fn tick_key(schedule_id: &str, tick: i64) -> String {
+    format!("schedule:{schedule_id}:{tick}")
+}
+
+/// Turns a schedule's job body into the job it submits, checked as `POST /batch/jobs`
+/// checks it; errors name the field under `job.` (`job.items`, `job.parallel`). With
+/// `tick`, the job carries `metadata.schedule_id`, `metadata.scheduled_for` (the tick, unix
+/// seconds) and the tick's idempotency key.
+pub fn job_from_template(
+    template: &Value,
+    schedule_id: &str,
+    tick: Option<i64>,
+) -> Result<NewJob, EngineError> {
+    let Value::Object(body) = template else {
+        return Err(invalid(
+            "job",
+            "must be a JSON object: a POST /batch/jobs body {type, items, parallel, …options}",
+        ));
+    };
+    for (field, why) in [
+        (
+            "run_at",
+            "each tick's job runs at the tick; leave run_at out",
+        ),
+        (
+            "idempotency_key",
+            "the schedule keys each tick's job itself (schedule:<id>:<tick>); leave it out",
+        ),
+    ] {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(invalid(format!("job.{field}"), why));
+        }
+    }
+    let bytes = serde_json::to_vec(template).map_err(|e| invalid("job", e.to_string()))?;
+    let in_job = |e: crate::api::error::ApiError| match e {
+        crate::api::error::ApiError::Invalid { field, message } => {
+            let field = if field == "body" {
+                "job".to_string()
+            } else {
+                format!("job.{field}")
+            };
+            invalid(field, message)
+        }
+        other => invalid("job", other.to_string()),
+    };
+    let (request, raw) = crate::api::requests::parse_body(&bytes).map_err(in_job)?;
+    let mut job = crate::api::requests::generic_job(request, raw).map_err(in_job)?;
+    if let Some(tick) = tick {
+        if let Value::Object(metadata) = &mut job.metadata {
+            metadata.insert("schedule_id".into(), schedule_id.into());
+            metadata.insert("scheduled_for".into(), tick.into());
+        }
+        job.schedule.idempotency_key = Some(tick_key(schedule_id, tick));
+    }
+    Ok(job)
+}
+
+/// A schedule as asked for, before it is checked and stored.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    /// Optional unique name: creating a schedule whose name exists returns the existing
+    /// one when its definition is the same, and is a conflict otherwise.
+    pub name: Option<String>,
+    /// The cron expression.
+    pub cron: String,
+    /// IANA time zone; [`DEFAULT_TIMEZONE`] when `None`.
+    pub timezone: Option<String>,
+    /// The job body (`POST /batch/jobs` form).
+    pub job: Value,
+}
+
+/// A new schedule identifier, `sched-{12 hex}`.
+pub fn new_schedule_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("sched-{}", &hex[..12])
+}
+
+/// The schedules' side of an engine: their store, and the ticker task's wake-up and stop.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<SchedulerInner>,
+}
+
+struct SchedulerInner {
+    store: Store,
+    wake: Notify,
+    stop: CancellationToken,
+}
+
+impl Scheduler {
+    pub(crate) fn new(store: Store) -> Scheduler {
+        Scheduler {
+            inner: Arc::new(SchedulerInner {
+                store,
+                wake: Notify::new(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Starts the engine's ticker task on the current actix arbiter.
+    pub(crate) fn start(engine: &Engine) {
+        actix::spawn(run(engine.clone()));
+    }
+
+    /// Stops the ticker (at shutdown); a tick being submitted finishes first.
+    pub(crate) fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+
+    fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
+
+impl Engine {
+    /// Checks a job as a submission would (kind registered, items, options) without
+    /// storing it.
+    pub async fn validate_job(&self, job: &NewJob) -> Result<(), EngineError> {
+        self.supervisor()
+            .send(ValidateJob {
+                kind: job.kind.clone(),
+                spec: job.spec.clone(),
+                items: job.items.len(),
+            })
+            .await?
+    }
+
+    /// Creates a schedule after checking its expression, time zone and job; answers it
+    /// with `true` when it was created, `false` when a schedule of the same name and
+    /// definition already existed.
+    pub async fn create_schedule(
+        &self,
+        new: NewSchedule,
+    ) -> Result<(ScheduleRecord, bool), EngineError> {
+        let name = match new.name {
+            None => None,
+            Some(n) if n.trim().is_empty() => {
+                return Err(invalid("name", "must not be empty when given"))
+            }
+            Some(n) if n.len() > MAX_NAME_LEN => {
+                return Err(invalid(
+                    "name",
+                    format!("must be at most {MAX_NAME_LEN} bytes"),
+                ))
+            }
+            Some(n) => Some(n),
+        };
+        let timezone = new
+            .timezone
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
+        let cron = new.cron.trim().to_string();
+        let schedule = CronSchedule::parse(&cron, &timezone)?;
+        let job = job_from_template(&new.job, "", None)?;
+        match self.validate_job(&job).await {
+            Err(EngineError::NoProcessor(kind)) => {
+                return Err(invalid(
+                    "job.type",
+                    format!("no processor of kind '{kind}' is registered in this engine"),
+                ))
+            }
+            Err(EngineError::Invalid { field, message }) => {
+                return Err(invalid(format!("job.{field}"), message))
+            }
+            other => other?,
+        }
+        let created_at = now();
+        let Some(next) = schedule.next_after(created_at.floor() as i64) else {
+            return Err(invalid(
+                "cron",
+                format!("'{cron}' matches no time from now on"),
+            ));
+        };
+        let record = ScheduleRecord {
+            id: new_schedule_id(),
+            name,
+            cron,
+            timezone,
+            job: new.job.to_string(),
+            paused_at: None,
+            next_run_at: next as f64,
+            last_run_at: None,
+            last_job_id: None,
+            last_error: None,
+            created_at,
+        };
+        let template = new.job;
+        let answer = self
+            .schedules
+            .store()
+            .write(move |conn| {
+                if let Some(name) = &record.name {
+                    if let Some(existing) = queries::schedule_by_name(conn, name)? {
+                        let same = existing.cron == record.cron
+                            && existing.timezone == record.timezone
+                            && serde_json::from_str::<Value>(&existing.job).ok() == Some(template);
+                        return Ok(if same {
+                            Ok((existing, false))
+                        } else {
+                            Err(existing)
+                        });
+                    }
+                }
+                queries::insert_schedule(conn, &record)?;
+                Ok(Ok((record, true)))
+            })
+            .await?;
+        match answer {
+            Ok(answer) => {
+                self.schedules.wake();
+                Ok(answer)
+            }
+            Err(existing) => Err(EngineError::Conflict(format!(
+                "a schedule named '{}' already exists ({}) with another definition; delete it \
+                 or choose another name",
+                existing.name.unwrap_or_default(),
+                existing.id
+            ))),
+        }
+    }
+
+    /// Every schedule, oldest first.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
+        Ok(self.schedules.store().read(queries::list_schedules).await?)
+    }
+
+    /// One schedule; `None` when unknown.
+    pub async fn schedule(&self, id: &str) -> Result<Option<ScheduleRecord>, EngineError> {
+        let id = id.to_string();
+        Ok(self
+            .schedules
+            .store()
+            .read(move |conn| queries::get_schedule(conn, &id))
+            .await?)
+    }
+
+    /// Pauses a schedule (no tick fires while paused) or resumes it: its next tick is then
+    /// the first one after now, the ticks it missed while paused are not run. `None` when
+    /// unknown.
+    pub async fn set_schedule_paused(
+        &self,
+        id: &str,
+        paused: bool,
+    ) -> Result<Option<ScheduleRecord>, EngineError> {
+        let store = self.schedules.store();
+        let id = id.to_string();
+        if paused {
+            return Ok(store
+                .write(move |conn| queries::pause_schedule(conn, &id, now()))
+                .await?);
+        }
+        let for_read = id.clone();
+        let Some(current) = store
+            .read(move |conn| queries::get_schedule(conn, &for_read))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if current.paused_at.is_none() {
+            return Ok(Some(current));
+        }
+        let schedule = CronSchedule::parse(&current.cron, &current.timezone)?;
+        let Some(next) = schedule.next_after(now().floor() as i64) else {
+            return Err(EngineError::Conflict(format!(
+                "schedule '{id}' cannot resume: '{}' matches no time from now on",
+                current.cron
+            )));
+        };
+        let resumed = store
+            .write(move |conn| queries::resume_schedule(conn, &id, next as f64))
+            .await?;
+        self.schedules.wake();
+        Ok(resumed)
+    }
+
+    /// Deletes a schedule (the jobs it created stay). Returns whether it existed.
+    pub async fn delete_schedule(&self, id: &str) -> Result<bool, EngineError> {
+        let id = id.to_string();
+        Ok(self
+            .schedules
+            .store()
+            .write(move |conn| queries::delete_schedule(conn, &id))
+            .await?)
+    }
+}
+
+/// What one pass over the due schedules found.
+enum Pass {
+    /// Every due schedule was handled; `full` when the batch limit was reached.
+    Done { full: bool },
+    /// The store failed; try again later.
+    Failed,
+    /// The engine is shutting down.
+    Stop,
+}
+
+/// The ticker: fires due ticks until the engine stops.
+async fn run(engine: Engine) {
+    let scheduler = engine.schedules.clone();
+    let store = scheduler.store().clone();
+    let stop = scheduler.inner.stop.clone();
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let wait = match pass(&engine, &store).await {
+            Pass::Stop => return,
+            Pass::Failed => MAX_SLEEP,
+            Pass::Done { full: true } => Duration::ZERO,
+            Pass::Done { full: false } => match store.read(queries::next_schedule_due).await {
+                Ok(Some(next)) => {
+                    Duration::from_secs_f64((next - now() + TICK_SLACK).clamp(0.0, 1.0))
+                        .min(MAX_SLEEP)
+                }
+                Ok(None) => MAX_SLEEP,
+                Err(e) => {
+                    log::error!("scheduler: cannot read the next tick: {e}");
+                    MAX_SLEEP
+                }
+            },
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = scheduler.inner.wake.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Fires every due schedule once.
+async fn pass(engine: &Engine, store: &Store) -> Pass {
+    let t = now();
+    let due = match store
+        .read(move |conn| queries::due_schedules(conn, t, DUE_BATCH))
+        .await
+    {
+        Ok(due) => due,
+        Err(e) => {
+            log::error!("scheduler: cannot read the due schedules: {e}");
+            return Pass::Failed;
+        }
+    };
+    let full = due.len() as i64 == DUE_BATCH;
+    for schedule in due {
+        match fire(engine, store, schedule, t).await {
+            Ok(()) => {}
+            Err(pass) => return pass,
+        }
+    }
+    Pass::Done { full }
+}
+
+/// Fires a due schedule's tick: submits its job under the tick's key, then advances it.
+async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Result<(), Pass> {
+    let expected = s.next_run_at;
+    let id = s.id.clone();
+    let schedule = match CronSchedule::parse(&s.cron, &s.timezone) {
+        Ok(schedule) => schedule,
+        Err(e) => {
+            // Checked at creation; only a changed parser could get here.
+            let why = format!("cannot read the schedule any more, paused: {e}");
+            log::error!("schedule {id}: {why}");
+            return store
+                .write(move |conn| queries::halt_schedule(conn, &id, expected, &why, t))
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    log::error!("schedule {}: {e}", s.id);
+                    Pass::Failed
+                });
+        }
+    };
+    let tick = schedule.due_tick(expected as i64, t.floor() as i64);
+    let submitted = match serde_json::from_str::<Value>(&s.job)
+        .map_err(|e| invalid("job", format!("stored job is not JSON: {e}")))
+        .and_then(|template| job_from_template(&template, &id, Some(tick)))
+    {
+        Ok(job) => engine.submit(job).await,
+        Err(e) => Err(e),
+    };
+    let (job_id, error) = match submitted {
+        Ok(view) => {
+            log::info!(
+                "schedule {id}: tick {tick} {} job {}",
+                if view.replayed { "found" } else { "created" },
+                view.record.id
+            );
+            (Some(view.record.id), None)
+        }
+        Err(EngineError::ShuttingDown | EngineError::Mailbox(_)) => return Err(Pass::Stop),
+        Err(e) => {
+            log::warn!("schedule {id}: tick {tick} skipped: {e}");
+            (None, Some(e.to_string()))
+        }
+    };
+    let next = schedule.next_after(tick);
+    let written = store
+        .write(move |conn| {
+            let advanced = queries::advance_schedule(
+                conn,
+                &id,
+                expected,
+                next.map_or(expected, |n| n as f64),
+                tick as f64,
+                job_id.as_deref(),
+                error.as_deref(),
+            )?;
+            if advanced && next.is_none() {
+                let why = format!("the expression matches no time after {tick}; paused");
+                queries::halt_schedule(conn, &id, expected, &why, t)?;
+            }
+            Ok(advanced)
+        })
+        .await;
+    match written {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            log::debug!("schedule {}: tick {tick} advanced by another node", s.id);
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("schedule {}: cannot advance past tick {tick}: {e}", s.id);
+            Err(Pass::Failed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .unwrap()
+            .timestamp()
+    }
+
+    fn ticks(s: &CronSchedule, from: i64, n: usize) -> Vec<i64> {
+        let mut t = from;
+        (0..n)
+            .map(|_| {
+                t = s.next_after(t).unwrap();
+                t
+            })
+            .collect()
+    }
+
+    #[test]
+    fn five_and_six_field_expressions_parse_and_bad_ones_name_their_field() {
+        assert!(CronSchedule::parse("*/5 * * * *", "UTC").is_ok());
+        assert!(CronSchedule::parse("* * * * * *", "Europe/Berlin").is_ok());
+        assert!(CronSchedule::parse("@daily", "America/New_York").is_ok());
+        for bad in ["", "* * *", "61 * * * *", "* * * * * * *", "nonsense"] {
+            match CronSchedule::parse(bad, "UTC") {
+                Err(EngineError::Invalid { field, message }) => {
+                    assert_eq!(field, "cron", "{bad}: {message}");
+                    assert!(!message.is_empty());
+                }
+                other => panic!("{bad:?} parsed: {other:?}"),
+            }
+        }
+        match CronSchedule::parse("* * * * *", "Mars/Olympus") {
+            Err(EngineError::Invalid { field, message }) => {
+                assert_eq!(field, "timezone");
+                assert!(message.contains("Mars/Olympus"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_second_ticks_each_second() {
+        let s = CronSchedule::parse("* * * * * *", "UTC").unwrap();
+        let t = utc(2026, 11, 26, 12, 0, 0);
+        assert_eq!(ticks(&s, t, 3), vec![t + 1, t + 2, t + 3]);
+        assert_eq!(s.latest_at_or_before(t), Some(t));
+    }
+
+    #[test]
+    fn a_daily_time_in_berlin_follows_the_wall_clock_across_spring_forward() {
+        // 2026-03-29: Berlin goes from 02:00 CET (+1) to 03:00 CEST (+2).
+        let s = CronSchedule::parse("0 9 * * *", "Europe/Berlin").unwrap();
+        let from = utc(2026, 3, 27, 12, 0, 0);
+        assert_eq!(
+            ticks(&s, from, 3),
+            vec![
+                utc(2026, 3, 28, 8, 0, 0), // 09:00 CET
+                utc(2026, 3, 29, 7, 0, 0), // 09:00 CEST
+                utc(2026, 3, 30, 7, 0, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_time_in_the_spring_forward_gap_runs_once_right_after_it() {
+        // 02:30 does not exist in Berlin on 2026-03-29: it runs at 03:00 CEST, once.
+        let s = CronSchedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let from = utc(2026, 3, 28, 12, 0, 0);
+        assert_eq!(
+            ticks(&s, from, 2),
+            vec![
+                utc(2026, 3, 29, 1, 0, 0),  // 03:00 CEST, the first instant after the gap
+                utc(2026, 3, 30, 0, 30, 0), // 02:30 CEST
+            ]
+        );
+    }
+
+    #[test]
+    fn hourly_ticks_stay_an_hour_apart_across_both_changes() {
+        let s = CronSchedule::parse("0 * * * *", "Europe/Berlin").unwrap();
+        let spring = ticks(&s, utc(2026, 3, 28, 23, 30, 0), 4);
+        assert_eq!(
+            spring,
+            vec![
+                utc(2026, 3, 29, 0, 0, 0), // 01:00 CET
+                utc(2026, 3, 29, 1, 0, 0), // 03:00 CEST (02:00 never happens)
+                utc(2026, 3, 29, 2, 0, 0),
+                utc(2026, 3, 29, 3, 0, 0),
+            ]
+        );
+        // 2026-10-25: 03:00 CEST goes back to 02:00 CET; 02:00 happens twice.
+        let autumn = ticks(&s, utc(2026, 10, 24, 23, 30, 0), 4);
+        assert_eq!(
+            autumn,
+            vec![
+                utc(2026, 10, 25, 0, 0, 0), // 02:00 CEST
+                utc(2026, 10, 25, 1, 0, 0), // 02:00 CET
+                utc(2026, 10, 25, 2, 0, 0), // 03:00 CET
+                utc(2026, 10, 25, 3, 0, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_daily_time_in_the_repeated_hour_runs_once() {
+        let s = CronSchedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let got = ticks(&s, utc(2026, 10, 24, 12, 0, 0), 2);
+        assert_eq!(
+            got,
+            vec![
+                utc(2026, 10, 25, 0, 30, 0), // 02:30 CEST, the first pass
+                utc(2026, 10, 26, 1, 30, 0), // 02:30 CET the next day
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_latest_missed_tick_is_due() {
+        let s = CronSchedule::parse("0 3 * * *", "UTC").unwrap();
+        let stored = utc(2026, 11, 20, 3, 0, 0);
+        let now = utc(2026, 11, 26, 12, 0, 0);
+        assert_eq!(s.due_tick(stored, now), utc(2026, 11, 26, 3, 0, 0));
+        assert_eq!(
+            s.next_after(s.due_tick(stored, now)),
+            Some(utc(2026, 11, 27, 3, 0, 0))
+        );
+        // On time: the stored tick itself.
+        assert_eq!(s.due_tick(stored, stored), stored);
+    }
+
+    #[test]
+    fn templates_are_checked_like_submissions_and_carry_the_tick() {
+        let body = serde_json::json!({"type": "noop", "items": [{"id": 1}], "metadata": {"a": 1}});
+        let job = job_from_template(&body, "sched-1", Some(42)).unwrap();
+        assert_eq!(job.kind, "noop");
+        assert_eq!(
+            job.schedule.idempotency_key.as_deref(),
+            Some("schedule:sched-1:42")
+        );
+        assert_eq!(job.metadata["schedule_id"], "sched-1");
+        assert_eq!(job.metadata["a"], 1);
+        for (body, field) in [
+            (serde_json::json!([1]), "job"),
+            (serde_json::json!({"items": [1]}), "job.type"),
+            (
+                serde_json::json!({"type": "noop", "items": []}),
+                "job.items",
+            ),
+            (
+                serde_json::json!({"type": "noop", "items": [1], "parallel": 0}),
+                "job.parallel",
+            ),
+            (
+                serde_json::json!({"type": "noop", "items": [1], "run_at": 5}),
+                "job.run_at",
+            ),
+            (
+                serde_json::json!({"type": "noop", "items": [1], "idempotency_key": "k"}),
+                "job.idempotency_key",
+            ),
+        ] {
+            match job_from_template(&body, "s", None) {
+                Err(EngineError::Invalid { field: f, .. }) => assert_eq!(f, field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+}
