@@ -28,6 +28,9 @@ pub struct EngineConfig {
     pub default_concurrency: Option<usize>,
     /// Per-kind concurrency limits.
     pub kind_concurrency: HashMap<String, usize>,
+    /// Named concurrency groups and their limits: items of every job that names a group
+    /// (`concurrency_group`), of any kind, share its limit (one GPU box, one LLM host).
+    pub concurrency_groups: HashMap<String, usize>,
     /// Register `batch_validation`, `batch_tests`, `batch_mcp` and `batch_agent_tasks`.
     pub builtin_processors: bool,
     /// The MCP servers `batch_mcp` jobs may use.
@@ -49,6 +52,7 @@ impl Default for EngineConfig {
             workspace: PathBuf::from("."),
             default_concurrency: None,
             kind_concurrency: HashMap::new(),
+            concurrency_groups: HashMap::new(),
             builtin_processors: true,
             mcp: McpConfig::default(),
             agent: crate::agent::AgentConfig::default(),
@@ -198,6 +202,11 @@ impl EngineBuilder {
             open_jobs,
             listening,
             paused_kinds,
+            groups: config
+                .concurrency_groups
+                .iter()
+                .map(|(name, limit)| (name.clone(), (*limit).max(1) as u32))
+                .collect(),
         })
         .start();
         let background = tokio_util::sync::CancellationToken::new();

@@ -46,6 +46,10 @@ struct ServeArgs {
     /// Per-kind limit, KIND=N; repeat the flag or separate with commas.
     #[arg(long, env = "BATCHFORGE_KIND_CONCURRENCY", value_delimiter = ',', value_parser = parse_kind_limit)]
     kind_concurrency: Vec<(String, usize)>,
+    /// A concurrency group, NAME=N: jobs with `concurrency_group: NAME`, of any kind, run at
+    /// most N items at once between them. Repeat the flag or separate with commas.
+    #[arg(long, env = "BATCHFORGE_CONCURRENCY_GROUPS", value_delimiter = ',', value_parser = parse_kind_limit)]
+    concurrency_group: Vec<(String, usize)>,
     /// Seconds running items may finish after SIGINT/SIGTERM before they are stopped and requeued.
     #[arg(long, env = "BATCHFORGE_SHUTDOWN_GRACE", default_value_t = 10.0)]
     shutdown_grace: f64,
@@ -210,6 +214,10 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
             workspace: args.workspace,
             default_concurrency: args.concurrency.map(|n| n as usize),
             kind_concurrency: args.kind_concurrency.into_iter().collect::<HashMap<_, _>>(),
+            concurrency_groups: args
+                .concurrency_group
+                .into_iter()
+                .collect::<HashMap<_, _>>(),
             builtin_processors: true,
             mcp,
             agent,

@@ -81,6 +81,14 @@ pub struct SupervisorConfig {
     pub listening: Arc<std::sync::atomic::AtomicUsize>,
     /// Kinds paused as a whole, as stored.
     pub paused_kinds: Vec<String>,
+    /// Concurrency groups and their limits.
+    pub groups: HashMap<String, u32>,
+}
+
+/// A named concurrency group: its limit and the items of it running now.
+struct GroupSlot {
+    limit: u32,
+    active: u32,
 }
 
 struct KindSlot {
@@ -149,6 +157,8 @@ struct ActiveJob {
     run_on_failure: bool,
     /// When it expires if not finished (Unix seconds).
     deadline: Option<f64>,
+    /// The concurrency group its items count against.
+    group: Option<String>,
 }
 
 impl ActiveJob {
@@ -235,6 +245,8 @@ pub struct Supervisor {
     waiting_jobs: usize,
     /// Open jobs with a deadline.
     deadlines: usize,
+    /// Named concurrency groups.
+    groups: HashMap<String, GroupSlot>,
 }
 
 type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
@@ -318,6 +330,11 @@ impl Supervisor {
             deps_to_check: Vec::new(),
             waiting_jobs: 0,
             deadlines: 0,
+            groups: config
+                .groups
+                .into_iter()
+                .map(|(name, limit)| (name, GroupSlot { limit, active: 0 }))
+                .collect(),
         }
     }
 
@@ -362,6 +379,12 @@ impl Supervisor {
                 waiting_on: deps.jobs.clone(),
                 run_on_failure: deps.run_on_failure,
                 deadline,
+                group: job
+                    .spec
+                    .get("concurrency_group")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|g| self.groups.contains_key(*g))
+                    .map(str::to_string),
             },
         );
         if deadline.is_some() {
@@ -1028,14 +1051,28 @@ impl Supervisor {
             return;
         }
         let t = now();
-        let Supervisor { kinds, jobs, .. } = self;
+        let Supervisor {
+            kinds,
+            jobs,
+            groups,
+            ..
+        } = self;
+        // A job whose group is full waits like one at its own `parallel`.
+        let group_open = |groups: &HashMap<String, GroupSlot>, j: &ActiveJob| {
+            j.group
+                .as_ref()
+                .and_then(|g| groups.get(g))
+                .is_none_or(|g| g.active < g.limit)
+        };
         for slot in kinds.values_mut() {
             if slot.paused || slot.active >= slot.limit {
                 continue;
             }
             let mut batches: HashMap<Arc<str>, Vec<ClaimedItem>> = HashMap::new();
             // Highest level first; within a level, one item per job per turn.
-            let open = |j: &ActiveJob| j.active < j.parallel && !j.ready.is_empty();
+            let open = |j: &ActiveJob| {
+                j.active < j.parallel && !j.ready.is_empty() && group_open(groups, j)
+            };
             for level in levels(slot.startable.iter(), jobs, t, open) {
                 let mut idle_turns = 0;
                 while slot.active < slot.limit && idle_turns < slot.startable.len() {
@@ -1051,8 +1088,15 @@ impl Supervisor {
                         job.in_startable = false;
                         continue;
                     }
-                    if job.active < job.parallel && job.runnable(t) && job.level(t) == level {
+                    if job.active < job.parallel
+                        && job.runnable(t)
+                        && job.level(t) == level
+                        && group_open(groups, job)
+                    {
                         if let Some(item) = job.ready.pop_front() {
+                            if let Some(g) = job.group.as_ref().and_then(|g| groups.get_mut(g)) {
+                                g.active += 1;
+                            }
                             job.active += 1;
                             job.waiting_since = t;
                             slot.active += 1;
@@ -1215,6 +1259,29 @@ impl Handler<SubmitJob> for Supervisor {
                 message,
             })));
         }
+        match job.spec.get("concurrency_group") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(g)) if self.groups.contains_key(g) => {}
+            Some(v) => {
+                let mut names: Vec<&String> = self.groups.keys().collect();
+                names.sort();
+                return Box::pin(fut::ready(Err(EngineError::Invalid {
+                    field: "concurrency_group".into(),
+                    message: format!(
+                        "{v} is not a configured concurrency group (configured: {})",
+                        if names.is_empty() {
+                            "none; see --concurrency-group".to_string()
+                        } else {
+                            names
+                                .iter()
+                                .map(|n| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                })));
+            }
+        }
         if let Err((field, message)) = Dependencies::from_options(&job.spec)
             .map(drop)
             .and_then(|()| crate::model::check_item_timeout(&job.spec))
@@ -1246,6 +1313,9 @@ impl Handler<ItemFinished> for Supervisor {
             release =
                 self.stopping && !job.cancelled && item.outcome.status == ItemStatus::Cancelled;
             job.active = job.active.saturating_sub(1);
+            if let Some(g) = job.group.as_ref().and_then(|g| self.groups.get_mut(g)) {
+                g.active = g.active.saturating_sub(1);
+            }
             let t = now();
             job.waiting_since = t;
             if item.outcome.retryable

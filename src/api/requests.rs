@@ -523,6 +523,10 @@ pub struct ScheduleFields {
     /// its finished results kept, and the job ends `expired`: RFC 3339 or Unix seconds.
     #[schema(value_type = Option<String>, example = "2026-11-27T06:00:00Z")]
     pub deadline: Option<Value>,
+    /// A concurrency group configured on the server (`--concurrency-group gpu=1`): the
+    /// items of every job naming it, of any kind, share its limit.
+    #[schema(value_type = Option<String>, example = "gpu")]
+    pub concurrency_group: Option<Value>,
 }
 
 /// Longest accepted idempotency key.

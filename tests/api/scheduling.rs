@@ -144,7 +144,10 @@ async fn nothing_of_a_job_starts_before_its_run_at() {
         .await;
     let job = app.job(&id).await;
     assert_eq!(job["status"], "queued");
-    assert_eq!(job["run_at"].as_f64().unwrap(), run_at);
+    assert!(
+        (job["run_at"].as_f64().unwrap() - run_at).abs() < 1e-3,
+        "{job}"
+    );
     // A job without run_at submitted after it runs first.
     let other = app.submit("/batch/validation", &quick(1)).await;
     let other = app.wait_finished(&other, LIMIT).await;
@@ -466,4 +469,60 @@ async fn bad_dependencies_are_refused_at_submission() {
         stats["stats"]["total"], 1,
         "refused submissions store nothing"
     );
+}
+
+#[actix_web::test]
+async fn a_concurrency_group_limit_holds_across_jobs_and_kinds() {
+    let app = crate::helpers::spawn_app_configured(
+        AppOptions::default(),
+        Vec::new(),
+        batchforge::agent::AgentConfig::default(),
+        |config| {
+            config.concurrency_groups = [("gpu".to_string(), 2)].into();
+        },
+        |b| b,
+    )
+    .await;
+    app.write_file("f", "x\n");
+    std::fs::create_dir_all(app.workspace.join("running")).unwrap();
+    let probe = "sh -c 'touch running/$$; ls running | wc -l >> counts; sleep 0.15; rm running/$$'";
+    let targets: Vec<Value> = (0..6)
+        .map(|i| json!({"id": format!("t{i}"), "path": "f"}))
+        .collect();
+    let a = app
+        .submit(
+            "/batch/validation",
+            &json!({"targets": targets, "check_command": probe, "parallel": 6, "concurrency_group": "gpu"}),
+        )
+        .await;
+    let b = app
+        .submit(
+            "/batch/tests",
+            &json!({"modules": targets, "test_command": probe, "parallel": 6, "concurrency_group": "gpu"}),
+        )
+        .await;
+    for id in [&a, &b] {
+        let job = app.wait_finished(id, LIMIT).await;
+        assert_eq!(job["result"]["summary"]["successful"], 6, "{job}");
+    }
+    let max = crate::helpers::lines(&app.workspace.join("counts"))
+        .iter()
+        .map(|l| l.trim().parse::<usize>().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        max <= 2,
+        "{max} items of group gpu ran at once with a limit of 2"
+    );
+    assert!(max >= 2, "the group's two slots were used ({max})");
+
+    let (status, body) = app
+        .post(
+            "/batch/validation",
+            &with(quick(1), json!({"concurrency_group": "tpu"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "concurrency_group");
+    assert!(body["detail"].as_str().unwrap().contains("gpu"), "{body}");
 }
