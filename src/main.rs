@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the engine and its REST API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure the engine: runs `batchforge serve` children and prints a table per scenario.
     Bench(batchforge::bench::BenchArgs),
     /// Serve batchforge's sandboxed filesystem tools over MCP on stdin/stdout.
@@ -123,7 +123,7 @@ fn main() -> std::process::ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Client(command) => batchforge::client::run(cli.client, command),
         Command::McpServer(args) => match batchforge::mcp::server::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
