@@ -91,6 +91,10 @@ struct ServeArgs {
     /// (X-Batchforge-Timestamp, X-Batchforge-Signature headers).
     #[arg(long, env = "BATCHFORGE_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// Let `callback_url` webhooks go to loopback, private, link-local and other internal
+    /// addresses (refused by default: submitters could reach internal services).
+    #[arg(long, env = "BATCHFORGE_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
     /// Delete finished jobs (with their items) this long after they finished: 7d, 12h,
     /// 30m, 45s. Default: keep them.
     #[arg(long, env = "BATCHFORGE_RETENTION", value_parser = batchforge::retention::parse_duration)]
@@ -223,6 +227,7 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
             agent,
             webhooks: batchforge::webhooks::WebhookConfig {
                 secret: args.webhook_secret,
+                allow_private: args.webhook_allow_private,
                 ..Default::default()
             },
             retention: args.retention,

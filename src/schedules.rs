@@ -14,8 +14,12 @@
 //!   the next start submits the same key again, which returns the job already created.
 //!
 //! Missed ticks (the engine was down, or the scheduler stalled): only the latest missed
-//! tick runs, once; older ones are skipped. A tick whose job cannot be submitted (its kind
-//! is no longer registered, say) is skipped too, with the reason in `last_error`.
+//! tick runs, once; older ones are skipped. A tick whose job is wrong for good (its template
+//! no longer passes the submission checks) is skipped, with the reason in `last_error`; one
+//! that failed for a reason that may pass (the store failed, its kind is not registered on
+//! this node) stays due and is tried again after a backoff (1 s doubling to 60 s), the
+//! reason in `last_error` meanwhile. Just before submitting, the scheduler checks the
+//! schedule again: one paused or deleted since it was read fires nothing.
 //!
 //! Expressions have 5 fields (`min hour dom month dow`) or 6 with seconds first; see
 //! [`CronSchedule::parse`]. Daylight-saving changes follow the wall clock: a time that a
@@ -34,6 +38,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -88,6 +93,16 @@ impl CronSchedule {
             .map(|d| d.timestamp())
     }
 
+    /// [`next_after`](Self::next_after) on the blocking pool: an expression that matches
+    /// rarely or never (`0 0 30 2 *`) makes the search take tens of milliseconds, which
+    /// must not stall an event loop.
+    pub async fn next_after_blocking(&self, t: i64) -> Result<Option<i64>, EngineError> {
+        let schedule = self.clone();
+        tokio::task::spawn_blocking(move || schedule.next_after(t))
+            .await
+            .map_err(|e| invalid("cron", format!("the next tick could not be computed: {e}")))
+    }
+
     /// The tick to fire for a schedule whose stored next tick, `next_run_at`, is due at
     /// `now`: the latest tick not after `now` (older missed ticks are skipped), never one
     /// before `next_run_at`.
@@ -133,9 +148,12 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> EngineError 
     }
 }
 
+/// How the idempotency keys of schedules' ticks start; submissions may not use it.
+pub const TICK_KEY_PREFIX: &str = "schedule:";
+
 /// The idempotency key of a schedule's tick: the same on every node and every restart.
 pub fn tick_key(schedule_id: &str, tick: i64) -> String {
-    format!("schedule:{schedule_id}:{tick}")
+    format!("{TICK_KEY_PREFIX}{schedule_id}:{tick}")
 }
 
 /// Turns a schedule's job body into the job it submits, checked as `POST /batch/jobs`
@@ -306,7 +324,10 @@ impl Engine {
             other => other?,
         }
         let created_at = now();
-        let Some(next) = schedule.next_after(created_at.floor() as i64) else {
+        let Some(next) = schedule
+            .next_after_blocking(created_at.floor() as i64)
+            .await?
+        else {
             return Err(invalid(
                 "cron",
                 format!("'{cron}' matches no time from now on"),
@@ -401,7 +422,7 @@ impl Engine {
             return Ok(Some(current));
         }
         let schedule = CronSchedule::parse(&current.cron, &current.timezone)?;
-        let Some(next) = schedule.next_after(now().floor() as i64) else {
+        let Some(next) = schedule.next_after_blocking(now().floor() as i64).await? else {
             return Err(EngineError::Conflict(format!(
                 "schedule '{id}' cannot resume: '{}' matches no time from now on",
                 current.cron
@@ -435,30 +456,69 @@ enum Pass {
     Stop,
 }
 
+/// How one due schedule's turn ended.
+enum Fired {
+    /// Its tick was handled (submitted, found, skipped for good, or no longer due).
+    Done,
+    /// It could not be submitted for a reason that may pass (the store failed, its kind
+    /// is not registered here): the tick stays due and is tried again after a backoff.
+    RetryLater,
+}
+
+/// Longest wait before a schedule whose tick failed is tried again.
+const MAX_RETRY_DELAY: f64 = 60.0;
+
+/// Schedules waiting out a failed tick: id → (not before, failures in a row).
+type Backoff = HashMap<String, (f64, u32)>;
+
+/// The ids still waiting at `t`.
+fn waiting(backoff: &Backoff, t: f64) -> Vec<String> {
+    backoff
+        .iter()
+        .filter(|(_, (until, _))| *until > t)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 /// The ticker: fires due ticks until the engine stops.
 async fn run(engine: Engine) {
     let scheduler = engine.schedules.clone();
     let store = scheduler.store().clone();
     let stop = scheduler.inner.stop.clone();
+    let mut backoff = Backoff::new();
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let wait = match pass(&engine, &store).await {
+        let wait = match pass(&engine, &store, &mut backoff).await {
             Pass::Stop => return,
             Pass::Failed => MAX_SLEEP,
             Pass::Done { full: true } => Duration::ZERO,
-            Pass::Done { full: false } => match store.read(queries::next_schedule_due).await {
-                Ok(Some(next)) => {
-                    Duration::from_secs_f64((next - now() + TICK_SLACK).clamp(0.0, 1.0))
-                        .min(MAX_SLEEP)
+            Pass::Done { full: false } => {
+                let t = now();
+                let except = waiting(&backoff, t);
+                let retry = backoff
+                    .values()
+                    .map(|(until, _)| *until)
+                    .filter(|until| *until > t)
+                    .reduce(f64::min);
+                match store
+                    .read(move |conn| queries::next_schedule_due(conn, &except))
+                    .await
+                {
+                    Ok(next) => match next.into_iter().chain(retry).reduce(f64::min) {
+                        Some(next) => {
+                            Duration::from_secs_f64((next - now() + TICK_SLACK).clamp(0.0, 1.0))
+                                .min(MAX_SLEEP)
+                        }
+                        None => MAX_SLEEP,
+                    },
+                    Err(e) => {
+                        log::error!("scheduler: cannot read the next tick: {e}");
+                        MAX_SLEEP
+                    }
                 }
-                Ok(None) => MAX_SLEEP,
-                Err(e) => {
-                    log::error!("scheduler: cannot read the next tick: {e}");
-                    MAX_SLEEP
-                }
-            },
+            }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -468,11 +528,14 @@ async fn run(engine: Engine) {
     }
 }
 
-/// Fires every due schedule once.
-async fn pass(engine: &Engine, store: &Store) -> Pass {
+/// Fires every due schedule once, but those waiting out a failure.
+async fn pass(engine: &Engine, store: &Store, backoff: &mut Backoff) -> Pass {
     let t = now();
+    // Forget failures long past (a schedule deleted while it was failing).
+    backoff.retain(|_, (until, _)| *until > t - 2.0 * MAX_RETRY_DELAY);
+    let except = waiting(backoff, t);
     let due = match store
-        .read(move |conn| queries::due_schedules(conn, t, DUE_BATCH))
+        .read(move |conn| queries::due_schedules(conn, t, DUE_BATCH, &except))
         .await
     {
         Ok(due) => due,
@@ -483,8 +546,16 @@ async fn pass(engine: &Engine, store: &Store) -> Pass {
     };
     let full = due.len() as i64 == DUE_BATCH;
     for schedule in due {
+        let id = schedule.id.clone();
         match fire(engine, store, schedule, t).await {
-            Ok(()) => {}
+            Ok(Fired::Done) => {
+                backoff.remove(&id);
+            }
+            Ok(Fired::RetryLater) => {
+                let failures = backoff.get(&id).map_or(0, |(_, n)| *n) + 1;
+                let delay = 2f64.powi(failures.min(16) as i32 - 1).min(MAX_RETRY_DELAY);
+                backoff.insert(id, (now() + delay, failures));
+            }
             Err(pass) => return pass,
         }
     }
@@ -492,7 +563,10 @@ async fn pass(engine: &Engine, store: &Store) -> Pass {
 }
 
 /// Fires a due schedule's tick: submits its job under the tick's key, then advances it.
-async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Result<(), Pass> {
+/// A tick whose job is wrong for good (its template no longer passes the checks) is
+/// skipped with the reason in `last_error`; one that failed for a reason that may pass
+/// stays due ([`Fired::RetryLater`]).
+async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Result<Fired, Pass> {
     let expected = s.next_run_at;
     let id = s.id.clone();
     let schedule = match CronSchedule::parse(&s.cron, &s.timezone) {
@@ -501,22 +575,42 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
             // Checked at creation; only a changed parser could get here.
             let why = format!("cannot read the schedule any more, paused: {e}");
             log::error!("schedule {id}: {why}");
-            return store
-                .write(move |conn| queries::halt_schedule(conn, &id, expected, &why, t))
-                .await
-                .map(drop)
-                .map_err(|e| {
-                    log::error!("schedule {}: {e}", s.id);
-                    Pass::Failed
-                });
+            return Ok(
+                match store
+                    .write(move |conn| queries::halt_schedule(conn, &id, expected, &why, t))
+                    .await
+                {
+                    Ok(_) => Fired::Done,
+                    Err(e) => {
+                        log::error!("schedule {}: {e}", s.id);
+                        Fired::RetryLater
+                    }
+                },
+            );
         }
     };
     let tick = schedule.due_tick(expected as i64, t.floor() as i64);
-    let submitted = match serde_json::from_str::<Value>(&s.job)
+    let job = serde_json::from_str::<Value>(&s.job)
         .map_err(|e| invalid("job", format!("stored job is not JSON: {e}")))
-        .and_then(|template| job_from_template(&template, &id, Some(tick)))
-    {
-        Ok(job) => engine.submit(job).await,
+        .and_then(|template| job_from_template(&template, &id, Some(tick)));
+    let submitted = match job {
+        Ok(job) => {
+            // Paused or deleted since it was read as due (or fired by another node)?
+            let (check_id, check_expected) = (id.clone(), expected);
+            match store
+                .read(move |conn| queries::schedule_still_due(conn, &check_id, check_expected))
+                .await
+            {
+                Ok(true) => engine.submit(job).await,
+                Ok(false) => {
+                    log::debug!(
+                        "schedule {id}: tick {tick} no longer due (paused, deleted or fired)"
+                    );
+                    return Ok(Fired::Done);
+                }
+                Err(e) => Err(EngineError::Store(e)),
+            }
+        }
         Err(e) => Err(e),
     };
     let (job_id, error) = match submitted {
@@ -529,6 +623,17 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
             (Some(view.record.id), None)
         }
         Err(EngineError::ShuttingDown | EngineError::Mailbox(_)) => return Err(Pass::Stop),
+        Err(e @ (EngineError::Store(_) | EngineError::NoProcessor(_))) => {
+            log::warn!("schedule {id}: tick {tick} not submitted, will retry: {e}");
+            let why = format!("tick {tick} not submitted yet, retrying: {e}");
+            if let Err(e) = store
+                .write(move |conn| queries::note_schedule_error(conn, &id, expected, &why))
+                .await
+            {
+                log::error!("schedule {}: {e}", s.id);
+            }
+            return Ok(Fired::RetryLater);
+        }
         Err(e) => {
             log::warn!("schedule {id}: tick {tick} skipped: {e}");
             (None, Some(e.to_string()))
@@ -554,14 +659,18 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
         })
         .await;
     match written {
-        Ok(true) => Ok(()),
+        Ok(true) => Ok(Fired::Done),
         Ok(false) => {
-            log::debug!("schedule {}: tick {tick} advanced by another node", s.id);
-            Ok(())
+            log::debug!(
+                "schedule {}: tick {tick} advanced by another node, or paused or deleted",
+                s.id
+            );
+            Ok(Fired::Done)
         }
         Err(e) => {
+            // The tick stays due; submitting it again finds the job under its key.
             log::error!("schedule {}: cannot advance past tick {tick}: {e}", s.id);
-            Err(Pass::Failed)
+            Ok(Fired::RetryLater)
         }
     }
 }

@@ -247,6 +247,10 @@ pub struct Supervisor {
     deadlines: usize,
     /// Named concurrency groups.
     groups: HashMap<String, GroupSlot>,
+    /// The soonest retry wake-up (a gate for the scan), infinity when none.
+    next_retry: f64,
+    /// The soonest deadline (a gate for the scan), infinity when none.
+    next_deadline: f64,
 }
 
 type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
@@ -270,7 +274,7 @@ struct Written {
     done: Vec<String>,
     counts: Vec<(String, Counts)>,
     inserted: Vec<Inserted>,
-    claimed: Vec<(Claim, Vec<ClaimedItem>)>,
+    claimed: Vec<(Claim, Vec<ClaimedItem>, Option<f64>)>,
     at: f64,
 }
 
@@ -330,6 +334,8 @@ impl Supervisor {
             deps_to_check: Vec::new(),
             waiting_jobs: 0,
             deadlines: 0,
+            next_retry: f64::INFINITY,
+            next_deadline: f64::INFINITY,
             groups: config
                 .groups
                 .into_iter()
@@ -387,8 +393,9 @@ impl Supervisor {
                     .map(str::to_string),
             },
         );
-        if deadline.is_some() {
+        if let Some(d) = deadline {
             self.deadlines += 1;
+            self.next_deadline = self.next_deadline.min(d);
         }
         if !deps.jobs.is_empty() {
             self.waiting_jobs += 1;
@@ -402,6 +409,7 @@ impl Supervisor {
             if let (Some(at), Some(job)) = (f.retry_at, self.jobs.get_mut(f.job_id.as_str())) {
                 job.retry_wakeups.push(at);
                 self.retries_waiting += 1;
+                self.next_retry = self.next_retry.min(at);
             }
         }
     }
@@ -427,6 +435,11 @@ impl Supervisor {
         for id in due {
             self.reopen(&id);
         }
+        self.next_retry = self
+            .jobs
+            .values()
+            .flat_map(|j| j.retry_wakeups.iter().copied())
+            .fold(f64::INFINITY, f64::min);
     }
 
     /// Makes a job claimable again after items of it went back to the queue.
@@ -465,6 +478,9 @@ impl Supervisor {
             if gone.deadline.is_some() {
                 self.deadlines = self.deadlines.saturating_sub(1);
             }
+            self.retries_waiting = self
+                .retries_waiting
+                .saturating_sub(gone.retry_wakeups.len());
             if !gone.waiting_on.is_empty() {
                 self.waiting_jobs = self.waiting_jobs.saturating_sub(1);
             }
@@ -513,9 +529,12 @@ impl Supervisor {
                 };
                 let mut to_cancel: Vec<(String, String)> = Vec::new();
                 for (dep, status) in found {
-                    let Some(status) = status.filter(|s| s.is_terminal()) else {
+                    // Gone means pruned by retention, which only deletes finished jobs; its
+                    // existence was checked when the dependent was stored.
+                    let status = status.unwrap_or(JobStatus::Completed);
+                    if !status.is_terminal() {
                         continue; // still open: its end brings it back here
-                    };
+                    }
                     for (id, job) in act.jobs.iter_mut() {
                         if !job.waiting_on.contains(&dep) {
                             continue;
@@ -556,6 +575,12 @@ impl Supervisor {
                 (id.clone(), d)
             })
             .collect();
+        self.next_deadline = self
+            .jobs
+            .values()
+            .filter(|j| !j.cancelled)
+            .filter_map(|j| j.deadline)
+            .fold(f64::INFINITY, f64::min);
         for (id, at) in overdue {
             self.deadlines = self.deadlines.saturating_sub(1);
             let job_id = id.to_string();
@@ -577,7 +602,14 @@ impl Supervisor {
                         act.cycle(ctx);
                     }
                     Ok(_) => {}
-                    Err(e) => log::error!("could not expire job {job_id}: {e}"),
+                    Err(e) => {
+                        log::error!("could not expire job {job_id}: {e}; trying again");
+                        if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
+                            job.deadline = Some(at);
+                            act.deadlines += 1;
+                            act.next_deadline = act.next_deadline.min(at);
+                        }
+                    }
                 })
                 .spawn(ctx);
         }
@@ -692,7 +724,7 @@ impl Supervisor {
         if !self.deps_to_check.is_empty() {
             self.resolve_dependencies(ctx);
         }
-        if self.deadlines > 0 {
+        if self.deadlines > 0 && now() >= self.next_deadline {
             self.expire_overdue(ctx);
         }
         if self.writing {
@@ -707,8 +739,9 @@ impl Supervisor {
         let plan = if self.stopping {
             Vec::new()
         } else {
-            if self.retries_waiting > 0 {
-                self.wake_retries(now());
+            let t = now();
+            if self.retries_waiting > 0 && t >= self.next_retry {
+                self.wake_retries(t);
             }
             self.plan_claims()
         };
@@ -808,7 +841,14 @@ impl Supervisor {
                 for claim in plan {
                     let items =
                         queries::claim_items(conn, &claim.job_id, claim.n, &node, t, claim.first)?;
-                    claimed.push((claim, items));
+                    // A short claim: items waiting out a retry delay (maybe from before a
+                    // restart) must bring the job back when they become claimable.
+                    let next = if (items.len() as u32) < claim.n {
+                        queries::next_available_at(conn, &claim.job_id, t)?
+                    } else {
+                        None
+                    };
+                    claimed.push((claim, items, next));
                 }
                 Ok(Written {
                     released,
@@ -964,7 +1004,14 @@ impl Supervisor {
             };
             let _ = pending.reply.send(answer);
         }
-        for (claim, items) in w.claimed {
+        for (claim, items, next) in w.claimed {
+            if let (Some(at), Some(job)) = (next, self.jobs.get_mut(&claim.job_id)) {
+                if !job.retry_wakeups.contains(&at) {
+                    job.retry_wakeups.push(at);
+                    self.retries_waiting += 1;
+                    self.next_retry = self.next_retry.min(at);
+                }
+            }
             self.take_claimed(&claim, items, w.at);
         }
     }
@@ -1209,9 +1256,11 @@ impl Actor for Supervisor {
                 .into_actor(self)
                 .map(move |res, act, _| match res {
                     // Event streams opened meanwhile saw the job queued: tell them it ended.
-                    Ok(()) => act
-                        .tracker
-                        .do_send(ProgressUpdate::Finished { job_id: ended }),
+                    Ok(()) => {
+                        act.deps_to_check.push(ended.to_string());
+                        act.tracker
+                            .do_send(ProgressUpdate::Finished { job_id: ended })
+                    }
                     Err(e) => log::error!("could not mark a job failed: {e}"),
                 })
                 .spawn(ctx);
@@ -1310,8 +1359,13 @@ impl Handler<ItemFinished> for Supervisor {
         let mut release = false;
         if let Some(job) = self.jobs.get_mut(item.job_id.as_str()) {
             // An item stopped by shutdown (not by its job's cancellation) goes back.
-            release =
-                self.stopping && !job.cancelled && item.outcome.status == ItemStatus::Cancelled;
+            // So does one that failed by an error it could retry: the next start retries it.
+            release = self.stopping
+                && !job.cancelled
+                && (item.outcome.status == ItemStatus::Cancelled
+                    || (item.outcome.retryable
+                        && item.outcome.status == ItemStatus::Failed
+                        && item.attempt < job.retry.max_attempts));
             job.active = job.active.saturating_sub(1);
             if let Some(g) = job.group.as_ref().and_then(|g| self.groups.get_mut(g)) {
                 g.active = g.active.saturating_sub(1);
@@ -1738,6 +1792,11 @@ impl Handler<RetryJob> for Supervisor {
                         if act.kinds.contains_key(&job.kind)
                             && !act.jobs.contains_key(job_id.as_str())
                         {
+                            if let Some(slot) = act.kinds.get_mut(&job.kind) {
+                                // A stale rotation entry would give it two turns.
+                                slot.claimable.retain(|id| **id != *job_id);
+                                slot.startable.retain(|id| **id != *job_id);
+                            }
                             act.admit(job, Some(*items));
                             act.cycle(ctx);
                         }

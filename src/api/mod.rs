@@ -498,6 +498,9 @@ async fn retry_job(engine: web::Data<Engine>, id: web::Path<String>, body: Bytes
         RetryOutcome::NothingToRetry => Err(ApiError::Conflict(format!(
             "job '{id}' has no item to retry in those statuses"
         ))),
+        RetryOutcome::DeadlinePassed => Err(ApiError::Conflict(format!(
+            "job '{id}' is past its deadline; submit it again with a new one"
+        ))),
     }
 }
 

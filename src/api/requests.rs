@@ -556,6 +556,15 @@ pub fn take_schedule(raw: &mut Map<String, Value>) -> Result<JobSchedule, ApiErr
     }
     match raw.remove("idempotency_key") {
         None | Some(Value::Null) => {}
+        Some(Value::String(k)) if k.starts_with(crate::schedules::TICK_KEY_PREFIX) => {
+            return Err(ApiError::invalid(
+                "idempotency_key",
+                format!(
+                    "keys starting with '{}' are reserved for the jobs of cron schedules",
+                    crate::schedules::TICK_KEY_PREFIX
+                ),
+            ))
+        }
         Some(Value::String(k)) if !k.trim().is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => {
             schedule.idempotency_key = Some(k)
         }

@@ -253,10 +253,28 @@ pub fn record_finished(
     // a few outcomes with large outputs must not make a whole commit fail for good.
     let mut chunks: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
     let mut chunk_bytes = 0usize;
+    let mut open_jobs: HashMap<&str, bool> = HashMap::new();
     for item in finished {
+        let mut status = item.outcome.status;
         if let Some(at) = item.retry_at {
-            requeue_for_retry(conn, item, at)?;
-            continue;
+            let open = match open_jobs.get(item.job_id.as_str()) {
+                Some(open) => *open,
+                None => {
+                    let open = matches!(
+                        get_job_status(conn, &item.job_id)?,
+                        Some(JobStatus::Queued | JobStatus::Running)
+                    );
+                    open_jobs.insert(&item.job_id, open);
+                    open
+                }
+            };
+            if open {
+                requeue_for_retry(conn, item, at)?;
+                continue;
+            }
+            // The job ended (cancelled, expired) before the retry was recorded: the item
+            // ends with it instead of going back to a queue nothing claims from.
+            status = ItemStatus::Cancelled;
         }
         if !item.outcome.status.is_terminal() {
             // The Worker turns such outcomes into failures; never store a non-final one.
@@ -281,7 +299,7 @@ pub fn record_finished(
             .push(serde_json::json!([
                 item.job_id,
                 item.index,
-                item.outcome.status.as_str(),
+                status.as_str(),
                 result,
                 item.outcome.error,
                 item.finished_at,
@@ -324,6 +342,23 @@ fn requeue_for_retry(conn: &mut Conn, item: &FinishedItem, at: f64) -> Result<()
     .bind::<diesel::sql_types::Integer, _>(item.index as i32)
     .execute(conn)?;
     Ok(())
+}
+
+/// Read: when the soonest of a job's queued items waiting out a retry delay becomes
+/// claimable, if any does.
+pub fn next_available_at(
+    conn: &mut Conn,
+    job_id: &str,
+    now: f64,
+) -> Result<Option<f64>, StoreError> {
+    use diesel::dsl::min;
+    use job_items::dsl as i;
+    Ok(i::job_items
+        .filter(i::job_id.eq(job_id))
+        .filter(i::status.eq(ItemStatus::Queued.as_str()))
+        .filter(i::available_at.gt(now))
+        .select(min(i::available_at))
+        .first::<Option<f64>>(conn)?)
 }
 
 /// Largest JSON text of outcomes sent in one statement.
@@ -521,6 +556,8 @@ pub enum RetryOutcome {
     NotFinished(JobStatus),
     /// No item of the job has one of the asked statuses.
     NothingToRetry,
+    /// The job's deadline has passed: retried, it would expire again at once.
+    DeadlinePassed,
 }
 
 /// Manual retry: puts a finished job's items of the given statuses (`failed`,
@@ -538,6 +575,16 @@ pub fn retry_job(
     };
     if !status.is_terminal() {
         return Ok(RetryOutcome::NotFinished(status));
+    }
+    let spec: String = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::spec)
+        .first(conn)?;
+    let deadline = serde_json::from_str(&spec)
+        .ok()
+        .and_then(|spec: serde_json::Value| crate::model::deadline(&spec).ok().flatten());
+    if deadline.is_some_and(|d| d <= crate::model::now()) {
+        return Ok(RetryOutcome::DeadlinePassed);
     }
     let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
     let by_status: Vec<(String, i64)> = i::job_items
@@ -1189,32 +1236,71 @@ pub fn schedule_by_name(conn: &mut Conn, name: &str) -> Result<Option<ScheduleRe
 }
 
 /// Read: up to `limit` unpaused schedules whose next tick is due (`next_run_at <= now`),
-/// most overdue first.
+/// most overdue first, but for those in `except` (waiting out a failure).
 pub fn due_schedules(
     conn: &mut Conn,
     now: f64,
     limit: i64,
+    except: &[String],
 ) -> Result<Vec<ScheduleRecord>, StoreError> {
     Ok(schedules::table
         .filter(schedules::paused_at.is_null())
         .filter(schedules::next_run_at.le(now))
+        .filter(schedules::id.ne_all(except))
         .order(schedules::next_run_at.asc())
         .limit(limit)
         .select(ScheduleRecord::as_select())
         .load(conn)?)
 }
 
-/// Read: the earliest next tick of the unpaused schedules.
-pub fn next_schedule_due(conn: &mut Conn) -> Result<Option<f64>, StoreError> {
+/// Read: the earliest next tick of the unpaused schedules but those in `except`.
+pub fn next_schedule_due(conn: &mut Conn, except: &[String]) -> Result<Option<f64>, StoreError> {
     Ok(schedules::table
         .filter(schedules::paused_at.is_null())
+        .filter(schedules::id.ne_all(except))
         .select(diesel::dsl::min(schedules::next_run_at))
         .first(conn)?)
 }
 
+/// Read: whether a schedule still exists, unpaused, with its next tick at `expected_next`
+/// (the scheduler's last look before it submits a tick it read as due).
+pub fn schedule_still_due(
+    conn: &mut Conn,
+    id: &str,
+    expected_next: f64,
+) -> Result<bool, StoreError> {
+    Ok(diesel::select(diesel::dsl::exists(
+        schedules::table
+            .filter(schedules::id.eq(id))
+            .filter(schedules::paused_at.is_null())
+            .filter(schedules::next_run_at.eq(expected_next)),
+    ))
+    .get_result(conn)?)
+}
+
+/// Schedule tick failure: records why a due tick could not be submitted this time,
+/// leaving it due (guarded like [`advance_schedule`]).
+pub fn note_schedule_error(
+    conn: &mut Conn,
+    id: &str,
+    expected_next: f64,
+    error: &str,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        schedules::table
+            .filter(schedules::id.eq(id))
+            .filter(schedules::paused_at.is_null())
+            .filter(schedules::next_run_at.eq(expected_next)),
+    )
+    .set(schedules::last_error.eq(error))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
 /// Schedule tick: records the tick `ran_at` and moves `next_run_at` on, guarded by the
 /// `next_run_at` the caller read, so that of two schedulers that fired the same tick only
-/// one advances it. Returns whether this call advanced it.
+/// one advances it, and by `paused_at IS NULL`, so a schedule paused meanwhile keeps its
+/// state. Returns whether this call advanced it.
 pub fn advance_schedule(
     conn: &mut Conn,
     id: &str,
@@ -1227,6 +1313,7 @@ pub fn advance_schedule(
     let n = diesel::update(
         schedules::table
             .filter(schedules::id.eq(id))
+            .filter(schedules::paused_at.is_null())
             .filter(schedules::next_run_at.eq(expected_next)),
     )
     .set((
@@ -1414,6 +1501,10 @@ pub struct LeasedWebhook {
     /// Attempts so far, this one included.
     #[diesel(sql_type = diesel::sql_types::Integer)]
     pub attempts: i32,
+    /// Until when the lease holds (the `next_attempt_at` it set): the token that
+    /// [`record_webhook_attempt`] requires, so a late dispatcher's outcome is dropped.
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub lease_until: f64,
 }
 
 /// Read: whether a webhook delivery is due at `now` (the dispatcher's cheap, indexed poll).
@@ -1443,7 +1534,7 @@ pub fn lease_webhooks(
          WHERE id IN (SELECT id FROM webhook_deliveries \
                       WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ? \
                       ORDER BY next_attempt_at LIMIT ?) \
-         RETURNING id, job_id, url, payload, attempts",
+         RETURNING id, job_id, url, payload, attempts, next_attempt_at AS lease_until",
     )
     .bind::<Double, _>(now + lease)
     .bind::<Double, _>(now)
@@ -1470,16 +1561,22 @@ pub enum WebhookAttempt {
     },
 }
 
-/// Webhook outcome: a leased delivery becomes delivered, due again later, or given up.
+/// Webhook outcome: a leased delivery becomes delivered, due again later, or given up —
+/// only while the lease `lease_until` (from [`lease_webhooks`]) still holds it: once the
+/// lease ran out and another poll took the delivery (or it settled), nothing changes and
+/// the answer is `false`.
 pub fn record_webhook_attempt(
     conn: &mut Conn,
     id: i64,
+    lease_until: f64,
     attempt: &WebhookAttempt,
     now: f64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     use super::schema::webhook_deliveries as w;
-    let target = w::table.filter(w::id.eq(id));
-    match attempt {
+    let target = w::table
+        .filter(w::id.eq(id))
+        .filter(w::next_attempt_at.eq(lease_until));
+    let updated = match attempt {
         WebhookAttempt::Delivered => diesel::update(target)
             .set((w::delivered_at.eq(now), w::next_attempt_at.eq(None::<f64>)))
             .execute(conn)?,
@@ -1494,7 +1591,7 @@ pub fn record_webhook_attempt(
             ))
             .execute(conn)?,
     };
-    Ok(())
+    Ok(updated > 0)
 }
 
 /// A job's webhook delivery as stored.
@@ -1567,9 +1664,10 @@ struct PruneCandidate {
     id: String,
 }
 
-/// Retention: deletes jobs that finished (`completed | failed | cancelled`, their result
-/// built) before `older_than`, with their items and webhook delivery; never an open job,
-/// nor one whose webhook is still being delivered. One call is one short transaction: at
+/// Retention: deletes jobs that finished (`completed | failed | cancelled | expired`, their
+/// result built) before `older_than`, with their items and webhook delivery; never an open
+/// job, nor one whose webhook is still being delivered, nor one that an open job names in
+/// its `depends_on`. One call is one short transaction: at
 /// most `max_jobs` jobs and [`PRUNE_MAX_ITEMS`] items; a job with more items loses them
 /// over several calls, its row going last. `more` says whether to call again.
 pub fn prune_finished(
@@ -1584,10 +1682,16 @@ pub fn prune_finished(
     // every finished job through `jobs_by_status`.
     let candidates: Vec<PruneCandidate> = diesel::sql_query(
         "SELECT id FROM jobs \
-         WHERE completed_at < ? AND +status IN ('completed', 'failed', 'cancelled') \
+         WHERE completed_at < ? \
+           AND +status IN ('completed', 'failed', 'cancelled', 'expired') \
            AND result IS NOT NULL \
            AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
                            WHERE d.job_id = jobs.id AND d.next_attempt_at IS NOT NULL) \
+           AND NOT EXISTS (SELECT 1 FROM jobs o, \
+                             json_each(CASE WHEN json_type(o.spec, '$.depends_on') = 'array' \
+                                            THEN json_extract(o.spec, '$.depends_on') END) dep \
+                           WHERE o.status IN ('queued', 'running') \
+                             AND dep.value = jobs.id) \
          ORDER BY completed_at LIMIT ?",
     )
     .bind::<Double, _>(older_than)

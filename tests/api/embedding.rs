@@ -150,3 +150,85 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
     );
     assert_eq!(engine.stats().await.unwrap().completed, 1);
 }
+
+/// Fails by a retryable error the first time it sees an item, succeeds after.
+struct FlakyOnce(std::sync::Mutex<std::collections::HashSet<String>>);
+
+#[async_trait::async_trait(?Send)]
+impl Processor for FlakyOnce {
+    fn kind(&self) -> &str {
+        "flaky"
+    }
+
+    async fn process(&self, item: Item, _ctx: ItemContext) -> ItemOutcome {
+        if self.0.lock().unwrap().insert(item.key.clone()) {
+            ItemOutcome::error(json!({"id": item.key}), "transient")
+        } else {
+            ItemOutcome::succeeded(json!({"id": item.key}))
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_retry_waiting_out_its_delay_across_a_restart_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        database_url: format!("sqlite://{}", dir.path().join("r.db").display()),
+        workspace: dir.path().to_path_buf(),
+        builtin_processors: false,
+        ..EngineConfig::default()
+    };
+    let first = EngineBuilder::new(config())
+        .processor(FlakyOnce(Default::default()))
+        .start()
+        .await
+        .unwrap();
+    let view = first
+        .submit(NewJob {
+            kind: "flaky".into(),
+            spec: json!({"max_attempts": 3, "retry_delay_seconds": 1.5, "retry_max_delay_seconds": 1.5}),
+            parallel: 1,
+            metadata: json!({}),
+            items: vec![NewItem {
+                key: "a".into(),
+                payload: json!({}),
+            }],
+            schedule: Default::default(),
+        })
+        .await
+        .unwrap();
+    let id = view.record.id.clone();
+    // The first attempt failed and the retry waits out its delay: stop the engine now.
+    let page = || {
+        first
+            .supervisor()
+            .send(batchforge::actors::messages::ListItems {
+                job_id: id.clone(),
+                status: None,
+                limit: 10,
+                offset: 0,
+            })
+    };
+    crate::helpers::wait_for(Duration::from_secs(30), "the first attempt", || async {
+        let items = page().await.unwrap().unwrap().unwrap().items;
+        (items[0].attempt_errors == ["transient"]).then_some(())
+    })
+    .await;
+    first.shutdown(Duration::from_secs(1)).await;
+    drop(first);
+    let second = EngineBuilder::new(config())
+        .processor(FlakyOnce(std::sync::Mutex::new(
+            ["a".to_string()].into_iter().collect(),
+        )))
+        .start()
+        .await
+        .unwrap();
+    let done = crate::helpers::wait_for(Duration::from_secs(30), "the retried item", || async {
+        let job = second.job(&id).await.unwrap().unwrap();
+        (job.record.status == batchforge::JobStatus::Completed && job.record.result.is_some())
+            .then_some(job)
+    })
+    .await;
+    assert_eq!(done.record.succeeded, 1);
+    second.shutdown(Duration::from_secs(1)).await;
+}

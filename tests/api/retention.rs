@@ -227,6 +227,7 @@ async fn retention_prunes_in_small_transactions_and_spares_open_jobs_and_pending
             queries::record_webhook_attempt(
                 c,
                 d.id,
+                d.next_attempt_at.unwrap(),
                 &queries::WebhookAttempt::GaveUp {
                     error: "unreachable".into(),
                 },
@@ -242,4 +243,56 @@ async fn retention_prunes_in_small_transactions_and_spares_open_jobs_and_pending
         .unwrap()
         .is_none());
     assert!(exists("open") && exists("recent"));
+}
+
+#[actix_web::test]
+async fn retention_prunes_expired_jobs_but_spares_a_dependency_of_an_open_job() {
+    use diesel::RunQueryDsl;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("d.db"))).unwrap();
+    let depending = |deps: &[&str]| {
+        let mut job = job_of(1, None);
+        job.spec["depends_on"] = json!(deps);
+        job
+    };
+    store
+        .write_blocking(move |c| {
+            queries::insert_job(c, "expired", &job_of(2, None), 100.0)?;
+            queries::fail_job(c, "expired", "deadline", 110.0)?;
+            diesel::sql_query("UPDATE jobs SET status = 'expired' WHERE id = 'expired'")
+                .execute(c)?;
+            // Named by an open job: kept while that job may still look it up.
+            queries::insert_job(c, "needed", &job_of(1, None), 100.0)?;
+            queries::fail_job(c, "needed", "stop", 110.0)?;
+            queries::insert_job(c, "waiter", &depending(&["other", "needed"]), 100.0)?;
+            // Named only by a finished job: free to go.
+            queries::insert_job(c, "unneeded", &job_of(1, None), 100.0)?;
+            queries::fail_job(c, "unneeded", "stop", 110.0)?;
+            queries::insert_job(c, "done_waiter", &depending(&["unneeded"]), 100.0)?;
+            queries::fail_job(c, "done_waiter", "stop", 500.0)?;
+            Ok(())
+        })
+        .unwrap();
+    let p = store
+        .write_blocking(|c| queries::prune_finished(c, 200.0, 10))
+        .unwrap();
+    assert_eq!((p.jobs, p.items, p.more), (2, 3, false), "{p:?}");
+    let exists = |id: &'static str| {
+        store
+            .write_blocking(move |c| Ok(queries::get_job(c, id)?.is_some()))
+            .unwrap()
+    };
+    assert!(!exists("expired"), "an expired job was kept");
+    assert!(!exists("unneeded"));
+    assert!(exists("needed"), "a dependency of an open job was pruned");
+    assert!(exists("waiter") && exists("done_waiter"));
+    // Once the waiter is finished, its dependency goes too.
+    store
+        .write_blocking(|c| queries::fail_job(c, "waiter", "stop", 150.0))
+        .unwrap();
+    let p = store
+        .write_blocking(|c| queries::prune_finished(c, 200.0, 10))
+        .unwrap();
+    assert_eq!(p.jobs, 2, "{p:?}");
+    assert!(!exists("needed") && !exists("waiter"));
 }

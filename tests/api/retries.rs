@@ -260,6 +260,18 @@ async fn a_job_past_its_deadline_expires_keeping_its_finished_results() {
     .await;
     let (_, stats) = app.get("/batch/stats").await;
     assert_eq!(stats["stats"]["expired"], 1);
+    // Retried, it would expire again at once.
+    let (status, body) = app
+        .post(
+            &format!("/batch/jobs/{id}/retry"),
+            &json!({"status": ["cancelled"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("deadline"),
+        "{body}"
+    );
     let (status, body) = app
         .post(
             "/batch/validation",

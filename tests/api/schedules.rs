@@ -598,3 +598,148 @@ async fn the_cli_adds_lists_pauses_resumes_and_deletes_schedules() {
     assert_eq!(code, Some(2));
     assert!(err.contains("404"), "{err}");
 }
+
+fn open_store(dir: &Path) -> batchforge::store::Store {
+    let url = batchforge::store::DatabaseUrl::parse(&format!(
+        "sqlite://{}",
+        dir.join("jobs.db").display()
+    ))
+    .unwrap();
+    batchforge::store::Store::open(&url).unwrap()
+}
+
+fn stored_schedule(
+    id: &str,
+    job: Value,
+    next_run_at: f64,
+) -> batchforge::store::queries::ScheduleRecord {
+    batchforge::store::queries::ScheduleRecord {
+        id: id.into(),
+        name: None,
+        cron: "0 0 * * *".into(),
+        timezone: "UTC".into(),
+        job: job.to_string(),
+        paused_at: None,
+        next_run_at,
+        last_run_at: None,
+        last_job_id: None,
+        last_error: None,
+        created_at: next_run_at - 100.0,
+    }
+}
+
+#[actix_web::test]
+async fn submissions_may_not_take_a_schedule_tick_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (status, s) = node
+        .call("POST", "/batch/schedules", Some(&every_second(noop_job())))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{s}");
+    let id = s["id"].as_str().unwrap().to_string();
+    // Claiming a future tick's key would make that tick "find" the claimer's job.
+    let future = format!("schedule:{id}:{}", unix_now() as i64 + 3600);
+    let mut body = noop_job();
+    body["idempotency_key"] = json!(future);
+    let (status, err) = node.call("POST", "/batch/jobs", Some(&body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["field"], "idempotency_key", "{err}");
+    assert!(
+        err["detail"].as_str().unwrap().contains("schedule:"),
+        "{err}"
+    );
+    // Through the header too.
+    let resp = client()
+        .post(format!("{}/batch/jobs", node.address))
+        .insert_header(("Idempotency-Key", future.as_str()))
+        .insert_header(("content-type", "application/json"))
+        .send_body(noop_job().to_string())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Other keys still work, and the scheduler still keys its own jobs.
+    let mut body = noop_job();
+    body["idempotency_key"] = json!("nightly-schedule:1");
+    let (status, job) = node.call("POST", "/batch/jobs", Some(&body)).await;
+    assert!(status.is_success(), "{job}");
+    wait_ticks(&node.address, &id, "a tick", |jobs| !jobs.is_empty()).await;
+    node.stop().await;
+}
+
+#[actix_web::test]
+async fn a_paused_or_deleted_schedule_is_neither_due_nor_advanced() {
+    use batchforge::store::queries;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let (paused_due, paused_advanced, resumed_due, deleted_due) = store
+        .write_blocking(|c| {
+            queries::insert_schedule(c, &stored_schedule("sched-p", noop_job(), 1000.0))?;
+            assert!(queries::schedule_still_due(c, "sched-p", 1000.0)?);
+            assert!(!queries::schedule_still_due(c, "sched-p", 999.0)?);
+            // Paused between the read of the due schedules and the submission.
+            queries::pause_schedule(c, "sched-p", 1001.0)?;
+            let paused_due = queries::schedule_still_due(c, "sched-p", 1000.0)?;
+            let paused_advanced =
+                queries::advance_schedule(c, "sched-p", 1000.0, 2000.0, 1000.0, Some("job"), None)?;
+            queries::resume_schedule(c, "sched-p", 1000.0)?;
+            let resumed_due = queries::schedule_still_due(c, "sched-p", 1000.0)?;
+            queries::delete_schedule(c, "sched-p")?;
+            let deleted_due = queries::schedule_still_due(c, "sched-p", 1000.0)?;
+            Ok((paused_due, paused_advanced, resumed_due, deleted_due))
+        })
+        .unwrap();
+    assert!(!paused_due);
+    assert!(!paused_advanced, "a paused schedule was advanced");
+    assert!(resumed_due);
+    assert!(!deleted_due);
+}
+
+#[actix_web::test]
+async fn a_tick_that_fails_for_a_passing_reason_stays_due_and_a_bad_template_is_skipped() {
+    use batchforge::store::queries;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let due = (unix_now() - 5.0).floor();
+    let store = open_store(dir.path());
+    store
+        .write_blocking(move |c| {
+            // Its kind is not registered on this node (yet): not a reason to lose the tick.
+            queries::insert_schedule(
+                c,
+                &stored_schedule(
+                    "sched-nokind",
+                    json!({"type": "not_here", "items": [{"id": 1}]}),
+                    due,
+                ),
+            )?;
+            // A template that can never be submitted: skipped for good.
+            queries::insert_schedule(
+                c,
+                &stored_schedule("sched-bad", json!({"type": "noop", "items": []}), due),
+            )
+        })
+        .unwrap();
+    let bad = wait_advanced(&node, "sched-bad", due).await;
+    assert_eq!(bad["last_run_at"].as_f64(), Some(due), "{bad}");
+    assert_eq!(bad["last_job_id"], Value::Null, "{bad}");
+    assert!(
+        bad["last_error"].as_str().unwrap().contains("items"),
+        "{bad}"
+    );
+    let nokind = wait_for(Duration::from_secs(10), "the failure noted", || async {
+        let s = schedule(&node, "sched-nokind").await;
+        s["last_error"].is_string().then_some(s)
+    })
+    .await;
+    assert!(
+        nokind["last_error"].as_str().unwrap().contains("not_here"),
+        "{nokind}"
+    );
+    // Still due after a few retries: not advanced, nothing created.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let nokind = schedule(&node, "sched-nokind").await;
+    assert_eq!(nokind["next_run_at"].as_f64(), Some(due), "{nokind}");
+    assert_eq!(nokind["last_run_at"], Value::Null, "{nokind}");
+    assert!(jobs_by_tick(&node.address, "sched-nokind").await.is_empty());
+    node.stop().await;
+}

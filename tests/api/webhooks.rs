@@ -98,10 +98,12 @@ impl Receiver {
     }
 }
 
-/// Fast retries and polls, and optionally a signing secret.
+/// Fast retries and polls, and optionally a signing secret. The receivers listen on
+/// loopback, so private addresses are allowed.
 fn fast(secret: Option<&str>, max_attempts: u32) -> impl FnOnce(&mut EngineConfig) {
     let secret = secret.map(str::to_string);
     move |c: &mut EngineConfig| {
+        c.webhooks.allow_private = true;
         c.webhooks.secret = secret;
         c.webhooks.poll_interval = Duration::from_millis(50);
         c.webhooks.backoff_base = Duration::from_millis(50);
@@ -196,8 +198,11 @@ async fn a_finished_job_posts_one_signed_summary_to_its_callback_url() {
     assert_eq!(req.headers["x-batchforge-event"], "job.finished");
     assert!(req.headers.contains_key("x-batchforge-delivery"));
 
-    // The signature verifies as the README says: HMAC-SHA256(secret, "<timestamp>.<body>").
+    // The signature verifies as the README says:
+    // HMAC-SHA256(secret, "<timestamp>.<delivery id>.<body>").
     let timestamp = &req.headers["x-batchforge-timestamp"];
+    let delivery_id = &req.headers["x-batchforge-delivery"];
+    assert_eq!(delivery_id, &d.id.to_string());
     let ts: u64 = timestamp.parse().unwrap();
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -208,14 +213,22 @@ async fn a_finished_job_posts_one_signed_summary_to_its_callback_url() {
         req.headers["x-batchforge-signature"],
         format!(
             "sha256={}",
-            hmac_hex(SECRET, &format!("{timestamp}.{}", req.body))
+            hmac_hex(SECRET, &format!("{timestamp}.{delivery_id}.{}", req.body))
         )
     );
     assert_ne!(
         req.headers["x-batchforge-signature"],
         format!(
             "sha256={}",
-            hmac_hex("other", &format!("{timestamp}.{}", req.body))
+            hmac_hex("other", &format!("{timestamp}.{delivery_id}.{}", req.body))
+        )
+    );
+    // The delivery id is signed: the old "<timestamp>.<body>" form no longer verifies.
+    assert_ne!(
+        req.headers["x-batchforge-signature"],
+        format!(
+            "sha256={}",
+            hmac_hex(SECRET, &format!("{timestamp}.{}", req.body))
         )
     );
 
@@ -425,4 +438,151 @@ async fn a_webhook_committed_before_a_crash_is_delivered_after_the_restart() {
     assert_eq!(body["summary"]["failed"], 1);
     assert_eq!(body["created_at"], 1000.0);
     assert_eq!(body["completed_at"], 1001.0);
+}
+
+#[actix_web::test]
+async fn by_default_a_webhook_to_a_loopback_address_is_refused_and_the_job_is_unaffected() {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn(|c: &mut EngineConfig| {
+        fast(None, 8)(c);
+        c.webhooks.allow_private = false;
+    })
+    .await;
+    app.write_file("full.txt", "data\n");
+    app.write_file("empty.txt", "");
+    let localhost = receiver.url.replace("127.0.0.1", "localhost");
+    let mut ids = Vec::new();
+    for url in [receiver.url.clone(), localhost, "http://[::1]:9/h".into()] {
+        ids.push(app.submit("/batch/validation", &validation(&url)).await);
+    }
+    let store = open_store(&app);
+    for id in &ids {
+        let job = app.wait_finished(id, Duration::from_secs(20)).await;
+        assert_eq!(job["status"], "completed");
+        let d = settled(&store, id).await;
+        assert!(d.given_up_at.is_some(), "{d:?}");
+        assert!(d.delivered_at.is_none(), "{d:?}");
+        // Given up at once: refusing is not worth a retry.
+        assert_eq!(d.attempts, 1, "{d:?}");
+        let error = d.last_error.clone().unwrap_or_default();
+        assert!(error.contains("refused"), "{d:?}");
+        assert!(error.contains("loopback"), "{d:?}");
+        assert!(error.contains("--webhook-allow-private"), "{d:?}");
+        let after = app.job(id).await;
+        assert_eq!(after["status"], "completed");
+        assert_eq!(after["result"], job["result"]);
+    }
+    assert!(receiver.seen().is_empty(), "{:?}", receiver.seen());
+}
+
+#[actix_web::test]
+async fn a_backlog_of_webhooks_is_sent_faster_than_one_lease_per_poll_interval() {
+    let receiver = Receiver::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("backlog.db");
+    let store = Store::open(&DatabaseUrl::Sqlite(db.clone())).unwrap();
+    // 80 finished jobs, each with a delivery due: five leases of 16.
+    const JOBS: usize = 80;
+    let url = receiver.url.clone();
+    store
+        .write_blocking(move |c| {
+            for n in 0..JOBS {
+                let job = NewJob {
+                    kind: "batch_validation".into(),
+                    spec: json!({"check_command": "test -s", "callback_url": url}),
+                    parallel: 1,
+                    metadata: json!({}),
+                    items: vec![NewItem {
+                        key: "a".into(),
+                        payload: json!({"id": "a", "path": "f"}),
+                    }],
+                    schedule: JobSchedule::default(),
+                };
+                let id = format!("batch_validation-backlog{n:05}");
+                queries::insert_job(c, &id, &job, 1000.0)?;
+                queries::fail_job(c, &id, "boom", 1001.0)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    let database_url = format!("sqlite://{}", db.display());
+    let started = std::time::Instant::now();
+    let _app = spawn(move |c: &mut EngineConfig| {
+        fast(None, 8)(c);
+        // One poll every 2 s: at 16 per poll the backlog would take 8 s.
+        c.webhooks.poll_interval = Duration::from_secs(2);
+        c.database_url = database_url;
+    })
+    .await;
+    receiver.wait_requests(JOBS).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "{JOBS} webhooks took {took:?}"
+    );
+    let store = Store::open(&DatabaseUrl::Sqlite(db)).unwrap();
+    for n in [0, JOBS / 2, JOBS - 1] {
+        let d = settled(&store, &format!("batch_validation-backlog{n:05}")).await;
+        assert!(d.delivered_at.is_some(), "{d:?}");
+        assert_eq!(d.attempts, 1, "{d:?}");
+    }
+}
+
+#[actix_web::test]
+async fn a_late_dispatcher_cannot_overwrite_the_outcome_of_a_later_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("lease.db"))).unwrap();
+    let (first, second, late, current, settled) = store
+        .write_blocking(|c| {
+            let job = NewJob {
+                kind: "batch_validation".into(),
+                spec: json!({"check_command": "test -s", "callback_url": "https://example.com/h"}),
+                parallel: 1,
+                metadata: json!({}),
+                items: vec![NewItem {
+                    key: "a".into(),
+                    payload: json!({"id": "a", "path": "f"}),
+                }],
+                schedule: JobSchedule::default(),
+            };
+            queries::insert_job(c, "batch_validation-leased000001", &job, 1000.0)?;
+            queries::fail_job(c, "batch_validation-leased000001", "boom", 1001.0)?;
+            // Dispatcher A leases it until 1040; its POST hangs past the lease.
+            let first = queries::lease_webhooks(c, 1010.0, 30.0, 16)?;
+            // Dispatcher B takes it again once the lease ran out, and it is delivered.
+            let second = queries::lease_webhooks(c, 1050.0, 30.0, 16)?;
+            let current = queries::record_webhook_attempt(
+                c,
+                second[0].id,
+                second[0].lease_until,
+                &queries::WebhookAttempt::Delivered,
+                1051.0,
+            )?;
+            // A's outcome arrives late: it must not turn the delivery back into a retry.
+            let late = queries::record_webhook_attempt(
+                c,
+                first[0].id,
+                first[0].lease_until,
+                &queries::WebhookAttempt::Retry {
+                    at: 1100.0,
+                    error: "timed out".into(),
+                },
+                1052.0,
+            )?;
+            let settled = queries::webhook_delivery(c, "batch_validation-leased000001")?;
+            Ok((first, second, late, current, settled))
+        })
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].lease_until, 1040.0);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].lease_until, 1080.0);
+    assert!(current);
+    assert!(!late);
+    let d = settled.unwrap();
+    assert_eq!(d.delivered_at, Some(1051.0), "{d:?}");
+    assert_eq!(d.next_attempt_at, None, "{d:?}");
+    assert_eq!(d.last_error, None, "{d:?}");
+    assert_eq!(d.attempts, 2, "{d:?}");
 }
