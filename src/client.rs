@@ -74,6 +74,26 @@ pub enum ClientCommand {
         /// The job id.
         id: String,
     },
+    /// Pause a job: running items finish, nothing new starts until `resume`.
+    Pause {
+        /// The job id.
+        id: String,
+    },
+    /// Resume a paused job.
+    Resume {
+        /// The job id.
+        id: String,
+    },
+    /// Requeue a finished job's failed items (or those of --status) and reopen it.
+    Retry {
+        /// The job id.
+        id: String,
+        /// Item statuses to requeue: failed (default), cancelled, skipped.
+        #[arg(long, value_delimiter = ',')]
+        status: Vec<String>,
+    },
+    /// The registered kinds, their limits and running items.
+    Kinds,
     /// Jobs per status.
     Stats,
     /// Every item's result as JSONL on stdout.
@@ -109,6 +129,33 @@ pub struct SubmitArgs {
     /// Per-item timeout in seconds.
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Higher runs first (-1000…1000).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Start no item before this time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub run_at: Option<String>,
+    /// Expire the job's unfinished items at this time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub deadline: Option<String>,
+    /// Return the job already created with this key instead of a duplicate.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Start only after these jobs completed (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub depends_on: Vec<String>,
+    /// Start even if a dependency failed or was cancelled.
+    #[arg(long)]
+    pub run_on_failure: bool,
+    /// Attempts per item when it fails by an error (timeout, crash, transport failure).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// A configured concurrency group the job's items count against.
+    #[arg(long)]
+    pub concurrency_group: Option<String>,
+    /// URL that gets a POST when the job finishes.
+    #[arg(long)]
+    pub callback_url: Option<String>,
     /// Wait for the batch with a progress bar; the exit status says whether items failed.
     #[arg(long)]
     pub wait: bool,
@@ -307,6 +354,30 @@ impl Client {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            ClientCommand::Pause { id } => self.job_action(&id, "pause", None).await,
+            ClientCommand::Resume { id } => self.job_action(&id, "resume", None).await,
+            ClientCommand::Retry { id, status } => {
+                let body = (!status.is_empty()).then(|| json!({ "status": status }));
+                self.job_action(&id, "retry", body).await
+            }
+            ClientCommand::Kinds => {
+                let answer = self.call("GET", "/batch/kinds", None).await?;
+                if self.json {
+                    print_json(&answer);
+                } else {
+                    println!("{:<22} {:>6} {:>8}  paused", "kind", "limit", "running");
+                    for k in answer["kinds"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:<22} {:>6} {:>8}  {}",
+                            k["kind"].as_str().unwrap_or(""),
+                            k["limit"],
+                            k["running"],
+                            k["paused"]
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             ClientCommand::Stats => {
                 let stats = self.call("GET", "/batch/stats", None).await?;
                 if self.json {
@@ -322,6 +393,31 @@ impl Client {
             ClientCommand::Schedules => self.list_schedules().await,
             ClientCommand::Schedule(command) => self.schedule(command).await,
         }
+    }
+
+    /// `POST /batch/jobs/{id}/{action}`: prints the job (or, for a retry, how many items
+    /// went back).
+    async fn job_action(&self, id: &str, action: &str, body: Option<Value>) -> Outcome {
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+        let answer = self
+            .call("POST", &format!("/batch/jobs/{id}/{action}"), body)
+            .await?;
+        if self.json {
+            print_json(&answer);
+        } else if action == "retry" {
+            println!("{id}: {} items requeued", answer["requeued"]);
+        } else {
+            println!(
+                "{id}: {} ({})",
+                if answer["paused"] == true {
+                    "paused"
+                } else {
+                    "resumed"
+                },
+                answer["status"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(ExitCode::SUCCESS)
     }
 
     async fn submit(&self, args: SubmitArgs) -> Outcome {
@@ -392,6 +488,25 @@ impl Client {
         query.extend(
             args.timeout
                 .map(|t| ("timeout_seconds".to_string(), t.to_string())),
+        );
+        let options = [
+            ("priority", args.priority.map(|p| p.to_string())),
+            ("run_at", args.run_at.clone()),
+            ("deadline", args.deadline.clone()),
+            ("idempotency_key", args.idempotency_key.clone()),
+            (
+                "depends_on",
+                (!args.depends_on.is_empty()).then(|| args.depends_on.join(",")),
+            ),
+            ("run_on_failure", args.run_on_failure.then(|| "true".into())),
+            ("max_attempts", args.max_attempts.map(|n| n.to_string())),
+            ("concurrency_group", args.concurrency_group.clone()),
+            ("callback_url", args.callback_url.clone()),
+        ];
+        query.extend(
+            options
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
         );
         let query = serde_urlencoded::to_string(query).unwrap_or_default();
         let body: Vec<u8> = lines

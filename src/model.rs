@@ -463,10 +463,14 @@ impl RetryPolicy {
 pub fn parse_timestamp(v: &Value) -> Option<f64> {
     let t = match v {
         Value::Number(n) => n.as_f64()?,
-        Value::String(s) => {
-            let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
-            dt.timestamp() as f64 + f64::from(dt.timestamp_subsec_micros()) / 1e6
-        }
+        Value::String(s) => match s.trim().parse::<f64>() {
+            // Unix seconds written as text (a query string has nothing else).
+            Ok(t) => t,
+            Err(_) => {
+                let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
+                dt.timestamp() as f64 + f64::from(dt.timestamp_subsec_micros()) / 1e6
+            }
+        },
         _ => return None,
     };
     (t.is_finite() && (0.0..=253_402_300_799.0).contains(&t)).then_some(t)

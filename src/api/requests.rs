@@ -65,8 +65,13 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// Query options of a JSONL submission that are numbers; every other one is a string.
-const NUMERIC_OPTIONS: [&str; 9] = [
+const NUMERIC_OPTIONS: [&str; 14] = [
     "parallel",
+    "priority",
+    "max_attempts",
+    "retry_delay_seconds",
+    "retry_max_delay_seconds",
+    "item_timeout_seconds",
     "timeout_seconds",
     "max_output_bytes",
     "max_loops",
@@ -76,6 +81,9 @@ const NUMERIC_OPTIONS: [&str; 9] = [
     "llm_timeout_seconds",
     "llm_retries",
 ];
+
+/// Query options of a JSONL submission that are booleans.
+const BOOLEAN_OPTIONS: [&str; 2] = ["run_on_failure", "apply_changes"];
 
 /// Turns a JSONL submission (`application/x-ndjson`: one item a line, each with its own
 /// `custom_id`, options in the query string) into the JSON body the endpoint takes, so
@@ -107,7 +115,25 @@ pub fn ndjson_body(body: &[u8], items_field: &str, query: &str) -> Result<Vec<u8
         .map_err(|e| ApiError::invalid("query", format!("cannot parse query string: {e}")))?;
     let mut object = Map::new();
     for (k, v) in pairs {
-        let value = if NUMERIC_OPTIONS.contains(&k.as_str()) {
+        let value = if k == "depends_on" {
+            // A list in a query string: comma-separated job ids.
+            Value::Array(
+                v.split(',')
+                    .map(|id| Value::String(id.trim().to_string()))
+                    .collect(),
+            )
+        } else if BOOLEAN_OPTIONS.contains(&k.as_str()) {
+            match v.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => {
+                    return Err(ApiError::invalid(
+                        k.clone(),
+                        format!("must be true or false, got '{v}'"),
+                    ))
+                }
+            }
+        } else if NUMERIC_OPTIONS.contains(&k.as_str()) {
             serde_json::from_str::<serde_json::Number>(&v)
                 .map(Value::Number)
                 .map_err(|_| ApiError::invalid(k.clone(), format!("must be a number, got '{v}'")))?

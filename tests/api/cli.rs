@@ -90,3 +90,97 @@ async fn the_cli_reports_an_unknown_job_with_the_servers_detail() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not found"));
 }
+
+#[actix_web::test]
+async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
+    let app = spawn_app().await;
+    app.write_file("a.txt", "x");
+    // Fails once (exit 1: an ordinary failure), so a manual retry has something to do.
+    let flaky = "sh -c 'if [ -e \"$0.seen\" ]; then exit 0; fi; touch \"$0.seen\"; exit 1'";
+    let out = cli(
+        &app.address,
+        &[
+            "--json",
+            "submit",
+            "validation",
+            "a.txt",
+            "--command",
+            flaky,
+            "--priority",
+            "-3",
+            "--max-attempts",
+            "2",
+            "--idempotency-key",
+            "cli-1",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let jobs = app.get("/batch/jobs").await.1;
+    let job = &jobs["jobs"][0];
+    let id = job["job_id"].as_str().unwrap().to_string();
+    assert_eq!(job["priority"], -3);
+    assert_eq!(job["idempotency_key"], "cli-1");
+    assert_eq!(job["options"]["max_attempts"], 2);
+
+    let out = cli(&app.address, &["retry", &id]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 items requeued"),
+        "{}",
+        text(&out.stdout)
+    );
+    let done = app
+        .wait_finished(&id, std::time::Duration::from_secs(60))
+        .await;
+    assert_eq!(done["result"]["summary"]["successful"], 1, "{done}");
+
+    // A job that waits for the first one, paused and resumed from the CLI.
+    let out = cli(
+        &app.address,
+        &[
+            "submit",
+            "tests",
+            "a.txt",
+            "--command",
+            "true",
+            "--depends-on",
+            &id,
+            "--run-at",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let second = text(&out.stdout).trim().to_string();
+    let out = cli(&app.address, &["pause", &second]).await;
+    // It may already have finished; either it paused or the server said why not.
+    if out.status.code() == Some(0) {
+        assert!(
+            text(&out.stdout).contains("paused"),
+            "{}",
+            text(&out.stdout)
+        );
+        let out = cli(&app.address, &["resume", &second]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("resumed"));
+    } else {
+        assert!(
+            text(&out.stderr).contains("already"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let done = app
+        .wait_finished(&second, std::time::Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["options"]["depends_on"], serde_json::json!([id]));
+
+    let out = cli(&app.address, &["kinds"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("batch_validation"));
+    let out = cli(&app.address, &["retry", "batch_validation-000000000000"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
