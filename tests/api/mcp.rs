@@ -820,3 +820,92 @@ async fn messages_too_big_for_mcp_fail_at_once() {
         8 * 1024 * 1024
     );
 }
+
+/// Calls one tool on a session and returns (is_error, text of the answer).
+async fn raw_call(
+    service: &rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::ClientConfig>,
+    tool: &str,
+    arguments: Value,
+) -> (bool, String) {
+    let mut params = rmcp::model::CallToolRequestParams::new(tool.to_string());
+    params.arguments = arguments.as_object().cloned();
+    let answer = service
+        .peer()
+        .call_tool(params)
+        .await
+        .expect("the call is answered");
+    let text = serde_json::to_string(&answer.content).unwrap_or_default();
+    (answer.is_error == Some(true), text)
+}
+
+#[actix_web::test]
+async fn mcp_server_refuses_escapes_when_spoken_to_directly_as_an_mcp_client() {
+    use rmcp::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("inside.txt"), "inside\n").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "secret\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"));
+    cmd.args(["mcp-server", "--root"])
+        .arg(&root)
+        .kill_on_drop(true);
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).expect("mcp-server starts");
+    let client = rmcp::model::ClientConfig::new(
+        rmcp::model::ClientCapabilities::default(),
+        rmcp::model::Implementation::new("escape-test", "0"),
+    );
+    let service = client.serve(transport).await.expect("initialized");
+    let tools: Vec<String> = service
+        .peer()
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    for expected in [
+        "list_files",
+        "read_file",
+        "write_file",
+        "run_command",
+        "sandbox_root",
+    ] {
+        assert!(tools.iter().any(|t| t == expected), "{tools:?}");
+    }
+    let (err, text) = raw_call(&service, "read_file", json!({"path": "inside.txt"})).await;
+    assert!(!err && text.contains("inside"), "{text}");
+    for (tool, args) in [
+        ("read_file", json!({"path": "../secret.txt"})),
+        ("read_file", json!({"path": dir.path().join("secret.txt")})),
+        ("read_file", json!({"path": "/etc/passwd"})),
+        ("read_file", json!({"path": "link"})),
+        ("read_file", json!({"path": "up/secret.txt"})),
+        ("list_files", json!({"path": ".."})),
+        ("list_files", json!({"path": "up"})),
+        (
+            "write_file",
+            json!({"path": "../planted.txt", "content": "x"}),
+        ),
+        (
+            "write_file",
+            json!({"path": "up/planted.txt", "content": "x"}),
+        ),
+        ("write_file", json!({"path": "link", "content": "x"})),
+        ("run_command", json!({"command": "ls", "cwd": ".."})),
+    ] {
+        let (err, text) = raw_call(&service, tool, args.clone()).await;
+        assert!(err, "{tool} {args} was not refused: {text}");
+        assert!(!text.contains("secret\\n"), "{tool} {args} leaked: {text}");
+    }
+    assert!(!dir.path().join("planted.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("secret.txt")).unwrap(),
+        "secret\n"
+    );
+    let (err, text) = raw_call(&service, "sandbox_root", json!({})).await;
+    assert!(!err, "{text}");
+    service.cancel().await.ok();
+}

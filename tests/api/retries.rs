@@ -281,3 +281,30 @@ async fn a_job_past_its_deadline_expires_keeping_its_finished_results() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["field"], "deadline");
 }
+
+#[actix_web::test]
+async fn an_item_that_errors_twice_then_succeeds_completes_on_its_third_attempt() {
+    let app = spawn_app().await;
+    app.write_file("f", "x\n");
+    // Killed by a signal on the first two runs (an error), passes on the third.
+    let id = submit(
+        &app,
+        "sh -c 'n=$(cat \"$0.n\" 2>/dev/null || echo 0); echo $((n+1)) > \"$0.n\"; if [ \"$n\" -ge 2 ]; then exit 0; fi; kill -9 $$'",
+        json!({"max_attempts": 3, "retry_delay_seconds": 0.05, "retry_max_delay_seconds": 0.1}),
+    )
+    .await;
+    let job = app.wait_finished(&id, LIMIT).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["result"]["summary"]["successful"], 1, "{job}");
+    let item = only_item(&app, &id).await;
+    assert_eq!(item["status"], "succeeded");
+    assert_eq!(item["attempts"], 3);
+    let errors = item["attempt_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{item}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.as_str().unwrap().contains("signal 9")),
+        "{item}"
+    );
+}
