@@ -136,7 +136,20 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
         .await;
     assert_eq!(done["result"]["summary"]["successful"], 1, "{done}");
 
-    // A job that waits for the first one, paused and resumed from the CLI.
+    // A job that waits for a slow one (so it cannot finish meanwhile), paused and resumed
+    // from the CLI; cancelling the slow one lets it run, as it runs on failure.
+    let out = cli(
+        &app.address,
+        &[
+            "submit",
+            "validation",
+            "a.txt",
+            "--command",
+            "sh -c 'sleep 30'",
+        ],
+    )
+    .await;
+    let slow = text(&out.stdout).trim().to_string();
     let out = cli(
         &app.address,
         &[
@@ -146,7 +159,8 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
             "--command",
             "true",
             "--depends-on",
-            &id,
+            &slow,
+            "--run-on-failure",
             "--run-at",
             "0",
         ],
@@ -155,28 +169,22 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let second = text(&out.stdout).trim().to_string();
     let out = cli(&app.address, &["pause", &second]).await;
-    // It may already have finished; either it paused or the server said why not.
-    if out.status.code() == Some(0) {
-        assert!(
-            text(&out.stdout).contains("paused"),
-            "{}",
-            text(&out.stdout)
-        );
-        let out = cli(&app.address, &["resume", &second]).await;
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        assert!(text(&out.stdout).contains("resumed"));
-    } else {
-        assert!(
-            text(&out.stderr).contains("already"),
-            "{}",
-            text(&out.stderr)
-        );
-    }
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("paused"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(&app.address, &["resume", &second]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("resumed"));
+    let out = cli(&app.address, &["cancel", &slow]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let done = app
         .wait_finished(&second, std::time::Duration::from_secs(60))
         .await;
     assert_eq!(done["status"], "completed");
-    assert_eq!(done["options"]["depends_on"], serde_json::json!([id]));
+    assert_eq!(done["options"]["depends_on"], serde_json::json!([slow]));
 
     let out = cli(&app.address, &["kinds"]).await;
     assert_eq!(out.status.code(), Some(0));

@@ -237,7 +237,7 @@ async fn a_job_past_its_deadline_expires_keeping_its_finished_results() {
         "targets": [{"id": "quick", "path": "g"}, {"id": "slow1", "path": "f"}, {"id": "slow2", "path": "f"}],
         "check_command": "sh -c 'if [ \"$0\" = g ]; then exit 0; fi; exec sleep 31.2718'",
         "parallel": 1,
-        "deadline": now + 1.0,
+        "deadline": now + 2.0,
     });
     let id = app.submit("/batch/validation", &body).await;
     let job = app.wait_finished(&id, LIMIT).await;

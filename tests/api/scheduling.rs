@@ -135,7 +135,7 @@ async fn nothing_of_a_job_starts_before_its_run_at() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let run_at = now + 2.0;
+    let run_at = now + 3.0;
     let id = app
         .submit(
             "/batch/validation",
@@ -201,7 +201,7 @@ async fn higher_priority_jobs_run_first() {
     .await;
     app.write_file("f", "x\n");
     // The one slot is busy while both jobs arrive.
-    let blocker = app.submit("/batch/validation", &slow(1, 0.5)).await;
+    let blocker = app.submit("/batch/validation", &slow(1, 1.5)).await;
     app.wait_job(&blocker, LIMIT, |j| j["status"] == "running")
         .await;
     let low = app
