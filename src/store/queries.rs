@@ -1415,6 +1415,16 @@ type WebhookJobRow = (
 pub fn enqueue_webhook(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, StoreError> {
     use super::schema::webhook_deliveries as w;
     use diesel::sql_types::{Nullable, Text};
+    // Most jobs have no callback: a cheap statement (prepared once and cached) settles that
+    // before the one that extracts the summary, which Diesel prepares afresh every time.
+    let may_have_callback: Option<bool> = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::spec.like("%callback_url%"))
+        .first(conn)
+        .optional()?;
+    if may_have_callback != Some(true) {
+        return Ok(false);
+    }
     let row: Option<WebhookJobRow> = jobs::table
         .filter(jobs::id.eq(job_id))
         .select((
