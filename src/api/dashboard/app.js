@@ -255,9 +255,10 @@
     return h('span', { class: `badge b-${status}`, testid }, status);
   }
 
-  function updateBadge(el, status) {
-    el.className = `badge b-${status}`;
-    setText(el, status);
+  // A paused job keeps its status; the badge says both.
+  function updateBadge(el, status, paused) {
+    el.className = paused ? `badge b-${status} b-paused` : `badge b-${status}`;
+    setText(el, paused ? `${status} · paused` : status);
   }
 
   // A cancel button that asks once more before it sends the DELETE.
@@ -510,7 +511,7 @@
   function updateJobRow(row, job) {
     const p = progressOf(job);
     row.tr.dataset.status = job.status;
-    updateBadge(row.cells.status, job.status);
+    updateBadge(row.cells.status, job.status, job.paused);
     row.bar.update(job);
     setText(row.cells.ok, `✓ ${p.successful}`);
     setText(row.cells.failed, `✗ ${p.failed}`);
@@ -601,7 +602,7 @@
     const jp = state.jobPage;
     if (!jp || jp.id !== job.job_id) return;
     const p = progressOf(job);
-    updateBadge(jp.status, job.status);
+    updateBadge(jp.status, job.status, job.paused);
     setText(jp.type, job.type);
     jp.cancel.hidden = !isActive(job.status);
     jp.bar.update(job);
@@ -632,6 +633,9 @@
       if (k === 'check_command' || k === 'test_command') continue;
       metaRows.push(row(k, typeof v === 'string' ? v : JSON.stringify(v), true));
     }
+    if (job.priority) metaRows.push(row('priority', String(job.priority)));
+    if (job.run_at) metaRows.push(row('run at', fmtTime(job.run_at)));
+    if (job.idempotency_key) metaRows.push(row('idempotency key', job.idempotency_key, true));
     metaRows.push(row('created', fmtTime(job.created_at)));
     if (job.started_at) metaRows.push(row('started', fmtTime(job.started_at)));
     if (job.completed_at) metaRows.push(row('finished', fmtTime(job.completed_at)));
