@@ -554,7 +554,7 @@ impl Supervisor {
                     }
                 }
                 for (id, reason) in to_cancel {
-                    act.cancel_for(ctx, id, reason);
+                    act.end_for(ctx, id, reason, None);
                 }
                 act.cycle(ctx);
             })
@@ -583,49 +583,31 @@ impl Supervisor {
             .fold(f64::INFINITY, f64::min);
         for (id, at) in overdue {
             self.deadlines = self.deadlines.saturating_sub(1);
-            let job_id = id.to_string();
             let reason = format!("deadline passed at {at:.3}");
-            log::info!("job {job_id}: expired: {reason}");
-            let for_store = job_id.clone();
-            self.store
-                .write(move |conn| {
-                    let outcome = queries::expire_job(conn, &for_store, now())?;
-                    if let CancelOutcome::Cancelled { .. } = outcome {
-                        queries::set_job_error(conn, &for_store, &reason)?;
-                    }
-                    Ok(outcome)
-                })
-                .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(CancelOutcome::Cancelled { .. }) => {
-                        act.cancel_in_memory(&job_id);
-                        act.cycle(ctx);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        log::error!("could not expire job {job_id}: {e}; trying again");
-                        if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
-                            job.deadline = Some(at);
-                            act.deadlines += 1;
-                            act.next_deadline = act.next_deadline.min(at);
-                        }
-                    }
-                })
-                .spawn(ctx);
+            self.end_for(ctx, id.to_string(), reason, Some(at));
         }
     }
 
-    /// Cancels a job on the engine's own account, recording why in its `error`.
-    fn cancel_for(&mut self, ctx: &mut Context<Self>, job_id: String, reason: String) {
-        log::info!("job {job_id}: cancelled: {reason}");
+    /// Ends a job on the engine's own account, recording why in its `error`: `expired`
+    /// when it is for the deadline `deadline`, else `cancelled`.
+    fn end_for(
+        &mut self,
+        ctx: &mut Context<Self>,
+        job_id: String,
+        reason: String,
+        deadline: Option<f64>,
+    ) {
+        let verb = if deadline.is_some() {
+            "expired"
+        } else {
+            "cancelled"
+        };
+        log::info!("job {job_id}: {verb}: {reason}");
         let id = job_id.clone();
         self.store
-            .write(move |conn| {
-                let outcome = queries::cancel_job(conn, &id, now())?;
-                if let CancelOutcome::Cancelled { .. } = outcome {
-                    queries::set_job_error(conn, &id, &reason)?;
-                }
-                Ok(outcome)
+            .write(move |conn| match deadline {
+                Some(_) => queries::expire_job(conn, &id, &reason, now()),
+                None => queries::cancel_job_because(conn, &id, &reason, now()),
             })
             .into_actor(self)
             .map(move |res, act, ctx| match res {
@@ -634,7 +616,15 @@ impl Supervisor {
                     act.cycle(ctx);
                 }
                 Ok(_) => {}
-                Err(e) => log::error!("could not cancel job {job_id}: {e}"),
+                Err(e) => {
+                    log::error!("could not end job {job_id} ({verb}): {e}");
+                    // A deadline is tried again by the next cycle.
+                    if let (Some(at), Some(job)) = (deadline, act.jobs.get_mut(job_id.as_str())) {
+                        job.deadline = Some(at);
+                        act.deadlines += 1;
+                        act.next_deadline = act.next_deadline.min(at);
+                    }
+                }
             })
             .spawn(ctx);
     }

@@ -731,18 +731,43 @@ pub fn cancel_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutco
         job_id,
         JobStatus::Cancelled,
         "cancelled before it started",
+        None,
+        now,
+    )
+}
+
+/// Cancellation on the engine's own account (a dependency that did not complete), with
+/// the reason in the job's `error`, set before the result and the webhook are built.
+pub fn cancel_job_because(
+    conn: &mut Conn,
+    job_id: &str,
+    reason: &str,
+    now: f64,
+) -> Result<CancelOutcome, StoreError> {
+    end_job(
+        conn,
+        job_id,
+        JobStatus::Cancelled,
+        "cancelled before it started",
+        Some(reason),
         now,
     )
 }
 
 /// Expiry: like [`cancel_job`], for a job whose `deadline` passed: `queued | running →
-/// expired`, its queued items cancelled, its finished results kept.
-pub fn expire_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<CancelOutcome, StoreError> {
+/// expired`, its queued items cancelled, its finished results kept, `reason` its `error`.
+pub fn expire_job(
+    conn: &mut Conn,
+    job_id: &str,
+    reason: &str,
+    now: f64,
+) -> Result<CancelOutcome, StoreError> {
     end_job(
         conn,
         job_id,
         JobStatus::Expired,
         "expired: the job's deadline passed before it ran",
+        Some(reason),
         now,
     )
 }
@@ -752,6 +777,7 @@ fn end_job(
     job_id: &str,
     end: JobStatus,
     item_error: &str,
+    reason: Option<&str>,
     now: f64,
 ) -> Result<CancelOutcome, StoreError> {
     use job_items::dsl as i;
@@ -790,6 +816,7 @@ fn end_job(
             jobs::status.eq(end.as_str()),
             jobs::cancelled.eq(jobs::cancelled + dropped as i32),
             jobs::completed_at.eq(now),
+            jobs::error.eq(reason),
         ))
         .execute(conn)?;
     // With nothing running, the result can be built now; otherwise the last running item
@@ -798,15 +825,6 @@ fn end_job(
     Ok(CancelOutcome::Cancelled {
         running: running as u64,
     })
-}
-
-/// Records why a job ended (a dependency that failed, a deadline), on a job that is
-/// already terminal.
-pub fn set_job_error(conn: &mut Conn, job_id: &str, error: &str) -> Result<(), StoreError> {
-    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
-        .set(jobs::error.eq(error))
-        .execute(conn)?;
-    Ok(())
 }
 
 /// Job failure: moves a job that cannot run `queued | running → failed` with `error`,
