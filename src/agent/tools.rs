@@ -9,9 +9,7 @@
 
 use super::llm::{ToolCall, ToolSpec};
 use crate::mcp::server::confine_new_file;
-use crate::processors::command::{
-    confine_path, find_program, run_command_with_env, split_command, CommandEnv, CommandSpec,
-};
+use crate::processors::command::{confine_path, run_command_with_env, tool_command, CommandEnv};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -288,23 +286,14 @@ impl Workbench {
     ) -> Result<String, String> {
         let command = required(args, "command")?;
         let cwd = optional(args, "cwd")?.unwrap_or(".");
-        let cwd = self.root.join(confine_path(&self.root, cwd)?);
-        if !cwd.is_dir() {
-            return Err(format!("cwd '{}' is not a directory", cwd.display()));
-        }
-        let argv = split_command(command).map_err(|e| format!("command {e}"))?;
-        if find_program(&argv[0], &cwd).is_none() {
-            return Err(format!(
-                "program '{}' was not found (commands run without a shell: no pipes, redirection or builtins)",
-                argv[0]
-            ));
-        }
-        let spec = CommandSpec {
-            argv,
+        let spec = tool_command(
+            &self.root,
+            command,
             cwd,
-            timeout: self.command_timeout,
-            max_output_bytes: self.max_output_bytes,
-        };
+            self.command_timeout,
+            self.max_output_bytes,
+            "commands run without a shell: no pipes, redirection or builtins",
+        )?;
         let out = run_command_with_env(&spec, &self.env, cancel)
             .await
             .map_err(|e| format!("cannot start '{}': {e}", spec.argv[0]))?;

@@ -170,10 +170,7 @@ fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes,
     )
 )]
 async fn submit_validation(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
-    let key = idempotency_header(&req)?;
-    let body = json_body(&req, body, "targets")?;
-    let (req, mut raw): (ValidationRequest, _) = parse_body(&body)?;
-    merge_idempotency_header(key.as_deref(), &mut raw)?;
+    let (req, raw) = submission::<ValidationRequest>(&req, body, "targets")?;
     let job = path_job(
         "batch_validation",
         "targets",
@@ -201,10 +198,7 @@ async fn submit_validation(engine: web::Data<Engine>, req: HttpRequest, body: By
     )
 )]
 async fn submit_tests(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
-    let key = idempotency_header(&req)?;
-    let body = json_body(&req, body, "modules")?;
-    let (req, mut raw): (TestsRequest, _) = parse_body(&body)?;
-    merge_idempotency_header(key.as_deref(), &mut raw)?;
+    let (req, raw) = submission::<TestsRequest>(&req, body, "modules")?;
     let job = path_job(
         "batch_tests",
         "modules",
@@ -232,10 +226,7 @@ async fn submit_tests(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) 
     )
 )]
 async fn submit_agent_tasks(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
-    let key = idempotency_header(&req)?;
-    let body = json_body(&req, body, "tasks")?;
-    let (req, mut raw) = parse_body(&body)?;
-    merge_idempotency_header(key.as_deref(), &mut raw)?;
+    let (req, raw) = submission(&req, body, "tasks")?;
     submit(&engine, agent_job(req, raw)?).await
 }
 
@@ -255,10 +246,7 @@ async fn submit_agent_tasks(engine: web::Data<Engine>, req: HttpRequest, body: B
     )
 )]
 async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
-    let key = idempotency_header(&req)?;
-    let body = json_body(&req, body, "operations")?;
-    let (req, mut raw) = parse_body(&body)?;
-    merge_idempotency_header(key.as_deref(), &mut raw)?;
+    let (req, raw) = submission(&req, body, "operations")?;
     submit(&engine, mcp_job(req, raw)?).await
 }
 
@@ -277,10 +265,7 @@ async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) ->
     )
 )]
 async fn submit_generic(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
-    let key = idempotency_header(&req)?;
-    let body = json_body(&req, body, "items")?;
-    let (req, mut raw) = parse_body(&body)?;
-    merge_idempotency_header(key.as_deref(), &mut raw)?;
+    let (req, raw) = submission(&req, body, "items")?;
     match engine.submit(generic_job(req, raw)?).await {
         // The kind is the caller's choice here, so an unknown one is a bad `type`, not a
         // missing feature of the server.
@@ -290,6 +275,20 @@ async fn submit_generic(engine: web::Data<Engine>, req: HttpRequest, body: Bytes
         )),
         other => job_reply(other?),
     }
+}
+
+/// A submission's body, parsed: JSON or JSONL (whose items go under `items_field`), with
+/// the `Idempotency-Key` header merged into its `idempotency_key`.
+fn submission<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: Bytes,
+    items_field: &str,
+) -> Result<(T, serde_json::Map<String, serde_json::Value>), ApiError> {
+    let key = idempotency_header(req)?;
+    let body = json_body(req, body, items_field)?;
+    let (parsed, mut raw) = parse_body(&body)?;
+    merge_idempotency_header(key.as_deref(), &mut raw)?;
+    Ok((parsed, raw))
 }
 
 /// The `Idempotency-Key` header, if sent.

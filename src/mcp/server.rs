@@ -17,9 +17,7 @@
 //! client would wait for its timeout.
 
 use crate::mcp::ops::{encoded_len, MAX_MESSAGE_BYTES, MAX_WRITE_BYTES};
-use crate::processors::command::{
-    confine_path, find_program, run_command, split_command, CommandSpec,
-};
+use crate::processors::command::{confine_path, run_command, tool_command};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -397,23 +395,14 @@ impl SandboxServer {
         }
         let command = required_arg(args, "command")?;
         let cwd = optional_arg(args, "cwd")?.unwrap_or(".");
-        let cwd = self.root.join(confine_path(&self.root, cwd)?);
-        if !cwd.is_dir() {
-            return Err(format!("cwd '{}' is not a directory", cwd.display()));
-        }
-        let argv = split_command(command).map_err(|e| format!("command {e}"))?;
-        if find_program(&argv[0], &cwd).is_none() {
-            return Err(format!(
-                "program '{}' was not found (looked on PATH and in the working directory)",
-                argv[0]
-            ));
-        }
-        let spec = CommandSpec {
-            argv,
+        let spec = tool_command(
+            &self.root,
+            command,
             cwd,
-            timeout: self.command_timeout,
-            max_output_bytes: self.max_output_bytes,
-        };
+            self.command_timeout,
+            self.max_output_bytes,
+            "looked on PATH and in the working directory",
+        )?;
         let out = run_command(&spec, &cancel)
             .await
             .map_err(|e| format!("cannot start '{}': {e}", spec.argv[0]))?;
@@ -583,15 +572,7 @@ fn optional_arg<'a>(args: &'a Map<String, Value>, name: &str) -> Result<Option<&
 /// must lie inside the root and must not be a directory or a dangling symlink. Missing
 /// parent directories are created. Returns the absolute, symlink-free path to open.
 pub fn confine_new_file(root: &Path, path: &str) -> Result<PathBuf, String> {
-    if path.is_empty() {
-        return Err("path is empty".into());
-    }
-    if path.contains('\0') {
-        return Err(format!(
-            "path '{}' contains a NUL byte",
-            path.escape_debug()
-        ));
-    }
+    crate::processors::command::check_path_text(path)?;
     let outside = || format!("path '{path}' is outside the workspace root");
     // `real` never holds a symlink, so popping it for `..` is what the kernel does.
     let mut real = PathBuf::from("/");

@@ -41,10 +41,35 @@ pub fn find_program(program: &str, cwd: &Path) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
-/// Resolves a user-given path inside `root` (already canonical). Refuses `..` escapes,
-/// absolute paths elsewhere and symlinks that lead out. Returns the path relative to the
-/// root (`.` for the root itself).
-pub fn confine_path(root: &Path, path: &str) -> Result<PathBuf, String> {
+/// A `run_command` tool's command (the agent's and the MCP server's), ready to run: `cwd`
+/// confined to `root` and a directory, the command split into argv without a shell, its
+/// program found (`hint` says where it was looked for when it is not).
+pub fn tool_command(
+    root: &Path,
+    command: &str,
+    cwd: &str,
+    timeout: Duration,
+    max_output_bytes: usize,
+    hint: &str,
+) -> Result<CommandSpec, String> {
+    let cwd = root.join(confine_path(root, cwd)?);
+    if !cwd.is_dir() {
+        return Err(format!("cwd '{}' is not a directory", cwd.display()));
+    }
+    let argv = split_command(command).map_err(|e| format!("command {e}"))?;
+    if find_program(&argv[0], &cwd).is_none() {
+        return Err(format!("program '{}' was not found ({hint})", argv[0]));
+    }
+    Ok(CommandSpec {
+        argv,
+        cwd,
+        timeout,
+        max_output_bytes,
+    })
+}
+
+/// Refuses a path no file can have: empty, or with a NUL byte.
+pub fn check_path_text(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("path is empty".into());
     }
@@ -54,6 +79,14 @@ pub fn confine_path(root: &Path, path: &str) -> Result<PathBuf, String> {
             path.escape_debug()
         ));
     }
+    Ok(())
+}
+
+/// Resolves a user-given path inside `root` (already canonical). Refuses `..` escapes,
+/// absolute paths elsewhere and symlinks that lead out. Returns the path relative to the
+/// root (`.` for the root itself).
+pub fn confine_path(root: &Path, path: &str) -> Result<PathBuf, String> {
+    check_path_text(path)?;
     let joined = root.join(path);
     let resolved = match joined.canonicalize() {
         Ok(p) => p,
