@@ -283,7 +283,15 @@ fn prefill(dir: &Path, n: usize, parallel: u32, abandoned: usize) -> Result<Stri
     store.write_blocking(move |conn| {
         queries::insert_job(conn, &job_id, &job, now())?;
         if abandoned > 0 {
-            queries::claim_items(conn, &job_id, abandoned as u32, "killed-node", now(), true)?;
+            queries::claim_items(
+                conn,
+                &job_id,
+                abandoned as u32,
+                "killed-node",
+                now(),
+                30.0,
+                true,
+            )?;
         }
         Ok(())
     })?;

@@ -19,7 +19,8 @@ use std::time::Duration;
 /// Engine settings; see the README's configuration table for their flags.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// `sqlite://PATH` (default `sqlite://data/batch_jobs.db`).
+    /// `sqlite://PATH` (default `sqlite://data/batch_jobs.db`) or `postgres://…` (several
+    /// nodes may share it).
     pub database_url: String,
     /// Root that command targets are confined to.
     pub workspace: PathBuf,
@@ -43,6 +44,8 @@ pub struct EngineConfig {
     pub retention: Option<Duration>,
     /// How often retention looks for jobs to delete.
     pub retention_interval: Duration,
+    /// Heartbeats and failure detection of nodes sharing a PostgreSQL queue.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +62,7 @@ impl Default for EngineConfig {
             webhooks: crate::webhooks::WebhookConfig::default(),
             retention: None,
             retention_interval: crate::retention::DEFAULT_INTERVAL,
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ impl EngineBuilder {
             processors: custom,
         } = self;
         let url = DatabaseUrl::parse(&config.database_url).map_err(StartError::Config)?;
+        config.cluster.validate().map_err(StartError::Config)?;
         let workspace = config.workspace.canonicalize().map_err(|e| {
             StartError::Config(format!("workspace {}: {e}", config.workspace.display()))
         })?;
@@ -168,10 +173,18 @@ impl EngineBuilder {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         let node = node_id.clone();
+        let cluster = store.is_postgres();
+        let node_timeout = config.cluster.node_timeout;
         let (recovery, open_jobs, paused_kinds) = store
             .write(move |conn| {
                 let t = now();
-                let recovery = queries::recover_abandoned_items(conn, t)?;
+                // One engine per SQLite file: whatever ran is abandoned. On PostgreSQL
+                // other nodes may be running their items: only dead nodes' are rescued.
+                let recovery = if cluster {
+                    crate::cluster::rescue(conn, &node, node_timeout)?.1
+                } else {
+                    queries::recover_abandoned_items(conn, t)?
+                };
                 queries::register_node(conn, &node, &hostname(), std::process::id(), t)?;
                 Ok((
                     recovery,
@@ -188,7 +201,7 @@ impl EngineBuilder {
         }
         log::info!(
             "engine {node_id} started on {} with {} open jobs; workspace {}",
-            store.path().display(),
+            store.describe(),
             open_jobs.len(),
             workspace.display()
         );
@@ -207,9 +220,26 @@ impl EngineBuilder {
                 .iter()
                 .map(|(name, limit)| (name.clone(), (*limit).max(1) as u32))
                 .collect(),
+            lease: node_timeout.as_secs_f64(),
+            cluster,
         })
         .start();
         let background = tokio_util::sync::CancellationToken::new();
+        if let Some(pg) = store.postgres_url() {
+            crate::cluster::spawn_heartbeat(
+                store.clone(),
+                node_id.clone(),
+                config.cluster.clone(),
+                supervisor.clone(),
+                background.clone(),
+            );
+            crate::cluster::spawn_listener(
+                pg.to_string(),
+                node_id.clone(),
+                supervisor.clone(),
+                background.clone(),
+            );
+        }
         crate::webhooks::spawn_dispatcher(
             store.clone(),
             config.webhooks.clone(),
@@ -225,6 +255,7 @@ impl EngineBuilder {
         }
         let engine = Engine {
             supervisor,
+            store: store.clone(),
             node_id,
             workspace: Arc::new(workspace),
             background,
@@ -235,18 +266,13 @@ impl EngineBuilder {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
+use crate::cluster::hostname;
 
 /// A running engine. Cheap to clone; every method is one message to the Supervisor.
 #[derive(Clone)]
 pub struct Engine {
     supervisor: Addr<Supervisor>,
+    store: Store,
     node_id: Arc<str>,
     workspace: Arc<PathBuf>,
     /// Stops the webhook dispatcher and the retention pruner.
@@ -364,5 +390,16 @@ impl Engine {
         }
         // Webhooks not yet delivered stay in the outbox for the next start.
         self.background.cancel();
+        if self.store.is_postgres() {
+            // Leaving cleanly: nobody needs to wait out this node's timeout.
+            let node = self.node_id.to_string();
+            if let Err(e) = self
+                .store
+                .write(move |conn| queries::deregister_node(conn, &node))
+                .await
+            {
+                log::warn!("could not deregister node {}: {e}", self.node_id);
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod engine;
 pub mod mcp;
 pub mod metrics;

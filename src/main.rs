@@ -31,7 +31,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Database URL (sqlite://PATH). Falls back to DATABASE_URL, then sqlite://data/batch_jobs.db.
+    /// Database URL: sqlite://PATH, or postgres://USER@HOST:PORT/DB for several nodes
+    /// sharing one queue. Falls back to DATABASE_URL, then sqlite://data/batch_jobs.db.
     #[arg(long, env = "BATCHFORGE_DATABASE_URL")]
     database_url: Option<String>,
     /// Address to listen on (port 0 picks a free port).
@@ -99,6 +100,14 @@ struct ServeArgs {
     /// 30m, 45s. Default: keep them.
     #[arg(long, env = "BATCHFORGE_RETENTION", value_parser = batchforge::retention::parse_duration)]
     retention: Option<Duration>,
+    /// PostgreSQL: how often this node heartbeats, renews the leases of its running
+    /// items and looks for dead nodes (2s, 500ms… as 0.5s).
+    #[arg(long, env = "BATCHFORGE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = batchforge::retention::parse_duration)]
+    heartbeat_interval: Duration,
+    /// PostgreSQL: a node silent this long is dead and its running items are rescued by
+    /// the others. At least twice the heartbeat interval.
+    #[arg(long, env = "BATCHFORGE_NODE_TIMEOUT", default_value = "10s", value_parser = batchforge::retention::parse_duration)]
+    node_timeout: Duration,
 }
 
 fn parse_llm_api(s: &str) -> Result<batchforge::agent::LlmApi, String> {
@@ -231,6 +240,10 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
                 ..Default::default()
             },
             retention: args.retention,
+            cluster: batchforge::cluster::ClusterConfig {
+                heartbeat_interval: args.heartbeat_interval,
+                node_timeout: args.node_timeout,
+            },
             ..EngineConfig::default()
         },
         bind: args.bind,

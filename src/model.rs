@@ -292,6 +292,8 @@ pub struct ItemRecord {
     pub finished_at: Option<f64>,
     /// The errors of earlier attempts (retried errors, manual retries), oldest first.
     pub attempt_errors: Vec<String>,
+    /// The node that runs it, or ran its final attempt.
+    pub node: Option<String>,
 }
 
 /// An item handed out to a worker.

@@ -291,3 +291,16 @@ pub struct GetProgress {
     /// The jobs asked about.
     pub job_ids: Vec<String>,
 }
+
+/// Changes other nodes made to the shared queue, announced by `LISTEN/NOTIFY`, found by a
+/// rescue, or asked for after a reconnect: the Supervisor reads them and follows.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "()")]
+pub struct ClusterSync {
+    /// Read every open job (a full sync).
+    pub all: bool,
+    /// Read which kinds are paused.
+    pub kinds: bool,
+    /// Read these jobs.
+    pub jobs: Vec<String>,
+}

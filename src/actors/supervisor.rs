@@ -83,6 +83,12 @@ pub struct SupervisorConfig {
     pub paused_kinds: Vec<String>,
     /// Concurrency groups and their limits.
     pub groups: HashMap<String, u32>,
+    /// How long a claim holds without its node's heartbeat (seconds): the lease written
+    /// on claimed items.
+    pub lease: f64,
+    /// Other nodes share the queue (PostgreSQL): follow what they submit, cancel and
+    /// pause ([`ClusterSync`]), poll for it as a fallback, and tell them about ours.
+    pub cluster: bool,
 }
 
 /// A named concurrency group: its limit and the items of it running now.
@@ -251,7 +257,42 @@ pub struct Supervisor {
     next_retry: f64,
     /// The soonest deadline (a gate for the scan), infinity when none.
     next_deadline: f64,
+    /// See [`SupervisorConfig::lease`].
+    lease: f64,
+    /// See [`SupervisorConfig::cluster`].
+    cluster: bool,
+    /// What other nodes changed, to be read by the next [`Supervisor::sync`].
+    sync_pending: SyncPending,
+    /// A sync read is in flight.
+    syncing: bool,
+    /// The fallback poll's current period (doubles while it finds nothing).
+    poll_delay: Duration,
 }
+
+/// Changes announced by other nodes (or found missing), accumulated between syncs.
+#[derive(Default)]
+struct SyncPending {
+    all: bool,
+    kinds: bool,
+    jobs: std::collections::HashSet<String>,
+}
+
+/// What a sync read found.
+struct Synced {
+    /// Full records of jobs named by a notification or open and unknown here.
+    records: Vec<JobRecord>,
+    /// `(id, paused)` of known open jobs (a full sync).
+    open: Vec<(String, bool)>,
+    /// Known jobs no longer open.
+    ended: Vec<String>,
+    /// The kinds paused as a whole, when asked.
+    paused_kinds: Option<Vec<String>>,
+}
+
+/// The fallback poll's shortest and longest period: LISTEN/NOTIFY wakes nodes at once;
+/// the poll only catches what a lost notification (a reconnect) missed.
+const POLL_MIN: Duration = Duration::from_millis(500);
+const POLL_MAX: Duration = Duration::from_secs(5);
 
 type SubmitReply = oneshot::Sender<Result<JobView, EngineError>>;
 
@@ -336,6 +377,11 @@ impl Supervisor {
             deadlines: 0,
             next_retry: f64::INFINITY,
             next_deadline: f64::INFINITY,
+            lease: config.lease,
+            cluster: config.cluster,
+            sync_pending: SyncPending::default(),
+            syncing: false,
+            poll_delay: POLL_MIN,
             groups: config
                 .groups
                 .into_iter()
@@ -604,10 +650,15 @@ impl Supervisor {
         };
         log::info!("job {job_id}: {verb}: {reason}");
         let id = job_id.clone();
+        let node = self.node_id.clone();
         self.store
-            .write(move |conn| match deadline {
-                Some(_) => queries::expire_job(conn, &id, &reason, now()),
-                None => queries::cancel_job_because(conn, &id, &reason, now()),
+            .write(move |conn| {
+                let outcome = match deadline {
+                    Some(_) => queries::expire_job(conn, &id, &reason, now())?,
+                    None => queries::cancel_job_because(conn, &id, &reason, now())?,
+                };
+                queries::notify(conn, &format!("job:{id}:{node}"))?;
+                Ok(outcome)
             })
             .into_actor(self)
             .map(move |res, act, ctx| match res {
@@ -635,7 +686,12 @@ impl Supervisor {
         let mut grants: HashMap<Arc<str>, (u32, bool)> = HashMap::new();
         let mut plan = Vec::new();
         let t = now();
-        let Supervisor { kinds, jobs, .. } = self;
+        let Supervisor {
+            kinds,
+            jobs,
+            cluster,
+            ..
+        } = self;
         for (kind, slot) in kinds.iter_mut() {
             if slot.paused {
                 continue;
@@ -684,7 +740,15 @@ impl Supervisor {
                     let claimable_left = job
                         .unclaimed
                         .is_none_or(|left| left > u64::from(job.claiming));
-                    if (job.ready.len() as u32) + job.claiming < target && claimable_left {
+                    // Several nodes share the queue: a node holds no more ready items of
+                    // a job than it can start at once, so the others get the rest
+                    // instead of idling while one node works through a hoard.
+                    let cap = if *cluster {
+                        job.parallel.min(target)
+                    } else {
+                        target
+                    };
+                    if (job.ready.len() as u32) + job.claiming < cap && claimable_left {
                         job.claiming += 1;
                         slot.buffered += 1;
                         room -= 1;
@@ -776,6 +840,7 @@ impl Supervisor {
             .collect();
         let asked = plan.clone();
         let node = self.node_id.clone();
+        let lease = self.lease;
         self.store
             .write(move |conn| {
                 let t = now();
@@ -791,7 +856,11 @@ impl Supervisor {
                 let mut done = Vec::new();
                 let mut counts = Vec::new();
                 if !for_store.is_empty() {
-                    let recorded = queries::record_finished(conn, &for_store, t)?;
+                    let recorded = queries::record_finished(conn, &for_store, &node, t)?;
+                    // Other nodes following these jobs stop following them.
+                    for id in &recorded.done {
+                        queries::notify(conn, &format!("job:{id}:{node}"))?;
+                    }
                     done = recorded.done;
                     counts = recorded.counts;
                 }
@@ -823,6 +892,8 @@ impl Supervisor {
                         }
                         None => {
                             queries::insert_job(conn, id, job, t)?;
+                            // Idle nodes wake up and claim from it too.
+                            queries::notify(conn, &format!("new:{id}:{node}"))?;
                             Inserted::New(JobRecord::queued(id, job, t))
                         }
                     });
@@ -830,7 +901,15 @@ impl Supervisor {
                 let mut claimed = Vec::with_capacity(plan.len());
                 for claim in plan {
                     let items =
-                        queries::claim_items(conn, &claim.job_id, claim.n, &node, t, claim.first)?;
+                        queries::claim_items(
+                            conn,
+                            &claim.job_id,
+                            claim.n,
+                            &node,
+                            t,
+                            lease,
+                            claim.first,
+                        )?;
                     // A short claim: items waiting out a retry delay (maybe from before a
                     // restart) must bring the job back when they become claimable.
                     let next = if (items.len() as u32) < claim.n {
@@ -1237,6 +1316,15 @@ impl Actor for Supervisor {
                 self.admit(&job, None);
                 continue;
             }
+            if self.cluster {
+                // Another node of the cluster may serve this kind.
+                log::info!(
+                    "job {}: no processor for kind '{}' on this node; left to the others",
+                    job.id,
+                    job.kind
+                );
+                continue;
+            }
             let error = format!("no processor registered for kind '{}'", job.kind);
             log::warn!("job {}: {error}; marking it failed", job.id);
             let id = job.id.clone();
@@ -1259,6 +1347,9 @@ impl Actor for Supervisor {
             act.flush_due = true;
             act.cycle(ctx);
         });
+        if self.cluster {
+            self.schedule_poll(ctx);
+        }
         self.cycle(ctx);
     }
 
@@ -1391,9 +1482,15 @@ impl Handler<CancelJob> for Supervisor {
     fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) -> Self::Result {
         let job_id = msg.job_id;
         let id = job_id.clone();
+        let node = self.node_id.clone();
         Box::pin(
             self.store
-                .write(move |conn| queries::cancel_job(conn, &id, now()))
+                .write(move |conn| {
+                    let outcome = queries::cancel_job(conn, &id, now())?;
+                    // Nodes running items of it stop them.
+                    queries::notify(conn, &format!("job:{id}:{node}"))?;
+                    Ok(outcome)
+                })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let outcome = res?;
@@ -1645,9 +1742,14 @@ impl Handler<PauseJob> for Supervisor {
     fn handle(&mut self, msg: PauseJob, _: &mut Self::Context) -> Self::Result {
         let PauseJob { job_id, paused } = msg;
         let id = job_id.clone();
+        let node = self.node_id.clone();
         Box::pin(
             self.store
-                .write(move |conn| queries::set_job_paused(conn, &id, paused, now()))
+                .write(move |conn| {
+                    let outcome = queries::set_job_paused(conn, &id, paused, now())?;
+                    queries::notify(conn, &format!("job:{id}:{node}"))?;
+                    Ok(outcome)
+                })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let outcome = res?;
@@ -1669,6 +1771,29 @@ impl Handler<PauseJob> for Supervisor {
 }
 
 impl Supervisor {
+    /// Pauses or resumes a kind here: paused, its jobs' ready items go back to the queue.
+    fn pause_kind_in_memory(&mut self, kind: &str, paused: bool) {
+        if let Some(slot) = self.kinds.get_mut(kind) {
+            slot.paused = paused;
+        }
+        if paused {
+            let of_kind: Vec<Arc<str>> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.kind == kind)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in of_kind {
+                self.unready(&id);
+            }
+        } else {
+            let t = now();
+            for job in self.jobs.values_mut().filter(|j| j.kind == kind) {
+                job.waiting_since = t;
+            }
+        }
+    }
+
     fn kind_info(&self, kind: &str) -> Option<KindInfo> {
         self.kinds.get(kind).map(|slot| KindInfo {
             kind: kind.to_string(),
@@ -1688,31 +1813,17 @@ impl Handler<PauseKind> for Supervisor {
             return Box::pin(fut::ready(Err(EngineError::NoProcessor(kind))));
         }
         let k = kind.clone();
+        let node = self.node_id.clone();
         Box::pin(
             self.store
-                .write(move |conn| queries::set_kind_paused(conn, &k, paused, now()))
+                .write(move |conn| {
+                    queries::set_kind_paused(conn, &k, paused, now())?;
+                    queries::notify(conn, &format!("kinds::{node}"))
+                })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     res?;
-                    if let Some(slot) = act.kinds.get_mut(&kind) {
-                        slot.paused = paused;
-                    }
-                    if paused {
-                        let of_kind: Vec<Arc<str>> = act
-                            .jobs
-                            .iter()
-                            .filter(|(_, j)| j.kind == kind)
-                            .map(|(id, _)| id.clone())
-                            .collect();
-                        for id in of_kind {
-                            act.unready(&id);
-                        }
-                    } else {
-                        let t = now();
-                        for job in act.jobs.values_mut().filter(|j| j.kind == kind) {
-                            job.waiting_since = t;
-                        }
-                    }
+                    act.pause_kind_in_memory(&kind, paused);
                     act.start_ready();
                     act.cycle(ctx);
                     act.kind_info(&kind)
@@ -1772,9 +1883,14 @@ impl Handler<RetryJob> for Supervisor {
             )))));
         }
         let id = job_id.clone();
+        let node = self.node_id.clone();
         Box::pin(
             self.store
-                .write(move |conn| queries::retry_job(conn, &id, &statuses))
+                .write(move |conn| {
+                    let outcome = queries::retry_job(conn, &id, &statuses)?;
+                    queries::notify(conn, &format!("job:{id}:{node}"))?;
+                    Ok(outcome)
+                })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let outcome = res?;
@@ -1794,6 +1910,189 @@ impl Handler<RetryJob> for Supervisor {
                     Ok(outcome)
                 }),
         )
+    }
+}
+
+impl Handler<ClusterSync> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClusterSync, ctx: &mut Self::Context) {
+        self.sync_pending.all |= msg.all;
+        self.sync_pending.kinds |= msg.kinds;
+        self.sync_pending.jobs.extend(msg.jobs);
+        self.sync(ctx);
+    }
+}
+
+impl Supervisor {
+    /// The fallback poll: a full sync now and then, sooner after one that found changes.
+    fn schedule_poll(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(self.poll_delay, |act, ctx| {
+            act.sync_pending.all = true;
+            act.sync(ctx);
+            act.schedule_poll(ctx);
+        });
+    }
+
+    /// Reads what other nodes changed (jobs they submitted, ended, paused or requeued;
+    /// kinds they paused) and follows it here: unknown open jobs are admitted, ended ones
+    /// stopped (their running items cancelled), pauses applied, requeued ones reopened.
+    fn sync(&mut self, ctx: &mut Context<Self>) {
+        if self.syncing || self.stopping {
+            return;
+        }
+        let pending = std::mem::take(&mut self.sync_pending);
+        if !pending.all && !pending.kinds && pending.jobs.is_empty() {
+            return;
+        }
+        self.syncing = true;
+        let known: std::collections::HashSet<String> = if pending.all {
+            self.jobs.keys().map(|id| id.to_string()).collect()
+        } else {
+            Default::default()
+        };
+        let full = pending.all;
+        self.store
+            .read(move |conn| {
+                let mut synced = Synced {
+                    records: Vec::new(),
+                    open: Vec::new(),
+                    ended: Vec::new(),
+                    paused_kinds: None,
+                };
+                let mut asked = pending.jobs;
+                if pending.all {
+                    let open = queries::open_job_states(conn)?;
+                    let open_ids: std::collections::HashSet<&str> =
+                        open.iter().map(|(id, _)| id.as_str()).collect();
+                    synced.ended = known
+                        .iter()
+                        .filter(|id| !open_ids.contains(id.as_str()))
+                        .cloned()
+                        .collect();
+                    for (id, paused) in open {
+                        if known.contains(&id) {
+                            synced.open.push((id, paused));
+                        } else {
+                            asked.insert(id);
+                        }
+                    }
+                }
+                for id in asked {
+                    if let Some(record) = queries::get_job(conn, &id)? {
+                        synced.records.push(record);
+                    }
+                }
+                if pending.kinds || pending.all {
+                    synced.paused_kinds = Some(queries::paused_kinds(conn)?);
+                }
+                Ok(synced)
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.syncing = false;
+                match res {
+                    Ok(synced) => {
+                        let changed = act.follow(synced);
+                        if full {
+                            act.poll_delay = if changed {
+                                POLL_MIN
+                            } else {
+                                (act.poll_delay * 2).min(POLL_MAX)
+                            };
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("could not read the shared queue: {e}; retrying");
+                        act.sync_pending.all = true;
+                    }
+                }
+                act.start_ready();
+                act.cycle(ctx);
+                if act.sync_pending.all
+                    || act.sync_pending.kinds
+                    || !act.sync_pending.jobs.is_empty()
+                {
+                    act.sync(ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Applies a sync read; returns whether anything changed here.
+    fn follow(&mut self, synced: Synced) -> bool {
+        let mut changed = false;
+        for record in &synced.records {
+            let paused = record.paused_at.is_some();
+            changed |= self.follow_job(&record.id, record.status, paused, Some(record));
+        }
+        for (id, paused) in &synced.open {
+            changed |= self.follow_job(id, JobStatus::Running, *paused, None);
+        }
+        for id in &synced.ended {
+            if self.jobs.contains_key(id.as_str()) {
+                self.cancel_in_memory(id);
+                changed = true;
+            }
+        }
+        if let Some(paused) = synced.paused_kinds {
+            let flips: Vec<(String, bool)> = self
+                .kinds
+                .iter()
+                .filter(|(kind, slot)| slot.paused != paused.contains(*kind))
+                .map(|(kind, slot)| (kind.clone(), !slot.paused))
+                .collect();
+            for (kind, now_paused) in flips {
+                self.pause_kind_in_memory(&kind, now_paused);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Follows one job's stored state (see [`Supervisor::sync`]).
+    fn follow_job(
+        &mut self,
+        id: &str,
+        status: JobStatus,
+        paused: bool,
+        record: Option<&JobRecord>,
+    ) -> bool {
+        if status.is_terminal() {
+            if self.jobs.contains_key(id) {
+                // Ended elsewhere (cancelled, expired, finished): stop what runs here.
+                self.cancel_in_memory(id);
+                return true;
+            }
+            return false;
+        }
+        let Some(job) = self.jobs.get_mut(id) else {
+            return match record {
+                Some(r) if self.kinds.contains_key(&r.kind) => {
+                    self.admit(r, None);
+                    true
+                }
+                _ => false,
+            };
+        };
+        if job.cancelled {
+            return false;
+        }
+        if paused != job.paused {
+            job.paused = paused;
+            job.waiting_since = now();
+            if paused {
+                self.unready(id);
+            } else {
+                self.reopen(id);
+            }
+            return true;
+        }
+        if job.exhausted && job.claiming == 0 {
+            // Items may have gone back to the queue elsewhere (a rescue, a retry): look.
+            self.reopen(id);
+        }
+        false
     }
 }
 

@@ -124,6 +124,8 @@ pub struct ItemResponse {
     pub finished_at: Option<f64>,
     /// The errors of earlier attempts, oldest first.
     pub attempt_errors: Vec<String>,
+    /// The engine node that runs the item, or ran its final attempt (`null` while queued).
+    pub node: Option<String>,
 }
 
 impl From<ItemRecord> for ItemResponse {
@@ -139,6 +141,7 @@ impl From<ItemRecord> for ItemResponse {
             started_at: r.started_at,
             finished_at: r.finished_at,
             attempt_errors: r.attempt_errors,
+            node: r.node,
         }
     }
 }

@@ -1,31 +1,64 @@
 //! The store: the only module that touches Diesel.
 //!
-//! State transitions live in [`queries`] as plain functions over a connection, one per
+//! State transitions live in [`queries`] as plain functions over a [`Conn`], one per
 //! transition. [`Store`] wraps the connection pool and runs those functions on tokio's
 //! blocking pool, so no Diesel call and no `pool.get()` (which can block while the pool
 //! is exhausted) ever runs on an async event-loop thread.
 //!
+//! Two backends, one code path: [`Conn`] is a Diesel `MultiConnection` over SQLite and
+//! PostgreSQL, chosen by the database URL. Statements both backends read alike run on it
+//! directly; the few whose SQL differs (JSON, `SKIP LOCKED`) branch with [`on_backend!`].
+//!
 //! SQLite allows one writer at a time. Rather than letting several pooled connections
-//! race for the write lock (and sleep in SQLite's busy handler), every write goes through
-//! one dedicated connection behind a mutex: writers queue in order and each write is one
-//! `BEGIN IMMEDIATE` transaction. Reads use the pool and run beside the writer (WAL).
+//! race for the write lock (and sleep in SQLite's busy handler), every SQLite write goes
+//! through one dedicated connection behind a mutex: writers queue in order and each write
+//! is one `BEGIN IMMEDIATE` transaction. Reads use the pool and run beside the writer
+//! (WAL). PostgreSQL writes take a pooled connection each: several nodes write at once
+//! and row locks, not a process-local mutex, keep them apart.
 
 pub mod queries;
 mod rows;
 pub mod schema;
 
-use diesel::connection::SimpleConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ManageConnection, Pool};
 use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The SQLite migrations, compiled into the binary.
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+/// The PostgreSQL migrations, compiled into the binary.
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either backend. Diesel statements that both backends accept run on it
+/// as on any connection; [`on_backend!`] branches where the SQL differs.
+#[derive(diesel::MultiConnection)]
+pub enum Conn {
+    /// A PostgreSQL connection (several nodes may share the database).
+    Pg(PgConnection),
+    /// A SQLite connection (one machine).
+    Sqlite(SqliteConnection),
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection inside a [`Conn`], once per
+/// backend: the body is type-checked against each, so backend-specific SQL and Diesel
+/// features (`RETURNING`, `SKIP LOCKED`) are written where they are needed.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::Conn::Sqlite($c) => $body,
+            $crate::store::Conn::Pg($c) => $body,
+        }
+    };
+}
 
 /// Everything that can go wrong between the engine and its database.
 #[derive(Debug, thiserror::Error)]
@@ -68,20 +101,28 @@ impl From<String> for StoreError {
 pub enum DatabaseUrl {
     /// A SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL server: the URL as libpq reads it (`postgres://user@host:port/db`).
+    Postgres(String),
 }
 
 impl DatabaseUrl {
-    /// Parses `sqlite://relative/path.db`, `sqlite:///absolute/path.db`, `sqlite:path.db`
-    /// or a bare file path.
+    /// Parses `postgres://…` / `postgresql://…`, or `sqlite://relative/path.db`,
+    /// `sqlite:///absolute/path.db`, `sqlite:path.db` or a bare file path.
     pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
         let url = url.trim();
         if url.is_empty() {
             return Err("database URL is empty".into());
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(format!(
-                "database URL '{url}': PostgreSQL is not supported by this build yet; use sqlite://PATH"
-            ));
+        if let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        {
+            if rest.is_empty() || rest.starts_with('/') && rest.len() == 1 {
+                return Err(format!(
+                    "database URL '{url}': a host or database is required (postgres://USER@HOST:PORT/DB)"
+                ));
+            }
+            return Ok(DatabaseUrl::Postgres(url.to_string()));
         }
         let path = if let Some(rest) = url.strip_prefix("sqlite://") {
             rest
@@ -89,7 +130,7 @@ impl DatabaseUrl {
             rest
         } else if url.contains("://") {
             return Err(format!(
-                "database URL '{url}': unsupported scheme (expected sqlite://PATH)"
+                "database URL '{url}': unsupported scheme (expected sqlite://PATH or postgres://HOST/DB)"
             ));
         } else {
             url
@@ -101,27 +142,100 @@ impl DatabaseUrl {
         }
         Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
     }
-}
 
-/// Applies the per-connection settings every connection needs.
-#[derive(Debug)]
-struct SqlitePragmas;
+    /// The URL for logs: a PostgreSQL password is masked.
+    pub fn display(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => mask_password(url),
+        }
+    }
 
-const PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                       PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16000;";
-
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(PRAGMAS)
-            .map_err(diesel::r2d2::Error::QueryError)
+    /// Opens one connection with the per-connection settings.
+    fn establish(&self) -> Result<Conn, diesel::ConnectionError> {
+        match self {
+            DatabaseUrl::Sqlite(path) => {
+                let mut c = SqliteConnection::establish(&path.to_string_lossy())?;
+                c.batch_execute(PRAGMAS)
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(Conn::Sqlite(c))
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut c = PgConnection::establish(url)?;
+                // Timestamps are Unix seconds in DOUBLE columns; no session setting
+                // matters but the one that keeps an idle transaction from holding locks
+                // forever if a node hangs mid-write.
+                c.batch_execute("SET idle_in_transaction_session_timeout = '60s'")
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(Conn::Pg(c))
+            }
+        }
     }
 }
 
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The per-connection SQLite settings.
+const PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                       PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16000;";
+
+/// Hands out [`Conn`]s of one database to the r2d2 pool.
+#[derive(Debug)]
+struct Manager {
+    url: DatabaseUrl,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<Conn, Self::Error> {
+        self.url
+            .establish()
+            .map_err(diesel::r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), Self::Error> {
+        conn.batch_execute("SELECT 1")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        // A connection handed back inside a transaction (a panic mid-write) or with a
+        // broken transaction manager is dropped rather than reused.
+        use diesel::r2d2::R2D2Connection;
+        on_backend!(conn, c => c.is_broken())
+    }
+}
+
+/// Which database the store is on, and what writes need for it.
+enum Backend {
+    Sqlite {
+        /// The one connection that writes; see the module docs.
+        writer: Mutex<Conn>,
+        path: PathBuf,
+    },
+    Postgres {
+        url: String,
+    },
+}
+
 struct Inner {
-    pool: Pool<ConnectionManager<SqliteConnection>>,
-    /// The one connection that writes; see the module docs for why writes serialize here.
-    writer: Mutex<SqliteConnection>,
-    path: PathBuf,
+    pool: Pool<Manager>,
+    backend: Backend,
+    url: DatabaseUrl,
     /// Latency of write transactions, for `GET /metrics`.
     write_latency: Mutex<crate::metrics::Histogram>,
 }
@@ -132,11 +246,22 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// An arbitrary constant: the advisory lock nodes take while they migrate, so several
+/// nodes starting at once migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x6261_7463_6866;
+
 impl Store {
-    /// Opens (creating if needed) the database, applies WAL mode and runs the embedded
-    /// migrations. Blocking: call it from a blocking context or before the event loop.
+    /// Opens (creating if needed) the database and runs the embedded migrations; on
+    /// SQLite also applies WAL mode. Blocking: call it from a blocking context or before
+    /// the event loop.
     pub fn open(url: &DatabaseUrl) -> Result<Store, StoreError> {
-        let DatabaseUrl::Sqlite(path) = url;
+        match url {
+            DatabaseUrl::Sqlite(path) => Self::open_sqlite(url, path),
+            DatabaseUrl::Postgres(pg) => Self::open_postgres(url, pg),
+        }
+    }
+
+    fn open_sqlite(url: &DatabaseUrl, path: &std::path::Path) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             url: path.display().to_string(),
             reason,
@@ -164,8 +289,7 @@ impl Store {
             .max_size(8)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(30))
-            .connection_customizer(Box::new(SqlitePragmas))
-            .build(ConnectionManager::<SqliteConnection>::new(path_str.clone()))
+            .build(Manager { url: url.clone() })
             .map_err(|e| open_err(e.to_string()))?;
         // Checkpoints mostly move off the writer: a background thread copies the WAL back
         // into the database file while the writer keeps appending. The writer's own
@@ -178,23 +302,77 @@ impl Store {
             .map_err(|e| open_err(e.to_string()))?;
         let inner = Arc::new(Inner {
             pool,
-            writer: Mutex::new(writer),
-            path: path.clone(),
+            backend: Backend::Sqlite {
+                writer: Mutex::new(Conn::Sqlite(writer)),
+                path: path.to_path_buf(),
+            },
+            url: url.clone(),
             write_latency: Mutex::default(),
         });
         spawn_checkpointer(Arc::downgrade(&inner), path_str);
         Ok(Store { inner })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    fn open_postgres(url: &DatabaseUrl, pg: &str) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            url: url.display(),
+            reason,
+        };
+        let mut conn = PgConnection::establish(pg).map_err(|e| open_err(e.to_string()))?;
+        // Nodes starting together migrate one at a time: the first applies the
+        // migrations, the others find them applied.
+        conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .map_err(|e| open_err(e.to_string()))?;
+        let migrated = conn
+            .run_pending_migrations(POSTGRES_MIGRATIONS)
+            .map(drop)
+            .map_err(|e| open_err(format!("migration failed: {e}")));
+        let unlocked = conn
+            .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .map_err(|e| open_err(e.to_string()));
+        migrated?;
+        unlocked?;
+        drop(conn);
+        let pool = Pool::builder()
+            .max_size(10)
+            .min_idle(Some(2))
+            .connection_timeout(Duration::from_secs(30))
+            .build(Manager { url: url.clone() })
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                backend: Backend::Postgres {
+                    url: pg.to_string(),
+                },
+                url: url.clone(),
+                write_latency: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The database URL, password masked, for logs.
+    pub fn describe(&self) -> String {
+        self.inner.url.display()
+    }
+
+    /// Whether the store is on PostgreSQL, where several nodes may share the queue.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner.backend, Backend::Postgres { .. })
+    }
+
+    /// The PostgreSQL URL, for connections of their own (the `LISTEN` connection).
+    pub fn postgres_url(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Postgres { url } => Some(url),
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     /// Runs a read on a pooled connection, off the event loop.
     pub fn read<R, F>(&self, f: F) -> impl Future<Output = Result<R, StoreError>> + 'static
     where
-        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
         let inner = self.inner.clone();
@@ -208,11 +386,11 @@ impl Store {
         }
     }
 
-    /// Runs a write as one immediate transaction on the writer connection, off the event
-    /// loop. Rolled back if `f` returns an error.
+    /// Runs a write as one transaction (`BEGIN IMMEDIATE` on SQLite's writer connection),
+    /// off the event loop. Rolled back if `f` returns an error.
     pub fn write<R, F>(&self, f: F) -> impl Future<Output = Result<R, StoreError>> + 'static
     where
-        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
         let inner = self.inner.clone();
@@ -224,17 +402,20 @@ impl Store {
     }
 
     /// Copies the whole WAL into the database file and truncates it (blocking; waits for
-    /// readers). For tools and benchmarks that want the file size to mean something.
+    /// readers). For tools and benchmarks that want the file size to mean something. A
+    /// no-op on PostgreSQL.
     pub fn checkpoint_blocking(&self) -> Result<(), StoreError> {
-        let mut conn = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        conn.batch_execute("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        if let Backend::Sqlite { writer, .. } = &self.inner.backend {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            conn.batch_execute("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        }
         Ok(())
     }
 
     /// The blocking form of [`Store::write`], for callers already off the event loop.
     pub fn write_blocking<R, F>(&self, f: F) -> Result<R, StoreError>
     where
-        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError>,
+        F: FnOnce(&mut Conn) -> Result<R, StoreError>,
     {
         self.inner.write_blocking(f)
     }
@@ -286,28 +467,75 @@ fn spawn_checkpointer(store: std::sync::Weak<Inner>, url: String) {
 impl Inner {
     fn write_blocking<R, F>(&self, f: F) -> Result<R, StoreError>
     where
-        F: FnOnce(&mut SqliteConnection) -> Result<R, StoreError>,
+        F: FnOnce(&mut Conn) -> Result<R, StoreError>,
+    {
+        let started = std::time::Instant::now();
+        let result = match &self.backend {
+            Backend::Sqlite { writer, path } => Self::write_sqlite(writer, path, f),
+            Backend::Postgres { .. } => {
+                // Diesel's transaction rolls back on error; a panic leaves the connection
+                // inside the transaction, which `has_broken` then drops from the pool.
+                let mut conn = self.pool.get()?;
+                conn.transaction(|c| f(c))
+            }
+        };
+        if result.is_ok() {
+            self.write_latency
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(started.elapsed());
+        }
+        result
+    }
+
+    fn write_sqlite<R, F>(
+        writer: &Mutex<Conn>,
+        path: &std::path::Path,
+        f: F,
+    ) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Conn) -> Result<R, StoreError>,
     {
         // A panic in an earlier write poisons the mutex; the connection was replaced then,
         // so the guard's contents are sound.
-        let started = std::time::Instant::now();
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+        // `broken`: a COMMIT or ROLLBACK failed, so the connection may still be inside
+        // the transaction.
+        let mut broken = false;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            conn.immediate_transaction(f)
+            // Through Diesel's transaction manager, so statements that open a transaction
+            // of their own (a multi-row INSERT on SQLite) nest as savepoints.
+            sqlite_tx(&mut conn, |c| {
+                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+            })?;
+            match f(&mut conn) {
+                Ok(value) => sqlite_tx(&mut conn, AnsiTransactionManager::commit_transaction)
+                    .map(|()| value)
+                    .inspect_err(|_| {
+                        broken = sqlite_tx(&mut conn, AnsiTransactionManager::rollback_transaction)
+                            .is_err();
+                    }),
+                Err(e) => {
+                    broken =
+                        sqlite_tx(&mut conn, AnsiTransactionManager::rollback_transaction).is_err();
+                    Err(e)
+                }
+            }
         }));
         match outcome {
             Ok(result) => {
-                drop(conn);
-                self.write_latency
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .observe(started.elapsed());
+                if broken {
+                    // Start afresh rather than fail every later write.
+                    match fresh_writer(path) {
+                        Ok(fresh) => *conn = fresh,
+                        Err(e) => log::error!("could not reopen the writer: {e}"),
+                    }
+                }
                 result
             }
             Err(panic) => {
-                // Diesel does not roll back when the closure panics: the connection would
-                // stay inside the transaction and fail every later write. Replace it.
-                match self.fresh_writer() {
+                // The closure panicked inside the transaction: replace the connection.
+                match fresh_writer(path) {
                     Ok(fresh) => *conn = fresh,
                     Err(e) => log::error!("could not reopen the writer after a panic: {e}"),
                 }
@@ -316,17 +544,30 @@ impl Inner {
             }
         }
     }
+}
 
-    fn fresh_writer(&self) -> Result<SqliteConnection, StoreError> {
-        let url = self.path.to_string_lossy().into_owned();
-        let mut conn = SqliteConnection::establish(&url).map_err(|e| StoreError::Open {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-        conn.batch_execute(PRAGMAS)?;
-        conn.batch_execute(WRITER_PRAGMAS)?;
-        Ok(conn)
+/// Runs a transaction-manager step on the SQLite connection inside `conn`.
+fn sqlite_tx(
+    conn: &mut Conn,
+    step: impl FnOnce(&mut SqliteConnection) -> diesel::QueryResult<()>,
+) -> Result<(), StoreError> {
+    match conn {
+        Conn::Sqlite(c) => Ok(step(c)?),
+        Conn::Pg(_) => Err(StoreError::Task(
+            "the SQLite writer holds a PostgreSQL connection".into(),
+        )),
     }
+}
+
+fn fresh_writer(path: &std::path::Path) -> Result<Conn, StoreError> {
+    let url = path.to_string_lossy().into_owned();
+    let mut conn = SqliteConnection::establish(&url).map_err(|e| StoreError::Open {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    conn.batch_execute(PRAGMAS)?;
+    conn.batch_execute(WRITER_PRAGMAS)?;
+    Ok(Conn::Sqlite(conn))
 }
 
 #[cfg(test)]
@@ -351,8 +592,16 @@ mod tests {
         assert!(DatabaseUrl::parse("mysql://x")
             .unwrap_err()
             .contains("scheme"));
-        assert!(DatabaseUrl::parse("postgres://localhost/test")
-            .unwrap_err()
-            .contains("PostgreSQL"));
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:pw@localhost/test").unwrap(),
+            DatabaseUrl::Postgres("postgres://u:pw@localhost/test".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:pw@localhost/test")
+                .unwrap()
+                .display(),
+            "postgres://u:***@localhost/test"
+        );
+        assert!(DatabaseUrl::parse("postgres://").is_err());
     }
 }

@@ -13,10 +13,24 @@ use crate::model::{
 };
 use diesel::dsl::count_star;
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
 use std::collections::HashMap;
 
-type Conn = SqliteConnection;
+use super::Conn;
+
+/// Whether `conn` is a PostgreSQL connection (raw SQL is written per backend).
+fn is_pg(conn: &Conn) -> bool {
+    matches!(conn, Conn::Pg(_))
+}
+
+/// Text for a PostgreSQL `text` value: PostgreSQL refuses NUL characters, which a
+/// process's stderr may contain; SQLite gets the same, so both store the same text.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
 
 /// Rows per multi-row INSERT: 6 bound values each stays far below SQLite's variable limit.
 const INSERT_CHUNK: usize = 1000;
@@ -59,54 +73,92 @@ pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(
                 max_attempts,
             })
             .collect();
-        diesel::insert_into(job_items::table)
+        // Multi-row VALUES is written differently per backend (SQLite has no DEFAULT).
+        crate::on_backend!(conn, c => diesel::insert_into(job_items::table)
             .values(&rows)
-            .execute(conn)?;
+            .execute(c))?;
     }
     Ok(())
 }
 
 /// Claim: moves up to `limit` of a job's items `queued → running` in submission order,
-/// counting an attempt; the job moves `queued → running` on its first claim (callers that
+/// counting an attempt, owned by `node_id` with a lease of `lease` seconds (renewed by
+/// the node's heartbeat); the job moves `queued → running` on its first claim (callers that
 /// know the job already runs pass `first_claim: false` to skip that statement).
+#[allow(clippy::too_many_arguments)]
 pub fn claim_items(
     conn: &mut Conn,
     job_id: &str,
     limit: u32,
     node_id: &str,
     now: f64,
+    lease: f64,
     first_claim: bool,
 ) -> Result<Vec<ClaimedItem>, StoreError> {
     use job_items::dsl as i;
-    // One statement with a fixed shape (the chunk is a sub-select, not a literal list), so
-    // its prepared form is cached across claims.
-    let q = diesel::alias!(job_items as q);
-    let chunk = q
-        .filter(q.field(i::job_id).eq(job_id))
-        .filter(q.field(i::status).eq(ItemStatus::Queued.as_str()))
-        // Items waiting out a retry delay are not claimable yet.
-        .filter(
-            q.field(i::available_at)
-                .is_null()
-                .or(q.field(i::available_at).le(now)),
-        )
-        .order(q.field(i::idx).asc())
-        .limit(limit as i64)
-        .select(q.field(i::idx));
-    let mut claimed: Vec<(i32, String, String, i32)> = diesel::update(
-        i::job_items
-            .filter(i::job_id.eq(job_id))
-            .filter(i::status.eq(ItemStatus::Queued.as_str()))
-            .filter(i::idx.eq_any(chunk)),
-    )
-    .set((
-        i::status.eq(ItemStatus::Running.as_str()),
-        i::attempts.eq(i::attempts + 1),
-        i::started_at.eq(now),
-        i::node_id.eq(node_id),
-    ))
-    .returning((i::idx, i::key, i::payload, i::attempts))
-    .get_results(conn)?;
+    let lease_until = now + lease;
+    let mut claimed: Vec<(i32, String, String, i32)> = match conn {
+        Conn::Pg(c) => {
+            // Several nodes claim from the same job at once: each locks the chunk it
+            // takes and skips rows another node's claim holds, so claims never wait on
+            // each other and never take the same item. The chunk is a CTE, computed
+            // once: as an `IN (sub-select)` the planner may run it again per row, and
+            // with SKIP LOCKED each run finds other rows, claiming past the limit.
+            use diesel::sql_types::{Double, Integer, Text};
+            diesel::sql_query(
+                "WITH chunk AS (SELECT idx FROM job_items \
+                                WHERE job_id = $4 AND status = 'queued' \
+                                  AND (available_at IS NULL OR available_at <= $1) \
+                                ORDER BY idx LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                 UPDATE job_items SET status = 'running', attempts = attempts + 1, \
+                        started_at = $1, node_id = $2, lease_expires_at = $3 \
+                 FROM chunk WHERE job_items.job_id = $4 AND job_items.idx = chunk.idx \
+                 RETURNING job_items.idx, job_items.key, job_items.payload, job_items.attempts",
+            )
+            .bind::<Double, _>(now)
+            .bind::<Text, _>(node_id)
+            .bind::<Double, _>(lease_until)
+            .bind::<Text, _>(job_id)
+            .bind::<Integer, _>(limit as i32)
+            .load::<ClaimRow>(c)?
+            .into_iter()
+            .map(|r| (r.idx, r.key, r.payload, r.attempts))
+            .collect()
+        }
+        Conn::Sqlite(c) => {
+            // One statement with a fixed shape (the chunk is a sub-select, not a literal
+            // list), so its prepared form is cached across claims. SQLite has one writer:
+            // nothing else claims meanwhile.
+            let q = diesel::alias!(job_items as q);
+            let chunk = q
+                .filter(q.field(i::job_id).eq(job_id))
+                .filter(q.field(i::status).eq(ItemStatus::Queued.as_str()))
+                // Items waiting out a retry delay are not claimable yet.
+                .filter(
+                    q.field(i::available_at)
+                        .is_null()
+                        .or(q.field(i::available_at).le(now)),
+                )
+                .order(q.field(i::idx).asc())
+                .limit(limit as i64)
+                .select(q.field(i::idx));
+            diesel::update(
+                i::job_items
+                    .filter(i::job_id.eq(job_id))
+                    .filter(i::status.eq(ItemStatus::Queued.as_str()))
+                    .filter(i::idx.eq_any(chunk)),
+            )
+            .set((
+                i::status.eq(ItemStatus::Running.as_str()),
+                i::attempts.eq(i::attempts + 1),
+                i::started_at.eq(now),
+                i::node_id.eq(node_id),
+                i::lease_expires_at.eq(lease_until),
+            ))
+            .returning((i::idx, i::key, i::payload, i::attempts))
+            .get_results(c)?
+        }
+    };
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
@@ -135,6 +187,19 @@ pub fn claim_items(
             })
         })
         .collect()
+}
+
+/// A claimed item as the PostgreSQL claim returns it.
+#[derive(diesel::QueryableByName)]
+struct ClaimRow {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    idx: i32,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    key: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    payload: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempts: i32,
 }
 
 #[derive(Default)]
@@ -191,18 +256,44 @@ fn apply_tallies(
             ])
         })
         .collect();
-    let counts: Vec<CountsRow> = diesel::sql_query(
-        "UPDATE jobs SET processed = processed + v.p, succeeded = succeeded + v.s, \
-                failed = failed + v.f, skipped = skipped + v.k, cancelled = cancelled + v.c \
-         FROM (SELECT value ->> '$[0]' AS id, value ->> '$[1]' AS p, value ->> '$[2]' AS s, \
-                      value ->> '$[3]' AS f, value ->> '$[4]' AS k, value ->> '$[5]' AS c \
-               FROM json_each(?)) AS v \
-         WHERE jobs.id = v.id \
-         RETURNING jobs.id, jobs.total, jobs.processed, jobs.succeeded, jobs.failed, \
-                   jobs.skipped, jobs.cancelled",
-    )
-    .bind::<diesel::sql_types::Text, _>(serde_json::Value::Array(rows).to_string())
-    .load::<CountsRow>(conn)?;
+    let rows = serde_json::Value::Array(rows).to_string();
+    let counts: Vec<CountsRow> = if let Conn::Pg(c) = conn {
+        // Nodes add to the same jobs' counters at once: lock the rows in one order first,
+        // so two transactions never wait on each other's rows crosswise (a deadlock).
+        let mut ids: Vec<&String> = tallies.keys().collect();
+        ids.sort();
+        jobs::table
+            .filter(jobs::id.eq_any(ids))
+            .order(jobs::id)
+            .select(jobs::id)
+            .for_update()
+            .load::<String>(c)?;
+        diesel::sql_query(
+            "UPDATE jobs SET processed = processed + v.p, succeeded = succeeded + v.s, \
+                    failed = failed + v.f, skipped = skipped + v.k, cancelled = cancelled + v.c \
+             FROM (SELECT e ->> 0 AS id, (e ->> 1)::int AS p, (e ->> 2)::int AS s, \
+                          (e ->> 3)::int AS f, (e ->> 4)::int AS k, (e ->> 5)::int AS c \
+                   FROM jsonb_array_elements($1::jsonb) AS e) AS v \
+             WHERE jobs.id = v.id \
+             RETURNING jobs.id, jobs.total, jobs.processed, jobs.succeeded, jobs.failed, \
+                       jobs.skipped, jobs.cancelled",
+        )
+        .bind::<diesel::sql_types::Text, _>(rows)
+        .load::<CountsRow>(c)?
+    } else {
+        diesel::sql_query(
+            "UPDATE jobs SET processed = processed + v.p, succeeded = succeeded + v.s, \
+                    failed = failed + v.f, skipped = skipped + v.k, cancelled = cancelled + v.c \
+             FROM (SELECT value ->> '$[0]' AS id, value ->> '$[1]' AS p, value ->> '$[2]' AS s, \
+                          value ->> '$[3]' AS f, value ->> '$[4]' AS k, value ->> '$[5]' AS c \
+                   FROM json_each(?)) AS v \
+             WHERE jobs.id = v.id \
+             RETURNING jobs.id, jobs.total, jobs.processed, jobs.succeeded, jobs.failed, \
+                       jobs.skipped, jobs.cancelled",
+        )
+        .bind::<diesel::sql_types::Text, _>(rows)
+        .load::<CountsRow>(conn)?
+    };
     let counts = counts
         .into_iter()
         .map(|r| {
@@ -242,11 +333,14 @@ struct CountsRow {
 
 /// Completion: moves finished items `running → succeeded | failed | skipped | cancelled`
 /// with their results, adds them to their jobs' counters, and finalizes every job whose
-/// last item this was. Items no longer `running` (already recorded) are left untouched,
-/// so a result is never written twice. Returns the ids of the jobs that finished.
+/// last item this was. Fenced: an outcome is written only while its item is still
+/// `running` under `node_id`'s claim with the same attempt, so a result is never written
+/// twice, nor by a node whose claim was rescued by another (its outcome is refused and
+/// counted in [`Recorded::refused`]). Returns the ids of the jobs that finished.
 pub fn record_finished(
     conn: &mut Conn,
     finished: &[FinishedItem],
+    node_id: &str,
     now: f64,
 ) -> Result<Recorded, StoreError> {
     // Outcomes travel in chunks of bounded size: SQLite refuses any value over 1 GB, and
@@ -269,7 +363,7 @@ pub fn record_finished(
                 }
             };
             if open {
-                requeue_for_retry(conn, item, at)?;
+                requeue_for_retry(conn, item, node_id, at)?;
                 continue;
             }
             // The job ended (cancelled, expired) before the retry was recorded: the item
@@ -301,13 +395,22 @@ pub fn record_finished(
                 item.index,
                 status.as_str(),
                 result,
-                item.outcome.error,
+                item.outcome.error.as_deref().map(storable),
                 item.finished_at,
+                item.attempt,
             ]));
     }
     let mut changed: Vec<ChangedItem> = Vec::new();
+    let mut sent = 0;
     for rows in chunks.into_iter().filter(|c| !c.is_empty()) {
-        changed.extend(record_chunk(conn, rows)?);
+        sent += rows.len();
+        changed.extend(record_chunk(conn, rows, node_id)?);
+    }
+    let refused = sent.saturating_sub(changed.len()) as u64;
+    if refused > 0 {
+        log::warn!(
+            "{refused} outcomes refused: their items are no longer this node's (rescued after a lost lease, or already final)"
+        );
     }
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     for r in changed {
@@ -322,25 +425,42 @@ pub fn record_finished(
             done.push(job_id.clone());
         }
     }
-    Ok(Recorded { done, counts })
+    Ok(Recorded {
+        done,
+        counts,
+        refused,
+    })
 }
 
 /// Retry: an item that failed by an error its job retries goes `running → queued`,
 /// claimable from `at`, with the attempt's error appended to `attempt_errors`. Retries
 /// are rare, so one statement each is fine.
-fn requeue_for_retry(conn: &mut Conn, item: &FinishedItem, at: f64) -> Result<(), StoreError> {
-    let error = item.outcome.error.clone().unwrap_or_else(|| "error".into());
-    diesel::sql_query(
+fn requeue_for_retry(
+    conn: &mut Conn,
+    item: &FinishedItem,
+    node_id: &str,
+    at: f64,
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Double, Integer, Text};
+    let error = storable(item.outcome.error.as_deref().unwrap_or("error")).into_owned();
+    let sql = if is_pg(conn) {
+        "UPDATE job_items SET status = 'queued', available_at = $1, error = $2, node_id = NULL, \
+                attempt_errors = (coalesce(attempt_errors, '[]')::jsonb || to_jsonb($3::text))::text \
+         WHERE job_id = $4 AND idx = $5 AND status = 'running' AND node_id = $6 AND attempts = $7"
+    } else {
         "UPDATE job_items SET status = 'queued', available_at = ?, error = ?, node_id = NULL, \
                 attempt_errors = json_insert(coalesce(attempt_errors, '[]'), '$[#]', ?) \
-         WHERE job_id = ? AND idx = ? AND status = 'running'",
-    )
-    .bind::<diesel::sql_types::Double, _>(at)
-    .bind::<diesel::sql_types::Text, _>(&error)
-    .bind::<diesel::sql_types::Text, _>(&error)
-    .bind::<diesel::sql_types::Text, _>(&item.job_id)
-    .bind::<diesel::sql_types::Integer, _>(item.index as i32)
-    .execute(conn)?;
+         WHERE job_id = ? AND idx = ? AND status = 'running' AND node_id = ? AND attempts = ?"
+    };
+    diesel::sql_query(sql)
+        .bind::<Double, _>(at)
+        .bind::<Text, _>(&error)
+        .bind::<Text, _>(&error)
+        .bind::<Text, _>(&item.job_id)
+        .bind::<Integer, _>(item.index as i32)
+        .bind::<Text, _>(node_id)
+        .bind::<Integer, _>(item.attempt as i32)
+        .execute(conn)?;
     Ok(())
 }
 
@@ -367,23 +487,40 @@ const OUTCOME_CHUNK_BYTES: usize = 32 * 1024 * 1024;
 fn record_chunk(
     conn: &mut Conn,
     rows: Vec<serde_json::Value>,
+    node_id: &str,
 ) -> Result<Vec<ChangedItem>, StoreError> {
+    use diesel::sql_types::Text;
     // One statement for the whole batch: Diesel prepares every UPDATE afresh, so a
-    // statement per item would spend most of a commit in SQLite's parser. The outcomes
-    // travel as one JSON array and are joined on the primary key.
-    let changed: Vec<ChangedItem> = diesel::sql_query(
+    // statement per item would spend most of a commit in the parser. The outcomes travel
+    // as one JSON array and are joined on the primary key.
+    let sql = if is_pg(conn) {
         "UPDATE job_items SET status = v.status, result = v.result, error = v.error, \
-                finished_at = v.finished_at, node_id = NULL \
+                finished_at = v.finished_at \
+         FROM (SELECT e ->> 0 AS job_id, (e ->> 1)::int AS idx, e ->> 2 AS status, \
+                      e ->> 3 AS result, e ->> 4 AS error, (e ->> 5)::float8 AS finished_at, \
+                      (e ->> 6)::int AS attempt \
+               FROM jsonb_array_elements($1::jsonb) AS e) AS v \
+         WHERE job_items.job_id = v.job_id AND job_items.idx = v.idx \
+           AND job_items.status = 'running' AND job_items.node_id = $2 \
+           AND job_items.attempts = v.attempt \
+         RETURNING job_items.job_id, job_items.status"
+    } else {
+        "UPDATE job_items SET status = v.status, result = v.result, error = v.error, \
+                finished_at = v.finished_at \
          FROM (SELECT value ->> '$[0]' AS job_id, value ->> '$[1]' AS idx, \
                       value ->> '$[2]' AS status, value ->> '$[3]' AS result, \
-                      value ->> '$[4]' AS error, value ->> '$[5]' AS finished_at \
+                      value ->> '$[4]' AS error, value ->> '$[5]' AS finished_at, \
+                      value ->> '$[6]' AS attempt \
                FROM json_each(?)) AS v \
          WHERE job_items.job_id = v.job_id AND job_items.idx = v.idx \
-           AND job_items.status = 'running' \
-         RETURNING job_items.job_id, job_items.status",
-    )
-    .bind::<diesel::sql_types::Text, _>(serde_json::Value::Array(rows).to_string())
-    .load(conn)?;
+           AND job_items.status = 'running' AND job_items.node_id = ? \
+           AND job_items.attempts = v.attempt \
+         RETURNING job_items.job_id, job_items.status"
+    };
+    let changed: Vec<ChangedItem> = diesel::sql_query(sql)
+        .bind::<Text, _>(serde_json::Value::Array(rows).to_string())
+        .bind::<Text, _>(node_id)
+        .load(conn)?;
     Ok(changed)
 }
 
@@ -394,6 +531,8 @@ pub struct Recorded {
     pub done: Vec<String>,
     /// The new counters of every job that gained outcomes.
     pub counts: Vec<(String, Counts)>,
+    /// Outcomes not written: their items were no longer running under this node's claim.
+    pub refused: u64,
 }
 
 /// An item that [`record_finished`] changed.
@@ -437,13 +576,22 @@ pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, Sto
         Ok(s @ (JobStatus::Cancelled | JobStatus::Expired)) => s,
         _ => JobStatus::Completed,
     };
-    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
-        .set((
-            jobs::status.eq(status.as_str()),
-            jobs::result.eq(result),
-            jobs::completed_at.eq(completed_at.unwrap_or(now)),
-        ))
-        .execute(conn)?;
+    // `result IS NULL`: of two transactions that both saw the job's last item done, only
+    // the first builds its result (the counters' row lock orders them; this is the belt).
+    let built = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(job_id))
+            .filter(jobs::result.is_null()),
+    )
+    .set((
+        jobs::status.eq(status.as_str()),
+        jobs::result.eq(result),
+        jobs::completed_at.eq(completed_at.unwrap_or(now)),
+    ))
+    .execute(conn)?;
+    if built == 0 {
+        return Ok(false);
+    }
     enqueue_webhook(conn, job_id, now)?;
     Ok(true)
 }
@@ -608,18 +756,26 @@ pub fn retry_job(
         n_of(ItemStatus::Cancelled),
         n_of(ItemStatus::Skipped),
     );
+    let sql = if is_pg(conn) {
+        "UPDATE job_items SET status = 'queued', attempts = 0, available_at = NULL, \
+                attempt_errors = (coalesce(attempt_errors, '[]')::jsonb \
+                                  || to_jsonb(coalesce(error, status)))::text, \
+                result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
+                node_id = NULL \
+         WHERE job_id = $1 AND status = $2"
+    } else {
+        "UPDATE job_items SET status = 'queued', attempts = 0, available_at = NULL, \
+                attempt_errors = json_insert(coalesce(attempt_errors, '[]'), '$[#]', \
+                                             coalesce(error, status)), \
+                result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
+                node_id = NULL \
+         WHERE job_id = ? AND status = ?"
+    };
     for name in &names {
-        diesel::sql_query(
-            "UPDATE job_items SET status = 'queued', attempts = 0, available_at = NULL, \
-                    attempt_errors = json_insert(coalesce(attempt_errors, '[]'), '$[#]', \
-                                                 coalesce(error, status)), \
-                    result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
-                    node_id = NULL \
-             WHERE job_id = ? AND status = ?",
-        )
-        .bind::<diesel::sql_types::Text, _>(job_id)
-        .bind::<diesel::sql_types::Text, _>(*name)
-        .execute(conn)?;
+        diesel::sql_query(sql)
+            .bind::<diesel::sql_types::Text, _>(job_id)
+            .bind::<diesel::sql_types::Text, _>(*name)
+            .execute(conn)?;
     }
     diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
         .set((
@@ -691,10 +847,10 @@ pub fn set_kind_paused(
     now: f64,
 ) -> Result<(), StoreError> {
     if paused {
-        diesel::insert_into(kind_pauses::table)
+        crate::on_backend!(conn, c => diesel::insert_into(kind_pauses::table)
             .values((kind_pauses::kind.eq(kind), kind_pauses::paused_at.eq(now)))
             .on_conflict_do_nothing()
-            .execute(conn)?;
+            .execute(c))?;
     } else {
         diesel::delete(kind_pauses::table.filter(kind_pauses::kind.eq(kind))).execute(conn)?;
     }
@@ -886,24 +1042,46 @@ pub struct Recovery {
     pub cancelled: u64,
     /// Jobs that finished as a result.
     pub finished_jobs: Vec<String>,
+    /// Every job that had items moved.
+    pub jobs: Vec<String>,
 }
 
 /// Crash recovery: items left `running` by a stopped engine go `running → queued` (their
 /// attempt stays counted), or `running → failed` once they have used `max_attempts`, or
 /// `running → cancelled` when their job was cancelled meanwhile.
 pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, StoreError> {
+    recover_items(conn, now, None)
+}
+
+/// Recovery of the running items of every node (`nodes` = `None`: a single engine
+/// restarting) or of the listed dead nodes only.
+fn recover_items(
+    conn: &mut Conn,
+    now: f64,
+    nodes: Option<&[String]>,
+) -> Result<Recovery, StoreError> {
     use job_items::dsl as i;
     let running = ItemStatus::Running.as_str();
-    // Only running jobs, and cancelled ones still waiting for their running items (no
-    // result yet), can hold running items; each is then searched through the status index.
-    let job_ids: Vec<String> = jobs::table
-        .filter(
-            jobs::status.eq(JobStatus::Running.as_str()).or(jobs::status
-                .eq_any([JobStatus::Cancelled.as_str(), JobStatus::Expired.as_str()])
-                .and(jobs::result.is_null())),
-        )
-        .select(jobs::id)
-        .load(conn)?;
+    let job_ids: Vec<String> = match nodes {
+        // Only running jobs, and cancelled ones still waiting for their running items (no
+        // result yet), can hold running items; each is then searched through the status
+        // index.
+        None => jobs::table
+            .filter(
+                jobs::status.eq(JobStatus::Running.as_str()).or(jobs::status
+                    .eq_any([JobStatus::Cancelled.as_str(), JobStatus::Expired.as_str()])
+                    .and(jobs::result.is_null())),
+            )
+            .select(jobs::id)
+            .load(conn)?,
+        // The running items of given nodes, through `job_items_running_by_node`.
+        Some(nodes) => i::job_items
+            .filter(i::status.eq(running))
+            .filter(i::node_id.eq_any(nodes))
+            .select(i::job_id)
+            .distinct()
+            .load(conn)?,
+    };
     let mut report = Recovery::default();
     for job_id in job_ids {
         let job_status: Option<String> = jobs::table
@@ -911,12 +1089,23 @@ pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, St
             .select(jobs::status)
             .first(conn)
             .optional()?;
-        let mine = i::job_items
-            .filter(i::job_id.eq(&job_id))
-            .filter(i::status.eq(running));
+        // Every running item of the job, or those of the dead nodes only.
+        let every_node = nodes.is_none();
+        let of_nodes: Vec<String> = nodes.map(<[String]>::to_vec).unwrap_or_default();
+        let mine = || {
+            use diesel::IntoSql;
+            i::job_items
+                .filter(i::job_id.eq(job_id.clone()))
+                .filter(i::status.eq(running))
+                .filter(
+                    every_node
+                        .into_sql::<diesel::sql_types::Bool>()
+                        .or(i::node_id.eq_any(of_nodes.clone())),
+                )
+        };
         let mut tally = Tally::default();
         if matches!(job_status.as_deref(), Some("cancelled" | "expired")) {
-            let n = diesel::update(mine)
+            let n = diesel::update(mine())
                 .set((
                     i::status.eq(ItemStatus::Cancelled.as_str()),
                     i::error.eq("cancelled while the engine was down"),
@@ -927,7 +1116,7 @@ pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, St
             tally.cancelled = n;
             report.cancelled += n as u64;
         } else {
-            let exhausted = diesel::update(mine.filter(i::attempts.ge(i::max_attempts)))
+            let exhausted = diesel::update(mine().filter(i::attempts.ge(i::max_attempts)))
                 .set((
                     i::status.eq(ItemStatus::Failed.as_str()),
                     i::error
@@ -939,7 +1128,7 @@ pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, St
             tally.failed = exhausted;
             tally.processed = exhausted;
             report.failed += exhausted as u64;
-            report.requeued += diesel::update(mine)
+            report.requeued += diesel::update(mine())
                 .set((
                     i::status.eq(ItemStatus::Queued.as_str()),
                     i::node_id.eq(None::<String>),
@@ -947,6 +1136,7 @@ pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, St
                 .execute(conn)? as u64;
         }
         tally.apply(conn, &job_id)?;
+        report.jobs.push(job_id.clone());
         if finalize_job(conn, &job_id, now)? {
             report.finished_jobs.push(job_id);
         }
@@ -1022,16 +1212,162 @@ pub fn register_node(
     pid: u32,
     now: f64,
 ) -> Result<(), StoreError> {
-    diesel::replace_into(nodes::table)
-        .values((
-            nodes::id.eq(id),
-            nodes::host.eq(host),
-            nodes::pid.eq(pid as i32),
-            nodes::started_at.eq(now),
-            nodes::heartbeat_at.eq(now),
-        ))
-        .execute(conn)?;
+    let row = (
+        nodes::id.eq(id),
+        nodes::host.eq(host),
+        nodes::pid.eq(pid as i32),
+        nodes::started_at.eq(now),
+        nodes::heartbeat_at.eq(now),
+    );
+    crate::on_backend!(conn, c => diesel::insert_into(nodes::table)
+        .values(row)
+        .on_conflict(nodes::id)
+        .do_update()
+        .set(nodes::heartbeat_at.eq(now))
+        .execute(c))?;
     Ok(())
+}
+
+/// A row of `nodes`: an engine process sharing the database.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct NodeRecord {
+    /// The node's id (`node-{12 hex}`, new at every start).
+    pub id: String,
+    /// The host name it runs on.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: i32,
+    /// When it started (Unix seconds).
+    pub started_at: f64,
+    /// Its last heartbeat (Unix seconds).
+    pub heartbeat_at: f64,
+}
+
+/// Read: every registered node.
+pub fn list_nodes(conn: &mut Conn) -> Result<Vec<NodeRecord>, StoreError> {
+    Ok(nodes::table
+        .select((
+            nodes::id,
+            nodes::host,
+            nodes::pid,
+            nodes::started_at,
+            nodes::heartbeat_at,
+        ))
+        .order(nodes::started_at)
+        .load(conn)?)
+}
+
+/// Heartbeat: refreshes this node's `heartbeat_at` and renews the leases of the items it
+/// runs until `lease_until`. Returns `false` when the node is no longer registered
+/// (another node declared it dead and rescued its items); the caller registers again.
+pub fn heartbeat(
+    conn: &mut Conn,
+    node_id: &str,
+    now: f64,
+    lease_until: f64,
+) -> Result<bool, StoreError> {
+    use job_items::dsl as i;
+    let alive = diesel::update(nodes::table.filter(nodes::id.eq(node_id)))
+        .set(nodes::heartbeat_at.eq(now))
+        .execute(conn)?;
+    if alive == 0 {
+        return Ok(false);
+    }
+    diesel::update(
+        i::job_items
+            .filter(i::node_id.eq(node_id))
+            .filter(i::status.eq(ItemStatus::Running.as_str())),
+    )
+    .set(i::lease_expires_at.eq(lease_until))
+    .execute(conn)?;
+    Ok(true)
+}
+
+/// Rescue: removes the listed nodes — those whose heartbeat is older than
+/// `stale_before`, when given (re-checked here, so a node that beat meanwhile is
+/// spared) — and recovers their running items as a restart would (queued again with the
+/// attempt counted, failed once out of attempts, cancelled with a cancelled job). The
+/// items' leases are void from then on: their owners' outcomes are refused by the fence
+/// of [`record_finished`].
+pub fn rescue_nodes(
+    conn: &mut Conn,
+    ids: &[String],
+    stale_before: Option<f64>,
+    now: f64,
+) -> Result<(Vec<String>, Recovery), StoreError> {
+    if ids.is_empty() {
+        return Ok((Vec::new(), Recovery::default()));
+    }
+    let dead: Vec<String> = match stale_before {
+        Some(before) => crate::on_backend!(conn, c => diesel::delete(
+            nodes::table
+                .filter(nodes::id.eq_any(ids))
+                .filter(nodes::heartbeat_at.lt(before)),
+        )
+        .returning(nodes::id)
+        .get_results(c))?,
+        None => {
+            crate::on_backend!(conn, c => diesel::delete(nodes::table.filter(nodes::id.eq_any(ids)))
+            .returning(nodes::id)
+            .get_results(c))?
+        }
+    };
+    if dead.is_empty() {
+        return Ok((dead, Recovery::default()));
+    }
+    let recovery = recover_items(conn, now, Some(&dead))?;
+    Ok((dead, recovery))
+}
+
+/// Rescue of orphans: running items whose node is not registered at all (it left
+/// without putting them back, or its row was removed) are recovered like a dead node's.
+pub fn rescue_orphans(conn: &mut Conn, now: f64) -> Result<(Vec<String>, Recovery), StoreError> {
+    use job_items::dsl as i;
+    let owners: Vec<Option<String>> = i::job_items
+        .filter(i::status.eq(ItemStatus::Running.as_str()))
+        .filter(i::node_id.is_not_null())
+        .filter(diesel::dsl::not(
+            i::node_id.eq_any(nodes::table.select(nodes::id.nullable())),
+        ))
+        .select(i::node_id)
+        .distinct()
+        .load(conn)?;
+    let owners: Vec<String> = owners.into_iter().flatten().collect();
+    if owners.is_empty() {
+        return Ok((owners, Recovery::default()));
+    }
+    let recovery = recover_items(conn, now, Some(&owners))?;
+    Ok((owners, recovery))
+}
+
+/// Node exit: removes this node's row at a clean shutdown.
+pub fn deregister_node(conn: &mut Conn, node_id: &str) -> Result<(), StoreError> {
+    diesel::delete(nodes::table.filter(nodes::id.eq(node_id))).execute(conn)?;
+    Ok(())
+}
+
+/// The channel nodes `LISTEN` on.
+pub const NOTIFY_CHANNEL: &str = "batchforge";
+
+/// Wake-up: `NOTIFY`s every node listening on the database with `payload` when the
+/// transaction commits (PostgreSQL); nothing on SQLite, where one engine owns the queue.
+pub fn notify(conn: &mut Conn, payload: &str) -> Result<(), StoreError> {
+    if let Conn::Pg(c) = conn {
+        diesel::sql_query("SELECT pg_notify($1, $2)")
+            .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
+            .bind::<diesel::sql_types::Text, _>(payload)
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+/// Read: `(id, paused)` of every open (`queued | running`) job, for nodes that follow the
+/// queue others write to.
+pub fn open_job_states(conn: &mut Conn) -> Result<Vec<(String, bool)>, StoreError> {
+    Ok(jobs::table
+        .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]))
+        .select((jobs::id, jobs::paused_at.is_not_null()))
+        .load(conn)?)
 }
 
 /// Read: one job.
@@ -1193,7 +1529,7 @@ use super::schema::schedules;
 
 /// A stored cron schedule: its definition and where its ticks stand.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = schedules, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = schedules, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct ScheduleRecord {
     /// `sched-{12 hex}`.
     pub id: String,
@@ -1443,6 +1779,13 @@ pub fn enqueue_webhook(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, 
     if may_have_callback != Some(true) {
         return Ok(false);
     }
+    let callback_sql = if is_pg(conn) {
+        "CASE jsonb_typeof(spec::jsonb -> 'callback_url') WHEN 'string' \
+         THEN spec::jsonb ->> 'callback_url' END"
+    } else {
+        "CASE json_type(spec, '$.callback_url') WHEN 'text' \
+         THEN json_extract(spec, '$.callback_url') END"
+    };
     let row: Option<WebhookJobRow> = jobs::table
         .filter(jobs::id.eq(job_id))
         .select((
@@ -1457,10 +1800,7 @@ pub fn enqueue_webhook(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, 
             jobs::created_at,
             jobs::started_at,
             jobs::completed_at,
-            diesel::dsl::sql::<Nullable<Text>>(
-                "CASE json_type(spec, '$.callback_url') WHEN 'text' \
-                 THEN json_extract(spec, '$.callback_url') END",
-            ),
+            diesel::dsl::sql::<Nullable<Text>>(callback_sql),
         ))
         .first(conn)
         .optional()?;
@@ -1557,17 +1897,29 @@ pub fn lease_webhooks(
     limit: i64,
 ) -> Result<Vec<LeasedWebhook>, StoreError> {
     use diesel::sql_types::{BigInt, Double};
-    Ok(diesel::sql_query(
+    let sql = if is_pg(conn) {
+        // Nodes poll at once: each takes the rows no other poll holds (a CTE, run once;
+        // see `claim_items`).
+        "WITH due AS (SELECT id FROM webhook_deliveries \
+                      WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $2 \
+                      ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $1 \
+         FROM due WHERE webhook_deliveries.id = due.id \
+         RETURNING webhook_deliveries.id, webhook_deliveries.job_id, webhook_deliveries.url, \
+                   webhook_deliveries.payload, webhook_deliveries.attempts, \
+                   webhook_deliveries.next_attempt_at AS lease_until"
+    } else {
         "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ? \
          WHERE id IN (SELECT id FROM webhook_deliveries \
                       WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ? \
                       ORDER BY next_attempt_at LIMIT ?) \
-         RETURNING id, job_id, url, payload, attempts, next_attempt_at AS lease_until",
-    )
-    .bind::<Double, _>(now + lease)
-    .bind::<Double, _>(now)
-    .bind::<BigInt, _>(limit)
-    .load(conn)?)
+         RETURNING id, job_id, url, payload, attempts, next_attempt_at AS lease_until"
+    };
+    Ok(diesel::sql_query(sql)
+        .bind::<Double, _>(now + lease)
+        .bind::<Double, _>(now)
+        .bind::<BigInt, _>(limit)
+        .load(conn)?)
 }
 
 /// How one webhook attempt ended, for [`record_webhook_attempt`].
@@ -1706,9 +2058,21 @@ pub fn prune_finished(
     use super::schema::webhook_deliveries as w;
     use diesel::sql_types::{BigInt, Double, Text};
     let max_jobs = max_jobs.max(1);
-    // `+status`: walk `jobs_by_completed` (oldest first, stops at the limit), never
-    // every finished job through `jobs_by_status`.
-    let candidates: Vec<PruneCandidate> = diesel::sql_query(
+    let sql = if is_pg(conn) {
+        "SELECT id FROM jobs \
+         WHERE completed_at < $1 \
+           AND status IN ('completed', 'failed', 'cancelled', 'expired') \
+           AND result IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
+                           WHERE d.job_id = jobs.id AND d.next_attempt_at IS NOT NULL) \
+           AND NOT EXISTS (SELECT 1 FROM jobs o CROSS JOIN LATERAL jsonb_array_elements_text( \
+                             CASE WHEN jsonb_typeof(o.spec::jsonb -> 'depends_on') = 'array' \
+                                  THEN o.spec::jsonb -> 'depends_on' ELSE '[]'::jsonb END) AS dep \
+                           WHERE o.status IN ('queued', 'running') AND dep = jobs.id) \
+         ORDER BY completed_at LIMIT $2"
+    } else {
+        // `+status`: walk `jobs_by_completed` (oldest first, stops at the limit), never
+        // every finished job through `jobs_by_status`.
         "SELECT id FROM jobs \
          WHERE completed_at < ? \
            AND +status IN ('completed', 'failed', 'cancelled', 'expired') \
@@ -1720,25 +2084,30 @@ pub fn prune_finished(
                                             THEN json_extract(o.spec, '$.depends_on') END) dep \
                            WHERE o.status IN ('queued', 'running') \
                              AND dep.value = jobs.id) \
-         ORDER BY completed_at LIMIT ?",
-    )
-    .bind::<Double, _>(older_than)
-    .bind::<BigInt, _>(max_jobs + 1)
-    .load(conn)?;
+         ORDER BY completed_at LIMIT ?"
+    };
+    let candidates: Vec<PruneCandidate> = diesel::sql_query(sql)
+        .bind::<Double, _>(older_than)
+        .bind::<BigInt, _>(max_jobs + 1)
+        .load(conn)?;
     let mut pruned = Pruned {
         more: candidates.len() as i64 > max_jobs,
         ..Pruned::default()
     };
     let mut budget = PRUNE_MAX_ITEMS;
     for PruneCandidate { id } in candidates.iter().take(max_jobs as usize) {
-        let deleted = diesel::sql_query(
+        let delete = if is_pg(conn) {
+            "DELETE FROM job_items WHERE job_id = $1 AND idx IN \
+             (SELECT idx FROM job_items WHERE job_id = $2 ORDER BY idx LIMIT $3)"
+        } else {
             "DELETE FROM job_items WHERE job_id = ? AND idx IN \
-             (SELECT idx FROM job_items WHERE job_id = ? ORDER BY idx LIMIT ?)",
-        )
-        .bind::<Text, _>(id)
-        .bind::<Text, _>(id)
-        .bind::<BigInt, _>(budget)
-        .execute(conn)? as i64;
+             (SELECT idx FROM job_items WHERE job_id = ? ORDER BY idx LIMIT ?)"
+        };
+        let deleted = diesel::sql_query(delete)
+            .bind::<Text, _>(id)
+            .bind::<Text, _>(id)
+            .bind::<BigInt, _>(budget)
+            .execute(conn)? as i64;
         pruned.items += deleted as u64;
         budget -= deleted;
         if budget == 0 {

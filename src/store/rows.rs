@@ -22,7 +22,7 @@ fn parse_status<T: std::str::FromStr<Err = crate::model::UnknownStatus>>(
 
 /// A `jobs` row.
 #[derive(Queryable, Selectable)]
-#[diesel(table_name = jobs, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = jobs, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(crate) struct JobRow {
     pub id: String,
     pub kind: String,
@@ -87,7 +87,7 @@ impl JobRow {
 
 /// A `job_items` row, without the columns only the queue itself reads.
 #[derive(Queryable, Selectable)]
-#[diesel(table_name = job_items, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = job_items, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(crate) struct ItemRow {
     pub idx: i32,
     pub key: String,
@@ -99,6 +99,7 @@ pub(crate) struct ItemRow {
     pub started_at: Option<f64>,
     pub finished_at: Option<f64>,
     pub attempt_errors: Option<String>,
+    pub node_id: Option<String>,
 }
 
 impl ItemRow {
@@ -117,6 +118,7 @@ impl ItemRow {
             error: self.error,
             started_at: self.started_at,
             finished_at: self.finished_at,
+            node: self.node_id,
             attempt_errors: match self.attempt_errors.as_deref() {
                 None => Vec::new(),
                 Some(text) => serde_json::from_str(text).map_err(|source| StoreError::Json {

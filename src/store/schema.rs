@@ -1,4 +1,4 @@
-//! Diesel table definitions, matching `migrations/sqlite`.
+//! Diesel table definitions, matching `migrations/sqlite` and `migrations/postgres`.
 
 diesel::table! {
     /// One batch: a kind, its options and its counters.

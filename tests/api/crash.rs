@@ -22,10 +22,7 @@ async fn start_server(dir: &Path, workspace: &Path, extra: &[&str]) -> Server {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
         .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
-        .args([
-            "--database-url",
-            &format!("sqlite://{}", dir.join("jobs.db").display()),
-        ])
+        .args(["--database-url", &database_url(dir, "jobs.db")])
         .arg("--workspace")
         .arg(workspace)
         .args(extra)
@@ -101,6 +98,7 @@ fn run_counts(workspace: &Path) -> HashMap<String, usize> {
 #[actix_web::test]
 async fn after_kill_9_a_restart_finishes_the_batch_without_rerunning_committed_items() {
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let ws = dir.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
     let n = 30;
@@ -176,6 +174,7 @@ async fn after_kill_9_a_restart_finishes_the_batch_without_rerunning_committed_i
 #[actix_web::test]
 async fn sigterm_stops_running_items_requeues_them_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let ws = dir.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
     std::fs::write(ws.join("delay"), "3603.6161").unwrap();
@@ -234,6 +233,7 @@ async fn sigterm_stops_running_items_requeues_them_and_exits_cleanly() {
 #[actix_web::test]
 async fn commands_and_their_children_die_with_a_killed_engine() {
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let ws = dir.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
     std::fs::write(ws.join("f"), "").unwrap();

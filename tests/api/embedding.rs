@@ -80,8 +80,9 @@ async fn a_custom_processor_runs_over_rest_and_a_panic_fails_only_its_item() {
 #[actix_web::test]
 async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
     let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(dir.path(), "e.db");
     let engine = EngineBuilder::new(EngineConfig {
-        database_url: format!("sqlite://{}", dir.path().join("e.db").display()),
+        database_url: db.url.clone(),
         workspace: dir.path().to_path_buf(),
         builtin_processors: false,
         ..EngineConfig::default()
@@ -172,8 +173,9 @@ impl Processor for FlakyOnce {
 #[actix_web::test]
 async fn a_retry_waiting_out_its_delay_across_a_restart_still_runs() {
     let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(dir.path(), "r.db");
     let config = || EngineConfig {
-        database_url: format!("sqlite://{}", dir.path().join("r.db").display()),
+        database_url: db.url.clone(),
         workspace: dir.path().to_path_buf(),
         builtin_processors: false,
         ..EngineConfig::default()

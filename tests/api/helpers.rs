@@ -13,9 +13,109 @@ use tempfile::TempDir;
 /// A running app on a fresh database.
 pub struct TestApp {
     pub address: String,
-    pub dir: TempDir,
     pub workspace: PathBuf,
     client: awc::Client,
+    /// The database; a PostgreSQL one is dropped with it.
+    pub db: TestDb,
+    pub dir: TempDir,
+}
+
+/// The PostgreSQL server the tests use: `BATCHFORGE_TEST_PG` (a URL without the
+/// database), by default the local one.
+pub fn pg_server() -> String {
+    std::env::var("BATCHFORGE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// Whether the whole suite runs on PostgreSQL (`BATCHFORGE_TEST_DATABASE=postgres`)
+/// rather than SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("BATCHFORGE_TEST_DATABASE").is_ok_and(|v| v == "postgres")
+}
+
+/// Whether a PostgreSQL server answers; the multi-node tests skip (with a note) if not.
+pub fn postgres_available() -> bool {
+    use diesel::Connection;
+    match diesel::pg::PgConnection::establish(&format!("{}/postgres", pg_server())) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED: no PostgreSQL at {} ({e})", pg_server());
+            false
+        }
+    }
+}
+
+/// A test's database: a SQLite file under the test's directory, or (on PostgreSQL) a
+/// database of its own, created fresh and dropped with this value.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    /// The database for `file` under `dir`, on the suite's backend.
+    pub fn create(dir: &Path, file: &str) -> TestDb {
+        if on_postgres() {
+            Self::create_postgres(dir, file)
+        } else {
+            TestDb {
+                url: database_url(dir, file),
+                pg_name: None,
+            }
+        }
+    }
+
+    /// A fresh PostgreSQL database whatever the suite's backend (the multi-node tests).
+    pub fn create_postgres(dir: &Path, file: &str) -> TestDb {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let name = pg_database_name(dir, file);
+        let mut admin = diesel::pg::PgConnection::establish(&format!("{}/postgres", pg_server()))
+            .expect("PostgreSQL for the tests (BATCHFORGE_TEST_PG)");
+        // Two calls: one multi-statement string would run as one transaction, which
+        // neither statement allows.
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .and_then(|()| admin.batch_execute(&format!("CREATE DATABASE {name}")))
+            .expect("create the test database");
+        TestDb {
+            url: format!("{}/{name}", pg_server()),
+            pg_name: Some(name),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut admin) =
+                diesel::pg::PgConnection::establish(&format!("{}/postgres", pg_server()))
+            {
+                let _ =
+                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
+
+/// The URL of the database [`TestDb::create`] made for `file` under `dir` (for a second
+/// engine, a restart or a direct look at the store).
+pub fn database_url(dir: &Path, file: &str) -> String {
+    if on_postgres() {
+        format!("{}/{}", pg_server(), pg_database_name(dir, file))
+    } else {
+        format!("sqlite://{}", dir.join(file).display())
+    }
+}
+
+/// A database name unique to the test directory (tempdirs are unique).
+fn pg_database_name(dir: &Path, file: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.join(file).hash(&mut h);
+    format!("bf_test_{:016x}", h.finish())
 }
 
 /// Options for [`spawn_app_with`].
@@ -66,9 +166,10 @@ pub async fn spawn_app_configured(
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
     std::fs::create_dir(&workspace).unwrap();
+    let db = TestDb::create(dir.path(), "jobs.db");
     let config = ServeConfig {
         engine: EngineConfig {
-            database_url: format!("sqlite://{}", dir.path().join("jobs.db").display()),
+            database_url: db.url.clone(),
             workspace: workspace.clone(),
             default_concurrency: None,
             kind_concurrency: options.kind_concurrency,
@@ -97,6 +198,7 @@ pub async fn spawn_app_configured(
         address,
         workspace: workspace.canonicalize().unwrap(),
         dir,
+        db,
         client: client(),
     }
 }

@@ -10,6 +10,7 @@ mod bad_input;
 mod bench;
 mod cancellation;
 mod cli;
+mod cluster;
 mod commands;
 mod crash;
 mod dashboard;

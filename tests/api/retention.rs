@@ -1,6 +1,6 @@
 //! Retention: finished jobs are deleted some time after they finished; open ones never.
 
-use crate::helpers::{spawn_app_configured, wait_for, AppOptions, TestApp};
+use crate::helpers::{spawn_app_configured, wait_for, AppOptions, TestApp, TestDb};
 use awc::http::StatusCode;
 use batchforge::model::{JobSchedule, NewItem, NewJob};
 use batchforge::store::queries::{self, PRUNE_MAX_ITEMS};
@@ -40,7 +40,7 @@ async fn wait_gone(app: &TestApp, id: &str) {
 }
 
 fn open_store(app: &TestApp) -> Store {
-    Store::open(&DatabaseUrl::Sqlite(app.dir.path().join("jobs.db"))).unwrap()
+    Store::open(&DatabaseUrl::parse(&app.db.url).unwrap()).unwrap()
 }
 
 async fn stored_items(store: &Store, id: &str) -> u64 {
@@ -168,7 +168,8 @@ fn job_of(n: usize, callback_url: Option<&str>) -> NewJob {
 #[actix_web::test]
 async fn retention_prunes_in_small_transactions_and_spares_open_jobs_and_pending_webhooks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("p.db"))).unwrap();
+    let db = TestDb::create(dir.path(), "p.db");
+    let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap()).unwrap();
     let big = PRUNE_MAX_ITEMS as usize * 2 + 10;
     store
         .write_blocking(|c| {
@@ -249,7 +250,8 @@ async fn retention_prunes_in_small_transactions_and_spares_open_jobs_and_pending
 async fn retention_prunes_expired_jobs_but_spares_a_dependency_of_an_open_job() {
     use diesel::RunQueryDsl;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("d.db"))).unwrap();
+    let db = TestDb::create(dir.path(), "d.db");
+    let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap()).unwrap();
     let depending = |deps: &[&str]| {
         let mut job = job_of(1, None);
         job.spec["depends_on"] = json!(deps);

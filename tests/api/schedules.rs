@@ -38,7 +38,7 @@ async fn start_node(dir: &Path) -> Node {
     std::fs::create_dir_all(&workspace).unwrap();
     let config = ServeConfig {
         engine: EngineConfig {
-            database_url: format!("sqlite://{}", dir.join("jobs.db").display()),
+            database_url: database_url(dir, "jobs.db"),
             workspace,
             mcp: batchforge::mcp::McpConfig {
                 server_binary: Some(env!("CARGO_BIN_EXE_batchforge").into()),
@@ -206,6 +206,7 @@ async fn a_schedule_creates_one_job_per_tick_carrying_its_id() {
 #[actix_web::test]
 async fn two_engines_on_one_database_create_exactly_one_job_per_tick() {
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let a = start_node(dir.path()).await;
     let b = start_node(dir.path()).await;
     let (status, created) = a
@@ -238,11 +239,7 @@ async fn two_engines_on_one_database_create_exactly_one_job_per_tick() {
 /// them.
 fn rewind(dir: &Path, sql: &str) {
     use diesel::RunQueryDsl;
-    let url = batchforge::store::DatabaseUrl::parse(&format!(
-        "sqlite://{}",
-        dir.join("jobs.db").display()
-    ))
-    .unwrap();
+    let url = batchforge::store::DatabaseUrl::parse(&database_url(dir, "jobs.db")).unwrap();
     let store = batchforge::store::Store::open(&url).unwrap();
     let sql = sql.to_string();
     store
@@ -274,6 +271,7 @@ async fn wait_advanced(node: &Node, id: &str, t: f64) -> Value {
 #[actix_web::test]
 async fn restarts_neither_duplicate_a_tick_nor_replay_every_missed_one() {
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let a = start_node(dir.path()).await;
     let mut ids = Vec::new();
     for cron in ["0 3 * * *", "0 4 * * *", "* * * * * *"] {
@@ -600,11 +598,7 @@ async fn the_cli_adds_lists_pauses_resumes_and_deletes_schedules() {
 }
 
 fn open_store(dir: &Path) -> batchforge::store::Store {
-    let url = batchforge::store::DatabaseUrl::parse(&format!(
-        "sqlite://{}",
-        dir.join("jobs.db").display()
-    ))
-    .unwrap();
+    let url = batchforge::store::DatabaseUrl::parse(&database_url(dir, "jobs.db")).unwrap();
     batchforge::store::Store::open(&url).unwrap()
 }
 
@@ -631,6 +625,7 @@ fn stored_schedule(
 #[actix_web::test]
 async fn submissions_may_not_take_a_schedule_tick_key() {
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let node = start_node(dir.path()).await;
     let (status, s) = node
         .call("POST", "/batch/schedules", Some(&every_second(noop_job())))
@@ -670,6 +665,7 @@ async fn submissions_may_not_take_a_schedule_tick_key() {
 async fn a_paused_or_deleted_schedule_is_neither_due_nor_advanced() {
     use batchforge::store::queries;
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let store = open_store(dir.path());
     let (paused_due, paused_advanced, resumed_due, deleted_due) = store
         .write_blocking(|c| {
@@ -698,6 +694,7 @@ async fn a_paused_or_deleted_schedule_is_neither_due_nor_advanced() {
 async fn a_tick_that_fails_for_a_passing_reason_stays_due_and_a_bad_template_is_skipped() {
     use batchforge::store::queries;
     let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
     let node = start_node(dir.path()).await;
     let due = (unix_now() - 5.0).floor();
     let store = open_store(dir.path());

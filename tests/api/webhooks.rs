@@ -1,6 +1,6 @@
 //! `callback_url` webhooks: a real receiver on port 0 records what the engine POSTs.
 
-use crate::helpers::{spawn_app_configured, wait_for, AppOptions, TestApp};
+use crate::helpers::{spawn_app_configured, wait_for, AppOptions, TestApp, TestDb};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use awc::http::StatusCode;
 use batchforge::model::{JobSchedule, NewItem, NewJob};
@@ -125,7 +125,7 @@ async fn spawn(configure: impl FnOnce(&mut EngineConfig)) -> TestApp {
 }
 
 fn open_store(app: &TestApp) -> Store {
-    Store::open(&DatabaseUrl::Sqlite(app.dir.path().join("jobs.db"))).unwrap()
+    Store::open(&DatabaseUrl::parse(&app.db.url).unwrap()).unwrap()
 }
 
 async fn delivery(store: &Store, job_id: &str) -> Option<WebhookDelivery> {
@@ -395,9 +395,9 @@ async fn bad_callback_urls_are_refused_with_422_and_nothing_is_stored() {
 async fn a_webhook_committed_before_a_crash_is_delivered_after_the_restart() {
     let receiver = Receiver::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crashed.db");
+    let db = TestDb::create(dir.path(), "crashed.db");
     // What a crash leaves: the job failed and its delivery committed, never sent.
-    let store = Store::open(&DatabaseUrl::Sqlite(db.clone())).unwrap();
+    let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap()).unwrap();
     let url = receiver.url.clone();
     store
         .write_blocking(move |c| {
@@ -424,7 +424,7 @@ async fn a_webhook_committed_before_a_crash_is_delivered_after_the_restart() {
     assert_eq!(pending.attempts, 0);
     drop(store);
 
-    let database_url = format!("sqlite://{}", db.display());
+    let database_url = db.url.clone();
     let _app = spawn(move |c: &mut EngineConfig| {
         fast(None, 8)(c);
         c.database_url = database_url;
@@ -479,8 +479,8 @@ async fn by_default_a_webhook_to_a_loopback_address_is_refused_and_the_job_is_un
 async fn a_backlog_of_webhooks_is_sent_faster_than_one_lease_per_poll_interval() {
     let receiver = Receiver::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("backlog.db");
-    let store = Store::open(&DatabaseUrl::Sqlite(db.clone())).unwrap();
+    let db = TestDb::create(dir.path(), "backlog.db");
+    let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap()).unwrap();
     // 80 finished jobs, each with a delivery due: five leases of 16.
     const JOBS: usize = 80;
     let url = receiver.url.clone();
@@ -506,7 +506,7 @@ async fn a_backlog_of_webhooks_is_sent_faster_than_one_lease_per_poll_interval()
         })
         .unwrap();
     drop(store);
-    let database_url = format!("sqlite://{}", db.display());
+    let database_url = db.url.clone();
     let started = std::time::Instant::now();
     let _app = spawn(move |c: &mut EngineConfig| {
         fast(None, 8)(c);
@@ -521,7 +521,7 @@ async fn a_backlog_of_webhooks_is_sent_faster_than_one_lease_per_poll_interval()
         took < Duration::from_secs(4),
         "{JOBS} webhooks took {took:?}"
     );
-    let store = Store::open(&DatabaseUrl::Sqlite(db)).unwrap();
+    let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap()).unwrap();
     for n in [0, JOBS / 2, JOBS - 1] {
         let d = settled(&store, &format!("batch_validation-backlog{n:05}")).await;
         assert!(d.delivered_at.is_some(), "{d:?}");
@@ -532,7 +532,8 @@ async fn a_backlog_of_webhooks_is_sent_faster_than_one_lease_per_poll_interval()
 #[actix_web::test]
 async fn a_late_dispatcher_cannot_overwrite_the_outcome_of_a_later_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("lease.db"))).unwrap();
+    let db = TestDb::create(dir.path(), "lease.db");
+    let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap()).unwrap();
     let (first, second, late, current, settled) = store
         .write_blocking(|c| {
             let job = NewJob {
