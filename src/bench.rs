@@ -10,6 +10,7 @@ use crate::model::{new_job_id, now, NewItem, NewJob};
 use crate::processors::noop;
 use crate::store::{queries, DatabaseUrl, Store, StoreError};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,10 @@ pub enum Scenario {
     Footprint,
     /// MCP operations (mixed read/write/list) through batchforge's own `mcp-server`.
     Mcp,
+    /// One batch on PostgreSQL burnt down by 1 node, then by 3 nodes on one database (no-op
+    /// items, then items that each wait `--cluster-sleep-ms` like real work). Not in the
+    /// default set: it needs a PostgreSQL server (`--pg-url`).
+    Cluster,
 }
 
 /// Parameters of `batchforge bench`.
@@ -67,6 +72,23 @@ pub struct BenchArgs {
     /// `parallel` of the MCP job: the number of pooled MCP sessions (server processes).
     #[arg(long, default_value_t = 8)]
     pub mcp_parallel: u32,
+    /// Items per batch in the cluster scenario (no-op items).
+    #[arg(long, default_value_t = 50_000)]
+    pub cluster_items: usize,
+    /// Items per batch in the cluster scenario's work-bound run.
+    #[arg(long, default_value_t = 5_000)]
+    pub cluster_work_items: usize,
+    /// How long each work-bound item waits (its `sleep_ms`).
+    #[arg(long, default_value_t = 20)]
+    pub cluster_sleep_ms: u64,
+    /// PostgreSQL server of the cluster scenario (without a database: one is created and
+    /// dropped per run).
+    #[arg(
+        long,
+        env = "BATCHFORGE_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub pg_url: String,
     /// Keep the working directory (databases, server logs) here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -136,6 +158,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Scenario::Commands => system.block_on(commands(&args, &dir))?,
             Scenario::Footprint => system.block_on(footprint(&args, &dir))?,
             Scenario::Mcp => system.block_on(mcp(&args, &dir))?,
+            Scenario::Cluster => system.block_on(cluster(&args, &dir))?,
         }
     }
     Ok(())
@@ -171,13 +194,18 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, extra: &[String]) -> Result<Server> {
-        let log = std::fs::File::create(dir.join("server.log"))?;
+        let url = format!("sqlite://{}", dir.join("bench.db").display());
+        Self::start_on(dir, &url, "server.log", extra)
+    }
+
+    fn start_on(dir: &Path, url: &str, log_name: &str, extra: &[String]) -> Result<Server> {
+        let log = std::fs::File::create(dir.join(log_name))?;
         let started = Instant::now();
         let mut child = Command::new(std::env::current_exe()?)
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--noop-processor"])
             .arg("--database-url")
-            .arg(format!("sqlite://{}", dir.join("bench.db").display()))
+            .arg(url)
             .arg("--workspace")
             .arg(dir.join("ws"))
             .args(extra)
@@ -195,7 +223,7 @@ impl Server {
             .ok_or_else(|| {
                 setup(format!(
                     "server did not start (see {}): {line:?}",
-                    dir.join("server.log").display()
+                    dir.join(log_name).display()
                 ))
             })?
             .to_string();
@@ -585,6 +613,178 @@ async fn mcp(args: &BenchArgs, dir: &Path) -> Result<()> {
 }
 
 /// Resident set size and its peak, in MiB, of a process.
+/// A PostgreSQL database created for one run and dropped after it.
+struct PgDatabase {
+    server: String,
+    name: String,
+}
+
+impl PgDatabase {
+    fn create(server: &str) -> Result<PgDatabase> {
+        let name = format!("batchforge_bench_{}", std::process::id());
+        let db = PgDatabase {
+            server: server.trim_end_matches('/').to_string(),
+            name,
+        };
+        db.admin(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name))?;
+        db.admin(&format!("CREATE DATABASE {}", db.name))?;
+        Ok(db)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
+    fn admin(&self, sql: &str) -> Result<()> {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut conn = diesel::pg::PgConnection::establish(&format!("{}/postgres", self.server))
+            .map_err(|e| {
+                setup(format!(
+                    "no PostgreSQL at {} ({e}); see --pg-url",
+                    self.server
+                ))
+            })?;
+        conn.batch_execute(sql).map_err(setup)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = self.admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Burns one batch down with `nodes` nodes on a fresh PostgreSQL database: `(items/s by
+/// server timestamps, each node's share)`.
+async fn cluster_run(
+    args: &BenchArgs,
+    dir: &Path,
+    nodes: usize,
+    items: usize,
+    sleep_ms: Option<u64>,
+    parallel: u32,
+) -> Result<(f64, Vec<usize>)> {
+    let db = PgDatabase::create(&args.pg_url)?;
+    let mut servers = Vec::new();
+    for n in 0..nodes {
+        servers.push(Server::start_on(
+            dir,
+            &db.url(),
+            &format!("node{n}.log"),
+            &concurrency_args(args),
+        )?);
+    }
+    let client = client();
+    let batch: Vec<Value> = (0..items)
+        .map(|i| match sleep_ms {
+            Some(ms) => json!({"key": format!("i{i}"), "sleep_ms": ms}),
+            None => json!({"key": format!("i{i}")}),
+        })
+        .collect();
+    let body = json!({"type": "noop", "items": batch, "parallel": parallel});
+    let job = call(
+        &client,
+        "POST",
+        &format!("{}/batch/jobs", servers[0].base),
+        Some(&body),
+    )
+    .await?;
+    let id = job["job_id"].as_str().unwrap_or_default().to_string();
+    let t0 = Instant::now();
+    let job = loop {
+        let job = call(
+            &client,
+            "GET",
+            &format!("{}/batch/jobs/{id}", servers[0].base),
+            None,
+        )
+        .await?;
+        if job["status"] == "completed" {
+            break job;
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            return Err(setup("the cluster run did not finish in 30 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ok = job["result"]["summary"]["successful"].as_u64().unwrap_or(0);
+    if ok != items as u64 {
+        return Err(setup(format!("only {ok} of {items} items succeeded")));
+    }
+    let engine =
+        job["completed_at"].as_f64().unwrap_or(0.0) - job["started_at"].as_f64().unwrap_or(0.0);
+    // Each node's share, from the node recorded on every item.
+    let mut by_node: HashMap<String, usize> = HashMap::new();
+    let mut offset = 0;
+    loop {
+        let page = call(
+            &client,
+            "GET",
+            &format!(
+                "{}/batch/jobs/{id}/items?limit=1000&offset={offset}",
+                servers[0].base
+            ),
+            None,
+        )
+        .await?;
+        let got = page["items"].as_array().cloned().unwrap_or_default();
+        if got.is_empty() {
+            break;
+        }
+        offset += got.len();
+        for item in got {
+            *by_node
+                .entry(item["node"].as_str().unwrap_or("none").to_string())
+                .or_default() += 1;
+        }
+    }
+    for server in servers {
+        server.stop()?;
+    }
+    let mut shares: Vec<usize> = by_node.into_values().collect();
+    shares.sort_unstable_by(|a, b| b.cmp(a));
+    Ok((items as f64 / engine, shares))
+}
+
+async fn cluster(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    let work = args.cluster_sleep_ms;
+    for (label, items, sleep, parallel) in [
+        ("no-op items", args.cluster_items, None, args.parallel),
+        ("items waiting", args.cluster_work_items, Some(work), 32),
+    ] {
+        for nodes in [1, 3] {
+            let (rate, shares) = cluster_run(args, dir, nodes, items, sleep, parallel).await?;
+            let what = match sleep {
+                Some(ms) => format!("{label} {ms} ms, parallel {parallel} per node"),
+                None => format!("{label}, parallel {parallel} per node"),
+            };
+            rows.push((
+                format!("{items} {what}: {nodes} node(s), items/s"),
+                format!("{rate:.0}"),
+                format!("shares {shares:?}"),
+            ));
+        }
+    }
+    let rows: Vec<(&str, String, &str)> = rows
+        .iter()
+        .map(|(m, v, t)| (m.as_str(), v.clone(), t.as_str()))
+        .collect();
+    table(
+        "PostgreSQL: one batch, 1 node vs 3 nodes on one database",
+        &format!(
+            "{} on the same machine as the nodes; items/s by server timestamps (first claim → last commit); the third column is each node's share of the items",
+            args.pg_url
+        ),
+        &rows,
+    );
+    Ok(())
+}
+
 fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {

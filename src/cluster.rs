@@ -70,6 +70,16 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Where this process's pids mean something: the host name plus the pid namespace
+/// (containers sharing a host name have different ones). Two nodes with the same value
+/// can check each other's process.
+pub fn host_identity() -> String {
+    match std::fs::read_link("/proc/self/ns/pid") {
+        Ok(ns) => format!("{} {}", hostname(), ns.display()),
+        Err(_) => hostname(),
+    }
+}
+
 /// Whether a process of this host is gone (`kill(pid, 0)` says there is no such process).
 fn process_gone(pid: i32) -> bool {
     if pid <= 0 {
@@ -100,15 +110,20 @@ fn dead_nodes(
 }
 
 /// One rescue pass inside a write: removes the dead nodes and recovers their items,
-/// notifying every node of the jobs that got items back. Returns those jobs.
+/// notifying every node of the jobs that got items back. Returns those jobs. Nodes
+/// silent past `node_timeout` (by the database's clock) count as dead only with
+/// `by_heartbeat`: a node that just started, or just got the database back after an
+/// outage, has no grounds to call the others silent.
 pub fn rescue(
     conn: &mut crate::store::Conn,
     me: &str,
     node_timeout: Duration,
+    by_heartbeat: bool,
 ) -> Result<(Vec<String>, Recovery), StoreError> {
-    let t = now();
+    let t = queries::db_now(conn)?;
     let nodes = queries::list_nodes(conn)?;
-    let (stale, gone) = dead_nodes(&nodes, me, &hostname(), t - node_timeout.as_secs_f64());
+    let (stale, gone) = dead_nodes(&nodes, me, &host_identity(), t - node_timeout.as_secs_f64());
+    let stale = if by_heartbeat { stale } else { Vec::new() };
     let mut total = Recovery::default();
     let mut dead = Vec::new();
     for pass in [
@@ -147,7 +162,9 @@ pub fn rescue(
 
 /// Runs the heartbeat until `stop`: every `heartbeat_interval` the node's heartbeat and
 /// leases are renewed (re-registering if another node declared it dead), and dead nodes
-/// are rescued; the Supervisor is told which jobs got items back.
+/// are rescued; the Supervisor is told which jobs got items back. Silent nodes are
+/// judged only once this node's own heartbeats have succeeded for a whole
+/// `node_timeout`: after a database outage every node looks silent for a while.
 pub fn spawn_heartbeat(
     store: Store,
     node_id: std::sync::Arc<str>,
@@ -157,6 +174,7 @@ pub fn spawn_heartbeat(
 ) {
     actix::spawn(async move {
         let lease = config.node_timeout.as_secs_f64();
+        let mut healthy_since: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -166,23 +184,34 @@ pub fn spawn_heartbeat(
             let timeout = config.node_timeout;
             let beat = store
                 .write(move |conn| {
-                    let t = now();
-                    if !queries::heartbeat(conn, &me, t, t + lease)? {
+                    if !queries::heartbeat(conn, &me, lease)? {
                         log::error!(
                             "node {me} was declared dead by another node (no heartbeat for {timeout:?}); \
                              its running items were rescued and their outcomes will be refused; registering again"
                         );
-                        queries::register_node(conn, &me, &hostname(), std::process::id(), t)?;
+                        queries::register_node(
+                            conn,
+                            &me,
+                            &host_identity(),
+                            std::process::id(),
+                            now(),
+                        )?;
                     }
                     Ok(())
                 })
                 .await;
             if let Err(e) = beat {
                 log::warn!("heartbeat failed: {e}");
+                healthy_since = None;
                 continue;
             }
+            let since = *healthy_since.get_or_insert_with(std::time::Instant::now);
+            let by_heartbeat = since.elapsed() >= timeout;
             let me = node_id.clone();
-            match store.write(move |conn| rescue(conn, &me, timeout)).await {
+            match store
+                .write(move |conn| rescue(conn, &me, timeout, by_heartbeat))
+                .await
+            {
                 Ok((touched, _)) if !touched.is_empty() => supervisor.do_send(ClusterSync {
                     jobs: touched,
                     ..ClusterSync::default()

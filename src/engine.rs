@@ -181,11 +181,18 @@ impl EngineBuilder {
                 // One engine per SQLite file: whatever ran is abandoned. On PostgreSQL
                 // other nodes may be running their items: only dead nodes' are rescued.
                 let recovery = if cluster {
-                    crate::cluster::rescue(conn, &node, node_timeout)?.1
+                    // Only nodes known dead: gone from this host, or items of no node.
+                    crate::cluster::rescue(conn, &node, node_timeout, false)?.1
                 } else {
                     queries::recover_abandoned_items(conn, t)?
                 };
-                queries::register_node(conn, &node, &hostname(), std::process::id(), t)?;
+                queries::register_node(
+                    conn,
+                    &node,
+                    &crate::cluster::host_identity(),
+                    std::process::id(),
+                    t,
+                )?;
                 Ok((
                     recovery,
                     queries::open_jobs(conn)?,

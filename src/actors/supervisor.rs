@@ -220,7 +220,7 @@ pub struct Supervisor {
     /// Outcomes waiting for the next group commit.
     finished: Vec<FinishedItem>,
     /// Items claimed or stopped during shutdown, to be put back in the queue.
-    to_release: Vec<(String, u32)>,
+    to_release: Vec<queries::Release>,
     /// A write is in flight; see [`Supervisor::cycle`].
     writing: bool,
     /// A lingering flush is scheduled.
@@ -240,7 +240,7 @@ pub struct Supervisor {
     pending_submits: Vec<PendingSubmit>,
     /// Claimed items of paused jobs and kinds, to be put back in the queue by the next
     /// write.
-    pending_release: Vec<(String, u32)>,
+    pending_release: Vec<queries::Release>,
     /// Kinds paused as a whole, before the Workers exist.
     paused_kinds: Vec<String>,
     /// Retried items waiting out their delay, over all jobs.
@@ -265,6 +265,11 @@ pub struct Supervisor {
     sync_pending: SyncPending,
     /// A sync read is in flight.
     syncing: bool,
+    /// Jobs this node changed while a sync read was in flight: that read may predate the
+    /// change, so their part of it is dropped and they are read again.
+    touched: std::collections::HashSet<String>,
+    /// Kinds paused or resumed here while a sync read was in flight.
+    touched_kinds: bool,
     /// The fallback poll's current period (doubles while it finds nothing).
     poll_delay: Duration,
 }
@@ -381,6 +386,8 @@ impl Supervisor {
             cluster: config.cluster,
             sync_pending: SyncPending::default(),
             syncing: false,
+            touched: Default::default(),
+            touched_kinds: false,
             poll_delay: POLL_MIN,
             groups: config
                 .groups
@@ -515,7 +522,7 @@ impl Supervisor {
             slot.buffered = slot.buffered.saturating_sub(ready.len() as u32);
         }
         self.pending_release
-            .extend(ready.into_iter().map(|i| (i.job_id, i.index)));
+            .extend(ready.into_iter().map(|i| (i.job_id, i.index, i.attempt)));
     }
 
     /// Stops following a job that reached a terminal state.
@@ -663,6 +670,7 @@ impl Supervisor {
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(CancelOutcome::Cancelled { .. }) => {
+                    act.touch(&job_id);
                     act.cancel_in_memory(&job_id);
                     act.cycle(ctx);
                 }
@@ -846,8 +854,8 @@ impl Supervisor {
                 let t = now();
                 let mut released: Vec<String> = Vec::new();
                 if !for_release.is_empty() {
-                    queries::release_items(conn, &for_release, t)?;
-                    for (job_id, _) in &for_release {
+                    queries::release_items(conn, &for_release, &node, t)?;
+                    for (job_id, _, _) in &for_release {
                         if !released.contains(job_id) {
                             released.push(job_id.clone());
                         }
@@ -1032,6 +1040,16 @@ impl Supervisor {
 
     /// Applies a committed write to the in-memory state and answers the submitters.
     fn written(&mut self, w: Written, submits: Vec<PendingSubmit>) {
+        if self.syncing {
+            for id in &w.done {
+                self.touch(id);
+            }
+            for inserted in &w.inserted {
+                if let Inserted::New(r) = inserted {
+                    self.touch(&r.id);
+                }
+            }
+        }
         for job_id in &w.released {
             self.reopen(job_id);
         }
@@ -1128,14 +1146,14 @@ impl Supervisor {
         if stopping {
             // Claimed while shutdown began: put them straight back.
             self.to_release
-                .extend(items.into_iter().map(|i| (i.job_id, i.index)));
+                .extend(items.into_iter().map(|i| (i.job_id, i.index, i.attempt)));
             return;
         }
         let kind_paused = self.kinds.get(&claim.kind).is_some_and(|k| k.paused);
         if job.paused || kind_paused {
             // Paused while the claim was in flight: back to the queue with the next write.
             self.pending_release
-                .extend(items.into_iter().map(|i| (i.job_id, i.index)));
+                .extend(items.into_iter().map(|i| (i.job_id, i.index, i.attempt)));
             return;
         }
         if got == 0 {
@@ -1252,8 +1270,9 @@ impl Supervisor {
         if !self.to_release.is_empty() {
             self.releasing = true;
             let items = std::mem::take(&mut self.to_release);
+            let node = self.node_id.clone();
             self.store
-                .write(move |conn| queries::release_items(conn, &items, now()))
+                .write(move |conn| queries::release_items(conn, &items, &node, now()))
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.releasing = false;
@@ -1383,6 +1402,20 @@ impl Handler<SubmitJob> for Supervisor {
                 message: e.message,
             })));
         }
+        // PostgreSQL cannot hold a NUL character in text, nor read `\u0000` back as JSON:
+        // refused on either backend, so a job means the same on both.
+        if job.spec.to_string().contains("\\u0000") {
+            return Box::pin(fut::ready(Err(EngineError::Invalid {
+                field: "options".into(),
+                message: "NUL characters (\\u0000) are not allowed in a job's options".into(),
+            })));
+        }
+        if let Some(i) = job.items.iter().position(|item| item.key.contains('\0')) {
+            return Box::pin(fut::ready(Err(EngineError::Invalid {
+                field: format!("items[{i}].id"),
+                message: "NUL characters are not allowed in an item's id".into(),
+            })));
+        }
         if let Err((field, message)) = RetryPolicy::from_options(&job.spec) {
             return Box::pin(fut::ready(Err(EngineError::Invalid {
                 field: field.into(),
@@ -1466,7 +1499,8 @@ impl Handler<ItemFinished> for Supervisor {
             }
         }
         if release {
-            self.to_release.push((item.job_id, item.index));
+            self.to_release
+                .push((item.job_id, item.index, item.attempt));
         } else {
             self.finished.push(item);
         }
@@ -1495,6 +1529,7 @@ impl Handler<CancelJob> for Supervisor {
                 .map(move |res, act, ctx| {
                     let outcome = res?;
                     if let CancelOutcome::Cancelled { .. } = outcome {
+                        act.touch(&job_id);
                         act.cancel_in_memory(&job_id);
                         act.cycle(ctx);
                     }
@@ -1716,7 +1751,7 @@ impl Handler<Shutdown> for Supervisor {
         for job in self.jobs.values_mut() {
             job.in_startable = false;
             self.to_release
-                .extend(job.ready.drain(..).map(|i| (i.job_id, i.index)));
+                .extend(job.ready.drain(..).map(|i| (i.job_id, i.index, i.attempt)));
         }
         for slot in self.kinds.values_mut() {
             slot.startable.clear();
@@ -1754,6 +1789,7 @@ impl Handler<PauseJob> for Supervisor {
                 .map(move |res, act, ctx| {
                     let outcome = res?;
                     if let queries::PauseOutcome::Done(_) = &outcome {
+                        act.touch(&job_id);
                         if let Some(job) = act.jobs.get_mut(job_id.as_str()) {
                             job.paused = paused;
                             job.waiting_since = now();
@@ -1823,6 +1859,7 @@ impl Handler<PauseKind> for Supervisor {
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     res?;
+                    act.touched_kinds |= act.syncing;
                     act.pause_kind_in_memory(&kind, paused);
                     act.start_ready();
                     act.cycle(ctx);
@@ -1895,6 +1932,7 @@ impl Handler<RetryJob> for Supervisor {
                 .map(move |res, act, ctx| {
                     let outcome = res?;
                     if let queries::RetryOutcome::Requeued { items, job } = &outcome {
+                        act.touch(&job_id);
                         if act.kinds.contains_key(&job.kind)
                             && !act.jobs.contains_key(job_id.as_str())
                         {
@@ -2005,6 +2043,8 @@ impl Supervisor {
                     Err(e) => {
                         log::warn!("could not read the shared queue: {e}; retrying");
                         act.sync_pending.all = true;
+                        act.touched.clear();
+                        act.touched_kinds = false;
                     }
                 }
                 act.start_ready();
@@ -2019,8 +2059,26 @@ impl Supervisor {
             .spawn(ctx);
     }
 
+    /// Notes a job this node changed in the store (see `touched`).
+    fn touch(&mut self, job_id: &str) {
+        if self.syncing {
+            self.touched.insert(job_id.to_string());
+        }
+    }
+
     /// Applies a sync read; returns whether anything changed here.
-    fn follow(&mut self, synced: Synced) -> bool {
+    fn follow(&mut self, mut synced: Synced) -> bool {
+        let touched = std::mem::take(&mut self.touched);
+        if !touched.is_empty() {
+            synced.records.retain(|r| !touched.contains(&r.id));
+            synced.open.retain(|(id, _)| !touched.contains(id));
+            synced.ended.retain(|id| !touched.contains(id));
+            self.sync_pending.jobs.extend(touched);
+        }
+        if std::mem::take(&mut self.touched_kinds) && synced.paused_kinds.is_some() {
+            synced.paused_kinds = None;
+            self.sync_pending.kinds = true;
+        }
         let mut changed = false;
         for record in &synced.records {
             let paused = record.paused_at.is_some();
@@ -2076,6 +2134,18 @@ impl Supervisor {
             };
         };
         if job.cancelled {
+            // Retried elsewhere after it was cancelled here: once nothing of the old run
+            // is left here, follow the reopened job afresh.
+            if let Some(r) = record.filter(|_| job.idle()) {
+                let r = r.clone();
+                self.forget(id);
+                if let Some(slot) = self.kinds.get_mut(&r.kind) {
+                    slot.claimable.retain(|c| **c != *id);
+                    slot.startable.retain(|c| **c != *id);
+                }
+                self.admit(&r, None);
+                return true;
+            }
             return false;
         }
         if paused != job.paused {

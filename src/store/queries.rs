@@ -32,6 +32,32 @@ fn storable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Locks jobs' rows (PostgreSQL), in id order, for the rest of the transaction: every
+/// transition that reads a job's status and then moves its items, or that adds to its
+/// counters, takes its jobs' locks first and in one order. So a cancellation and a retry
+/// of the same job serialize (the second sees the first's outcome), and two nodes never
+/// wait for each other's rows crosswise. SQLite's single writer serializes anyway.
+fn lock_jobs<'a>(
+    conn: &mut Conn,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StoreError> {
+    if let Conn::Pg(c) = conn {
+        let mut ids: Vec<&str> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        jobs::table
+            .filter(jobs::id.eq_any(ids))
+            .order(jobs::id)
+            .select(jobs::id)
+            .for_update()
+            .load::<String>(c)?;
+    }
+    Ok(())
+}
+
 /// Rows per multi-row INSERT: 6 bound values each stays far below SQLite's variable limit.
 const INSERT_CHUNK: usize = 1000;
 
@@ -257,17 +283,9 @@ fn apply_tallies(
         })
         .collect();
     let rows = serde_json::Value::Array(rows).to_string();
+    // Nodes add to the same jobs' counters at once: rows locked in one order first.
+    lock_jobs(conn, tallies.keys().map(String::as_str))?;
     let counts: Vec<CountsRow> = if let Conn::Pg(c) = conn {
-        // Nodes add to the same jobs' counters at once: lock the rows in one order first,
-        // so two transactions never wait on each other's rows crosswise (a deadlock).
-        let mut ids: Vec<&String> = tallies.keys().collect();
-        ids.sort();
-        jobs::table
-            .filter(jobs::id.eq_any(ids))
-            .order(jobs::id)
-            .select(jobs::id)
-            .for_update()
-            .load::<String>(c)?;
         diesel::sql_query(
             "UPDATE jobs SET processed = processed + v.p, succeeded = succeeded + v.s, \
                     failed = failed + v.f, skipped = skipped + v.k, cancelled = cancelled + v.c \
@@ -348,6 +366,10 @@ pub fn record_finished(
     let mut chunks: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
     let mut chunk_bytes = 0usize;
     let mut open_jobs: HashMap<&str, bool> = HashMap::new();
+    // Before the status reads of retried items: a cancellation elsewhere either
+    // committed (the item ends cancelled) or waits for this transaction (and cancels the
+    // requeued item).
+    lock_jobs(conn, finished.iter().map(|f| f.job_id.as_str()))?;
     for item in finished {
         let mut status = item.outcome.status;
         if let Some(at) = item.retry_at {
@@ -718,10 +740,20 @@ pub fn retry_job(
     statuses: &[ItemStatus],
 ) -> Result<RetryOutcome, StoreError> {
     use job_items::dsl as i;
+    lock_jobs(conn, [job_id])?;
     let Some(status) = get_job_status(conn, job_id)? else {
         return Ok(RetryOutcome::NotFound);
     };
     if !status.is_terminal() {
+        return Ok(RetryOutcome::NotFinished(status));
+    }
+    // A cancelled job whose running items are still stopping (on any node) has no result
+    // yet: retried now, their late outcomes would land in the reopened job.
+    let has_result: bool = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::result.is_not_null())
+        .first(conn)?;
+    if !has_result {
         return Ok(RetryOutcome::NotFinished(status));
     }
     let spec: String = jobs::table
@@ -937,6 +969,7 @@ fn end_job(
     now: f64,
 ) -> Result<CancelOutcome, StoreError> {
     use job_items::dsl as i;
+    lock_jobs(conn, [job_id])?;
     let Some(status) = jobs::table
         .filter(jobs::id.eq(job_id))
         .select(jobs::status)
@@ -967,14 +1000,18 @@ fn end_job(
         .filter(i::status.eq(ItemStatus::Running.as_str()))
         .select(count_star())
         .first(conn)?;
-    diesel::update(jobs::table.filter(jobs::id.eq(job_id)))
-        .set((
-            jobs::status.eq(end.as_str()),
-            jobs::cancelled.eq(jobs::cancelled + dropped as i32),
-            jobs::completed_at.eq(now),
-            jobs::error.eq(reason),
-        ))
-        .execute(conn)?;
+    diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(job_id))
+            .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()])),
+    )
+    .set((
+        jobs::status.eq(end.as_str()),
+        jobs::cancelled.eq(jobs::cancelled + dropped as i32),
+        jobs::completed_at.eq(now),
+        jobs::error.eq(reason),
+    ))
+    .execute(conn)?;
     // With nothing running, the result can be built now; otherwise the last running item
     // builds it when its worker reports back.
     finalize_job(conn, job_id, now)?;
@@ -1083,6 +1120,7 @@ fn recover_items(
             .load(conn)?,
     };
     let mut report = Recovery::default();
+    lock_jobs(conn, job_ids.iter().map(String::as_str))?;
     for job_id in job_ids {
         let job_status: Option<String> = jobs::table
             .filter(jobs::id.eq(&job_id))
@@ -1144,19 +1182,26 @@ fn recover_items(
     Ok(report)
 }
 
+/// An item claimed by this node and given back: `(job id, index, claimed attempt)`.
+pub type Release = (String, u32, u32);
+
 /// Release at shutdown: moves items this engine was still running `running → queued`,
 /// giving back the attempt, since the item itself did nothing wrong; items of a job that
 /// was cancelled meanwhile go `running → cancelled` instead (and may finish their job).
+/// Fenced like [`record_finished`]: an item another node rescued and claimed meanwhile
+/// is not this node's to give back.
 pub fn release_items(
     conn: &mut Conn,
-    items: &[(String, u32)],
+    items: &[Release],
+    node_id: &str,
     now: f64,
 ) -> Result<u64, StoreError> {
     use job_items::dsl as i;
     let mut cancelled_jobs: HashMap<&str, bool> = HashMap::new();
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     let mut released = 0;
-    for (job_id, idx) in items {
+    lock_jobs(conn, items.iter().map(|(job_id, _, _)| job_id.as_str()))?;
+    for (job_id, idx, attempt) in items {
         let cancelled = match cancelled_jobs.get(job_id.as_str()) {
             Some(c) => *c,
             None => {
@@ -1171,7 +1216,9 @@ pub fn release_items(
         let item = i::job_items
             .filter(i::job_id.eq(job_id))
             .filter(i::idx.eq(*idx as i32))
-            .filter(i::status.eq(ItemStatus::Running.as_str()));
+            .filter(i::status.eq(ItemStatus::Running.as_str()))
+            .filter(i::node_id.eq(node_id))
+            .filter(i::attempts.eq(*attempt as i32));
         if cancelled {
             let n = diesel::update(item)
                 .set((
@@ -1212,6 +1259,8 @@ pub fn register_node(
     pid: u32,
     now: f64,
 ) -> Result<(), StoreError> {
+    // Heartbeats are compared by the database's clock (nodes' clocks may differ).
+    let now = if is_pg(conn) { db_now(conn)? } else { now };
     let row = (
         nodes::id.eq(id),
         nodes::host.eq(host),
@@ -1257,30 +1306,46 @@ pub fn list_nodes(conn: &mut Conn) -> Result<Vec<NodeRecord>, StoreError> {
         .load(conn)?)
 }
 
-/// Heartbeat: refreshes this node's `heartbeat_at` and renews the leases of the items it
-/// runs until `lease_until`. Returns `false` when the node is no longer registered
+/// Heartbeat: refreshes this node's `heartbeat_at` (by the database's clock) and renews
+/// the leases of the items it runs for `lease` seconds. Returns `false` when the node is no longer registered
 /// (another node declared it dead and rescued its items); the caller registers again.
-pub fn heartbeat(
-    conn: &mut Conn,
-    node_id: &str,
-    now: f64,
-    lease_until: f64,
-) -> Result<bool, StoreError> {
-    use job_items::dsl as i;
+pub fn heartbeat(conn: &mut Conn, node_id: &str, lease: f64) -> Result<bool, StoreError> {
+    let now = db_now(conn)?;
     let alive = diesel::update(nodes::table.filter(nodes::id.eq(node_id)))
         .set(nodes::heartbeat_at.eq(now))
         .execute(conn)?;
     if alive == 0 {
         return Ok(false);
     }
-    diesel::update(
-        i::job_items
-            .filter(i::node_id.eq(node_id))
-            .filter(i::status.eq(ItemStatus::Running.as_str())),
-    )
-    .set(i::lease_expires_at.eq(lease_until))
-    .execute(conn)?;
+    if let Conn::Pg(c) = conn {
+        // Rows being recorded right now are skipped rather than waited for (and never
+        // locked crosswise with a write cycle); their lease ends with them anyway.
+        diesel::sql_query(
+            "WITH mine AS (SELECT job_id, idx FROM job_items \
+                           WHERE node_id = $1 AND status = 'running' \
+                           ORDER BY job_id, idx FOR UPDATE SKIP LOCKED) \
+             UPDATE job_items SET lease_expires_at = $2 FROM mine \
+             WHERE job_items.job_id = mine.job_id AND job_items.idx = mine.idx",
+        )
+        .bind::<diesel::sql_types::Text, _>(node_id)
+        .bind::<diesel::sql_types::Double, _>(now + lease)
+        .execute(c)?;
+    }
     Ok(true)
+}
+
+/// Read: the database's clock (Unix seconds) on PostgreSQL, where heartbeats of nodes on
+/// different machines are compared; this machine's clock on SQLite.
+pub fn db_now(conn: &mut Conn) -> Result<f64, StoreError> {
+    match conn {
+        Conn::Pg(c) => Ok(
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Double>(
+                "extract(epoch from clock_timestamp())::float8",
+            ))
+            .get_result(c)?,
+        ),
+        Conn::Sqlite(_) => Ok(crate::model::now()),
+    }
 }
 
 /// Rescue: removes the listed nodes — those whose heartbeat is older than
@@ -2096,6 +2161,11 @@ pub fn prune_finished(
     };
     let mut budget = PRUNE_MAX_ITEMS;
     for PruneCandidate { id } in candidates.iter().take(max_jobs as usize) {
+        // Another node may have reopened it (a retry) since the candidates were read.
+        lock_jobs(conn, [id.as_str()])?;
+        if !get_job_status(conn, id)?.is_some_and(JobStatus::is_terminal) {
+            continue;
+        }
         let delete = if is_pg(conn) {
             "DELETE FROM job_items WHERE job_id = $1 AND idx IN \
              (SELECT idx FROM job_items WHERE job_id = $2 ORDER BY idx LIMIT $3)"

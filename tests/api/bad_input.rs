@@ -169,3 +169,26 @@ async fn an_unregistered_kind_is_a_bad_type_field() {
     );
     assert_eq!(app.get("/batch/stats").await.1["stats"]["total"], 0);
 }
+
+#[actix_web::test]
+async fn nul_characters_in_options_or_ids_are_refused_on_either_backend() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/batch/validation",
+            &json!({"targets": [{"id": "a", "path": "f"}], "check_command": "true", "note": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "options", "{body}");
+    let (status, body) = app
+        .post(
+            "/batch/validation",
+            &json!({"targets": [{"id": "ok", "path": "f"}, {"id": "a\u{0}b", "path": "g"}], "check_command": "true"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "items[1].id", "{body}");
+    let (_, list) = app.get("/batch/jobs").await;
+    assert_eq!(list["total"], 0, "nothing stored: {list}");
+}
