@@ -38,6 +38,10 @@ pub fn postgres_available() -> bool {
     use diesel::Connection;
     match diesel::pg::PgConnection::establish(&format!("{}/postgres", pg_server())) {
         Ok(_) => true,
+        // In CI a missing server is a failure, never a silent skip.
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI needs PostgreSQL at {}: {e}", pg_server())
+        }
         Err(e) => {
             eprintln!("SKIPPED: no PostgreSQL at {} ({e})", pg_server());
             false
