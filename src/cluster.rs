@@ -142,6 +142,10 @@ pub fn rescue(
         total.finished_jobs.extend(r.finished_jobs);
         total.jobs.extend(r.jobs);
     }
+    if queries::free_orphan_slots(conn)? > 0 {
+        // Nodes waiting for a slot of a concurrency group try again.
+        queries::notify(conn, &format!("groups::{me}"))?;
+    }
     if dead.is_empty() {
         return Ok((Vec::new(), total));
     }
@@ -260,6 +264,7 @@ pub fn spawn_listener(
                     supervisor.do_send(ClusterSync {
                         all: true,
                         kinds: true,
+                        groups: true,
                         jobs: Vec::new(),
                     });
                 }
@@ -276,7 +281,7 @@ pub fn spawn_listener(
                             }
                         }
                     }
-                    if sync.all || sync.kinds || !sync.jobs.is_empty() {
+                    if sync.all || sync.kinds || sync.groups || !sync.jobs.is_empty() {
                         supervisor.do_send(sync);
                     }
                     // A dead socket is only noticed by using it.
@@ -312,6 +317,7 @@ fn parse_payload(payload: &str, me: &str, into: &mut ClusterSync) {
     match event {
         "new" | "job" if !id.is_empty() => into.jobs.push(id.to_string()),
         "kinds" => into.kinds = true,
+        "groups" => into.groups = true,
         _ => log::debug!("ignoring notification '{payload}'"),
     }
 }

@@ -175,6 +175,11 @@ impl EngineBuilder {
         let node = node_id.clone();
         let cluster = store.is_postgres();
         let node_timeout = config.cluster.node_timeout;
+        let groups: Vec<(String, u32)> = config
+            .concurrency_groups
+            .iter()
+            .map(|(name, limit)| (name.clone(), (*limit).max(1) as u32))
+            .collect();
         let (recovery, open_jobs, paused_kinds) = store
             .write(move |conn| {
                 let t = now();
@@ -182,6 +187,9 @@ impl EngineBuilder {
                 // other nodes may be running their items: only dead nodes' are rescued.
                 let recovery = if cluster {
                     // Only nodes known dead: gone from this host, or items of no node.
+                    for (group, limit) in &groups {
+                        queries::ensure_group_slots(conn, group, *limit)?;
+                    }
                     crate::cluster::rescue(conn, &node, node_timeout, false)?.1
                 } else {
                     queries::recover_abandoned_items(conn, t)?

@@ -301,6 +301,8 @@ pub struct ClusterSync {
     pub all: bool,
     /// Read which kinds are paused.
     pub kinds: bool,
+    /// A concurrency group's slot was freed: try again to take one.
+    pub groups: bool,
     /// Read these jobs.
     pub jobs: Vec<String>,
 }

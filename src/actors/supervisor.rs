@@ -95,6 +95,30 @@ pub struct SupervisorConfig {
 struct GroupSlot {
     limit: u32,
     active: u32,
+    /// Shared by the nodes of a PostgreSQL queue: items start only on slots this node
+    /// holds in `group_slots`.
+    shared: bool,
+    /// Slots held (shared groups).
+    held: Vec<i32>,
+    /// Slots to give back with the next write.
+    releasing: Vec<i32>,
+    /// An acquisition is in the write in flight.
+    acquiring: bool,
+    /// The last acquisition got fewer slots than asked: wait for a slot to be freed
+    /// (a `groups` notification) or the next pump before asking again.
+    starved: bool,
+}
+
+impl GroupSlot {
+    /// Whether another item of the group may start here now.
+    fn open(&self) -> bool {
+        let cap = if self.shared {
+            self.held.len() as u32
+        } else {
+            self.limit
+        };
+        self.active < cap
+    }
 }
 
 struct KindSlot {
@@ -270,6 +294,8 @@ pub struct Supervisor {
     touched: std::collections::HashSet<String>,
     /// Kinds paused or resumed here while a sync read was in flight.
     touched_kinds: bool,
+    /// Slots of shared concurrency groups to take with the next write: (group, limit, n).
+    group_acquire: Vec<(String, u32, u32)>,
     /// The fallback poll's current period (doubles while it finds nothing).
     poll_delay: Duration,
 }
@@ -321,6 +347,8 @@ struct Written {
     counts: Vec<(String, Counts)>,
     inserted: Vec<Inserted>,
     claimed: Vec<(Claim, Vec<ClaimedItem>, Option<f64>)>,
+    /// Shared group slots taken: (group, asked, got).
+    slots: Vec<(String, u32, Vec<i32>)>,
     at: f64,
 }
 
@@ -388,11 +416,25 @@ impl Supervisor {
             syncing: false,
             touched: Default::default(),
             touched_kinds: false,
+            group_acquire: Vec::new(),
             poll_delay: POLL_MIN,
             groups: config
                 .groups
                 .into_iter()
-                .map(|(name, limit)| (name, GroupSlot { limit, active: 0 }))
+                .map(|(name, limit)| {
+                    (
+                        name,
+                        GroupSlot {
+                            limit,
+                            active: 0,
+                            shared: config.cluster,
+                            held: Vec::new(),
+                            releasing: Vec::new(),
+                            acquiring: false,
+                            starved: false,
+                        },
+                    )
+                })
                 .collect(),
         }
     }
@@ -688,6 +730,47 @@ impl Supervisor {
             .spawn(ctx);
     }
 
+    /// Shared concurrency groups (PostgreSQL): decides which slots to take or give back
+    /// with the next write. A node wants as many slots as it has items of the group
+    /// running or ready to start (up to the limit); slots beyond that go back, and a node
+    /// keeps a slot while it has items of the group to run. Returns whether there is
+    /// anything to write.
+    fn plan_group_slots(&mut self) -> bool {
+        if !self.cluster || self.groups.is_empty() {
+            return false;
+        }
+        let t = now();
+        let mut demand: HashMap<&str, u32> = HashMap::new();
+        if !self.stopping {
+            for job in self.jobs.values() {
+                if let Some(g) = &job.group {
+                    if job.runnable(t) && !job.ready.is_empty() {
+                        let startable =
+                            (job.ready.len() as u32).min(job.parallel.saturating_sub(job.active));
+                        *demand.entry(g.as_str()).or_default() += startable;
+                    }
+                }
+            }
+        }
+        let mut due = false;
+        for (name, g) in self.groups.iter_mut() {
+            let wanted = (g.active + demand.get(name.as_str()).copied().unwrap_or(0)).min(g.limit);
+            let held = g.held.len() as u32;
+            if held > wanted.max(g.active) && !g.acquiring {
+                let surplus = (held - wanted.max(g.active)) as usize;
+                let keep = g.held.len() - surplus;
+                let freed: Vec<i32> = g.held.drain(keep..).collect();
+                g.releasing.extend(freed);
+            } else if held < wanted && !g.acquiring && !g.starved {
+                g.acquiring = true;
+                self.group_acquire
+                    .push((name.clone(), g.limit, wanted - held));
+            }
+            due |= !g.releasing.is_empty();
+        }
+        due || !self.group_acquire.is_empty()
+    }
+
     /// Decides how many items to claim from which jobs, reserving buffer room: per kind at
     /// most `max(limit, 32)` items buffered (one more for a job that waits with nothing).
     fn plan_claims(&mut self) -> Vec<Claim> {
@@ -809,10 +892,12 @@ impl Supervisor {
         };
         let outcomes_due = !self.finished.is_empty()
             && (self.finished.len() >= FLUSH_BATCH || self.flush_due || self.stopping);
+        let slots_due = self.plan_group_slots();
         if plan.is_empty()
             && self.pending_submits.is_empty()
             && self.pending_release.is_empty()
             && !outcomes_due
+            && !slots_due
         {
             if !self.finished.is_empty() && !self.flush_scheduled {
                 self.flush_scheduled = true;
@@ -849,6 +934,14 @@ impl Supervisor {
         let asked = plan.clone();
         let node = self.node_id.clone();
         let lease = self.lease;
+        let acquire = std::mem::take(&mut self.group_acquire);
+        let slot_releases: Vec<(String, Vec<i32>)> = self
+            .groups
+            .iter_mut()
+            .filter(|(_, g)| !g.releasing.is_empty())
+            .map(|(name, g)| (name.clone(), std::mem::take(&mut g.releasing)))
+            .collect();
+        let for_slots = (acquire.clone(), slot_releases.clone());
         self.store
             .write(move |conn| {
                 let t = now();
@@ -906,6 +999,15 @@ impl Supervisor {
                         }
                     });
                 }
+                let (acquire, slot_releases) = for_slots;
+                for (group, slots) in &slot_releases {
+                    queries::release_group_slots(conn, group, &node, slots)?;
+                }
+                let mut slots = Vec::with_capacity(acquire.len());
+                for (group, limit, n) in acquire {
+                    let got = queries::acquire_group_slots(conn, &group, limit, &node, n)?;
+                    slots.push((group, n, got));
+                }
                 let mut claimed = Vec::with_capacity(plan.len());
                 for claim in plan {
                     let items =
@@ -933,6 +1035,7 @@ impl Supervisor {
                     counts,
                     inserted,
                     claimed,
+                    slots,
                     at: t,
                 })
             })
@@ -991,6 +1094,16 @@ impl Supervisor {
                             }
                         }
                         act.pending_release.extend(releases);
+                        for (group, _, _) in &acquire {
+                            if let Some(g) = act.groups.get_mut(group) {
+                                g.acquiring = false;
+                            }
+                        }
+                        for (group, slots) in slot_releases {
+                            if let Some(g) = act.groups.get_mut(&group) {
+                                g.releasing.extend(slots);
+                            }
+                        }
                         // Outcomes go back in front, to be retried.
                         let mut retry: Vec<FinishedItem> = outcomes.iter().cloned().collect();
                         retry.append(&mut act.finished);
@@ -1040,6 +1153,13 @@ impl Supervisor {
 
     /// Applies a committed write to the in-memory state and answers the submitters.
     fn written(&mut self, w: Written, submits: Vec<PendingSubmit>) {
+        for (group, asked, got) in &w.slots {
+            if let Some(g) = self.groups.get_mut(group) {
+                g.acquiring = false;
+                g.starved = (got.len() as u32) < *asked;
+                g.held.extend(got);
+            }
+        }
         if self.syncing {
             for id in &w.done {
                 self.touch(id);
@@ -1196,7 +1316,7 @@ impl Supervisor {
             j.group
                 .as_ref()
                 .and_then(|g| groups.get(g))
-                .is_none_or(|g| g.active < g.limit)
+                .is_none_or(GroupSlot::open)
         };
         for slot in kinds.values_mut() {
             if slot.paused || slot.active >= slot.limit {
@@ -1364,6 +1484,10 @@ impl Actor for Supervisor {
         }
         ctx.run_interval(PUMP_INTERVAL, |act, ctx| {
             act.flush_due = true;
+            // A missed `groups` notification costs at most one pump interval.
+            for g in act.groups.values_mut() {
+                g.starved = false;
+            }
             act.cycle(ctx);
         });
         if self.cluster {
@@ -1958,6 +2082,13 @@ impl Handler<ClusterSync> for Supervisor {
         self.sync_pending.all |= msg.all;
         self.sync_pending.kinds |= msg.kinds;
         self.sync_pending.jobs.extend(msg.jobs);
+        if msg.groups {
+            // A slot was freed somewhere: groups that found none ask again.
+            for g in self.groups.values_mut() {
+                g.starved = false;
+            }
+            self.cycle(ctx);
+        }
         self.sync(ctx);
     }
 }

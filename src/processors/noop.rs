@@ -34,13 +34,16 @@ impl Processor for Noop {
             .and_then(Value::as_u64)
             .map(|ms| ms.min(MAX_SLEEP_MS));
         if let Some(ms) = sleep {
+            let started_at = crate::model::now();
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => {}
                 _ = ctx.cancel.cancelled() => {
                     return ItemOutcome::cancelled(Value::Null);
                 }
             }
-            return ItemOutcome::succeeded(serde_json::json!({"slept_ms": ms}));
+            return ItemOutcome::succeeded(
+                serde_json::json!({"slept_ms": ms, "started_at": started_at}),
+            );
         }
         ItemOutcome::succeeded(Value::Null)
     }

@@ -89,15 +89,19 @@ impl Node {
     }
 }
 
-/// Three nodes on a fresh database, or `None` (skipped) without PostgreSQL.
+/// Nodes on a fresh database, or `None` (skipped) without PostgreSQL.
 async fn cluster(dir: &Path, n: usize) -> Option<(TestDb, Vec<Node>)> {
+    cluster_with(dir, n, &[]).await
+}
+
+async fn cluster_with(dir: &Path, n: usize, extra: &[&str]) -> Option<(TestDb, Vec<Node>)> {
     if !postgres_available() {
         return None;
     }
     let db = TestDb::create_postgres(dir, "cluster");
     let mut nodes = Vec::new();
     for i in 0..n {
-        nodes.push(Node::start(dir, &db.url, &format!("node{i}"), &[]).await);
+        nodes.push(Node::start(dir, &db.url, &format!("node{i}"), extra).await);
     }
     Some((db, nodes))
 }
@@ -352,4 +356,55 @@ async fn an_item_longer_than_the_node_timeout_is_not_rescued_while_its_node_live
     for item in nodes[1].items(&id).await {
         assert_eq!(item["attempts"], 1, "a long item ran twice: {item}");
     }
+}
+
+#[actix_web::test]
+async fn a_concurrency_group_limit_holds_across_all_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_db, nodes)) = cluster_with(dir.path(), 3, &["--concurrency-group", "gpu=2"]).await
+    else {
+        return;
+    };
+    let sleep = 300;
+    let job = nodes[0]
+        .call(
+            "POST",
+            "/batch/jobs",
+            Some(&json!({
+                "type": "noop",
+                "items": noop_items(24, sleep),
+                "parallel": 4,
+                "concurrency_group": "gpu",
+            })),
+        )
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_string();
+    nodes[1]
+        .wait_status(&id, "completed", Duration::from_secs(60))
+        .await;
+    // Each item reports when its work began; it lasts `sleep` ms. At no instant may more
+    // than two overlap, whichever nodes ran them.
+    let items = nodes[2].items(&id).await;
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for item in &items {
+        let start = item["result"]["started_at"].as_f64().expect("started_at");
+        edges.push((start, 1));
+        edges.push((start + sleep as f64 / 1000.0, -1));
+    }
+    // Ends sort before starts at the same instant.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut running, mut most) = (0, 0);
+    for (_, step) in edges {
+        running += step;
+        most = most.max(running);
+    }
+    eprintln!(
+        "most gpu items at once over 3 nodes: {most}; shares {:?}",
+        shares(&items)
+    );
+    assert!(
+        most <= 2,
+        "the group limit of 2 was exceeded: {most} at once"
+    );
+    assert_eq!(most, 2, "the limit is used, not undershot");
 }
