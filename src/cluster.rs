@@ -188,7 +188,9 @@ pub fn spawn_heartbeat(
             let timeout = config.node_timeout;
             let beat = store
                 .write(move |conn| {
-                    if !queries::heartbeat(conn, &me, lease)? {
+                    if queries::heartbeat(conn, &me, lease)? {
+                        Ok(true)
+                    } else {
                         log::error!(
                             "node {me} was declared dead by another node (no heartbeat for {timeout:?}); \
                              its running items were rescued and their outcomes will be refused; registering again"
@@ -200,14 +202,18 @@ pub fn spawn_heartbeat(
                             std::process::id(),
                             now(),
                         )?;
+                        Ok(false)
                     }
-                    Ok(())
                 })
                 .await;
-            if let Err(e) = beat {
-                log::warn!("heartbeat failed: {e}");
-                healthy_since = None;
-                continue;
+            match beat {
+                Ok(true) => {}
+                Ok(false) => supervisor.do_send(crate::actors::messages::NodeLost),
+                Err(e) => {
+                    log::warn!("heartbeat failed: {e}");
+                    healthy_since = None;
+                    continue;
+                }
             }
             let since = *healthy_since.get_or_insert_with(std::time::Instant::now);
             let by_heartbeat = since.elapsed() >= timeout;

@@ -306,3 +306,9 @@ pub struct ClusterSync {
     /// Read these jobs.
     pub jobs: Vec<String>,
 }
+
+/// This node was declared dead by another one (its heartbeat lapsed) and has registered
+/// again: the claims and group slots it held were rescued and are no longer its own.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "()")]
+pub struct NodeLost;

@@ -107,6 +107,9 @@ struct GroupSlot {
     /// The last acquisition got fewer slots than asked: wait for a slot to be freed
     /// (a `groups` notification) or the next pump before asking again.
     starved: bool,
+    /// This node was declared dead and its slots freed while items of the group still
+    /// ran here: no slot is taken until those are done.
+    lost: bool,
 }
 
 impl GroupSlot {
@@ -373,6 +376,16 @@ fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
     }
 }
 
+/// Whether a JSON value holds a NUL character in any string or key.
+fn contains_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(contains_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
 /// A random factor in [0, 1] for backoff jitter.
 fn jitter() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
@@ -432,6 +445,7 @@ impl Supervisor {
                             releasing: Vec::new(),
                             acquiring: false,
                             starved: false,
+                            lost: false,
                         },
                     )
                 })
@@ -740,17 +754,30 @@ impl Supervisor {
             return false;
         }
         let t = now();
-        let mut demand: HashMap<&str, u32> = HashMap::new();
+        // What could start now, per group and kind; a kind's part is capped by its free
+        // slots, so a node whose kind is busy with other work does not sit on slots.
+        let mut by_kind: HashMap<(&str, &str), u32> = HashMap::new();
         if !self.stopping {
             for job in self.jobs.values() {
                 if let Some(g) = &job.group {
                     if job.runnable(t) && !job.ready.is_empty() {
                         let startable =
                             (job.ready.len() as u32).min(job.parallel.saturating_sub(job.active));
-                        *demand.entry(g.as_str()).or_default() += startable;
+                        *by_kind.entry((g.as_str(), job.kind.as_str())).or_default() += startable;
                     }
                 }
             }
+        }
+        let mut demand: HashMap<&str, u32> = HashMap::new();
+        for ((group, kind), n) in by_kind {
+            let room = self.kinds.get(kind).map_or(0, |k| {
+                if k.paused {
+                    0
+                } else {
+                    k.limit.saturating_sub(k.active)
+                }
+            });
+            *demand.entry(group).or_default() += n.min(room);
         }
         let mut due = false;
         for (name, g) in self.groups.iter_mut() {
@@ -761,10 +788,13 @@ impl Supervisor {
                 let keep = g.held.len() - surplus;
                 let freed: Vec<i32> = g.held.drain(keep..).collect();
                 g.releasing.extend(freed);
-            } else if held < wanted && !g.acquiring && !g.starved {
+            } else if held < wanted && !g.acquiring && !g.starved && (!g.lost || g.active == 0) {
                 g.acquiring = true;
                 self.group_acquire
                     .push((name.clone(), g.limit, wanted - held));
+            }
+            if g.lost && g.active == 0 {
+                g.lost = false;
             }
             due |= !g.releasing.is_empty();
         }
@@ -945,6 +975,16 @@ impl Supervisor {
         self.store
             .write(move |conn| {
                 let t = now();
+                // Every job row this write will lock, at once and in one order, so two
+                // nodes' writes (and a cancel) never wait for each other crosswise.
+                queries::lock_jobs(
+                    conn,
+                    for_release
+                        .iter()
+                        .map(|(id, _, _)| id.as_str())
+                        .chain(for_store.iter().map(|f| f.job_id.as_str()))
+                        .chain(plan.iter().filter(|c| c.first).map(|c| &*c.job_id)),
+                )?;
                 let mut released: Vec<String> = Vec::new();
                 if !for_release.is_empty() {
                     queries::release_items(conn, &for_release, &node, t)?;
@@ -1183,13 +1223,21 @@ impl Supervisor {
             }
         }
         for job_id in w.done {
-            self.forget(&job_id);
+            match self.jobs.get(job_id.as_str()) {
+                // Items of it still run here (claims rescued from this node while it was
+                // cut off): stop them; the job is forgotten once they are back.
+                Some(job) if !job.idle() => self.cancel_in_memory(&job_id),
+                _ => self.forget(&job_id),
+            }
         }
         for (inserted, pending) in w.inserted.into_iter().zip(submits) {
             let answer = match inserted {
                 Inserted::New(record) => {
                     let queued = record.total;
-                    self.admit(&record, Some(queued));
+                    // A sync may have admitted it already (it read the committed row first).
+                    if !self.jobs.contains_key(record.id.as_str()) {
+                        self.admit(&record, Some(queued));
+                    }
                     Ok(JobView {
                         record,
                         live: None,
@@ -1451,8 +1499,12 @@ impl Actor for Supervisor {
             );
         }
         for job in std::mem::take(&mut self.pending_jobs) {
-            if self.kinds.contains_key(&job.kind) {
+            if self.can_run_here(&job) {
                 self.admit(&job, None);
+                continue;
+            }
+            if self.kinds.contains_key(&job.kind) {
+                // Its concurrency group is not configured here (cluster only).
                 continue;
             }
             if self.cluster {
@@ -1528,7 +1580,7 @@ impl Handler<SubmitJob> for Supervisor {
         }
         // PostgreSQL cannot hold a NUL character in text, nor read `\u0000` back as JSON:
         // refused on either backend, so a job means the same on both.
-        if job.spec.to_string().contains("\\u0000") {
+        if contains_nul(&job.spec) {
             return Box::pin(fut::ready(Err(EngineError::Invalid {
                 field: "options".into(),
                 message: "NUL characters (\\u0000) are not allowed in a job's options".into(),
@@ -2075,6 +2127,60 @@ impl Handler<RetryJob> for Supervisor {
     }
 }
 
+impl Supervisor {
+    /// Whether this node may run a job of the shared queue: it registers the kind, and it
+    /// knows the job's concurrency group (running its items without the group's slots
+    /// would break the group's limit for the whole cluster).
+    fn can_run_here(&self, job: &JobRecord) -> bool {
+        if !self.kinds.contains_key(&job.kind) {
+            return false;
+        }
+        match job
+            .spec
+            .get("concurrency_group")
+            .and_then(serde_json::Value::as_str)
+        {
+            Some(g) if self.cluster && !self.groups.contains_key(g) => {
+                log::warn!(
+                    "job {}: concurrency group '{g}' is not configured on this node; left to the nodes that have it (--concurrency-group {g}=N)",
+                    job.id
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+impl Handler<NodeLost> for Supervisor {
+    type Result = ();
+
+    /// Another node declared this one dead and rescued its claims: the ready items are no
+    /// longer this node's (they are dropped, not released; their jobs are claimed from
+    /// afresh) and neither are its group slots.
+    fn handle(&mut self, _: NodeLost, ctx: &mut Self::Context) {
+        let ids: Vec<Arc<str>> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let dropped = job.ready.len() as u32;
+            job.ready.clear();
+            if let Some(slot) = self.kinds.get_mut(&job.kind) {
+                slot.buffered = slot.buffered.saturating_sub(dropped);
+            }
+            self.reopen(&id);
+        }
+        self.pending_release.clear();
+        for g in self.groups.values_mut() {
+            g.held.clear();
+            g.releasing.clear();
+            g.lost = g.active > 0;
+        }
+        self.cycle(ctx);
+    }
+}
+
 impl Handler<ClusterSync> for Supervisor {
     type Result = ();
 
@@ -2257,7 +2363,7 @@ impl Supervisor {
         }
         let Some(job) = self.jobs.get_mut(id) else {
             return match record {
-                Some(r) if self.kinds.contains_key(&r.kind) => {
+                Some(r) if self.can_run_here(r) => {
                     self.admit(r, None);
                     true
                 }

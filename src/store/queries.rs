@@ -32,12 +32,13 @@ fn storable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Locks jobs' rows (PostgreSQL), in id order, for the rest of the transaction: every
+/// Job locks: locks jobs' rows (PostgreSQL), in id order, for the rest of the
+/// transaction. A write that touches several jobs takes them all at once first. Every
 /// transition that reads a job's status and then moves its items, or that adds to its
 /// counters, takes its jobs' locks first and in one order. So a cancellation and a retry
 /// of the same job serialize (the second sees the first's outcome), and two nodes never
 /// wait for each other's rows crosswise. SQLite's single writer serializes anyway.
-fn lock_jobs<'a>(
+pub fn lock_jobs<'a>(
     conn: &mut Conn,
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), StoreError> {
@@ -849,6 +850,7 @@ pub fn set_job_paused(
     paused: bool,
     now: f64,
 ) -> Result<PauseOutcome, StoreError> {
+    lock_jobs(conn, [job_id])?;
     let Some(status) = get_job_status(conn, job_id)? else {
         return Ok(PauseOutcome::NotFound);
     };
@@ -2255,9 +2257,15 @@ pub fn prune_finished(
         ..Pruned::default()
     };
     let mut budget = PRUNE_MAX_ITEMS;
+    lock_jobs(
+        conn,
+        candidates
+            .iter()
+            .take(max_jobs as usize)
+            .map(|c| c.id.as_str()),
+    )?;
     for PruneCandidate { id } in candidates.iter().take(max_jobs as usize) {
         // Another node may have reopened it (a retry) since the candidates were read.
-        lock_jobs(conn, [id.as_str()])?;
         if !get_job_status(conn, id)?.is_some_and(JobStatus::is_terminal) {
             continue;
         }

@@ -408,3 +408,75 @@ async fn a_concurrency_group_limit_holds_across_all_nodes() {
     );
     assert_eq!(most, 2, "the limit is used, not undershot");
 }
+
+#[actix_web::test]
+async fn a_node_declared_dead_while_frozen_gives_up_its_group_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_db, nodes)) = cluster_with(dir.path(), 2, &["--concurrency-group", "gpu=1"]).await
+    else {
+        return;
+    };
+    let sleep = 300;
+    let job = nodes[0]
+        .call(
+            "POST",
+            "/batch/jobs",
+            Some(&json!({
+                "type": "noop",
+                "items": noop_items(30, sleep),
+                "parallel": 4,
+                "concurrency_group": "gpu",
+            })),
+        )
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_string();
+    // Freeze the node running a gpu item past the node timeout (3 s): the other rescues
+    // its claims and its slot, and takes the slot over.
+    let frozen = wait_for(Duration::from_secs(30), "a node runs a gpu item", || {
+        let nodes = &nodes;
+        let id = &id;
+        async move {
+            let items = nodes[0].items(id).await;
+            let node = items.iter().find(|i| i["status"] == "running")?["node"]
+                .as_str()?
+                .to_string();
+            for (n, candidate) in nodes.iter().enumerate() {
+                let health = candidate.call("GET", "/health", None).await;
+                if health["node_id"] == node.as_str() {
+                    return Some(n);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    let pid = nodes[frozen].child.id().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let other = 1 - frozen;
+    nodes[other]
+        .wait_status(&id, "completed", Duration::from_secs(60))
+        .await;
+    let items = nodes[other].items(&id).await;
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for item in &items {
+        let start = item["result"]["started_at"].as_f64().expect("started_at");
+        edges.push((start, 1));
+        edges.push((start + sleep as f64 / 1000.0, -1));
+    }
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut running, mut most) = (0, 0);
+    for (_, step) in edges {
+        running += step;
+        most = most.max(running);
+    }
+    eprintln!(
+        "most gpu items at once around the freeze: {most}; shares {:?}",
+        shares(&items)
+    );
+    assert_eq!(
+        most, 1,
+        "the group limit of 1 held while a node was frozen and came back"
+    );
+}
