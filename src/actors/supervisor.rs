@@ -299,6 +299,9 @@ pub struct Supervisor {
     touched_kinds: bool,
     /// Slots of shared concurrency groups to take with the next write: (group, limit, n).
     group_acquire: Vec<(String, u32, u32)>,
+    /// The next write reads which group slots this node holds and takes that as the
+    /// truth (after this node was declared dead).
+    reconcile_slots: bool,
     /// The fallback poll's current period (doubles while it finds nothing).
     poll_delay: Duration,
 }
@@ -352,6 +355,8 @@ struct Written {
     claimed: Vec<(Claim, Vec<ClaimedItem>, Option<f64>)>,
     /// Shared group slots taken: (group, asked, got).
     slots: Vec<(String, u32, Vec<i32>)>,
+    /// Every group slot this node holds, when the write was asked to read them.
+    owned_slots: Option<Vec<(String, i32)>>,
     at: f64,
 }
 
@@ -430,6 +435,7 @@ impl Supervisor {
             touched: Default::default(),
             touched_kinds: false,
             group_acquire: Vec::new(),
+            reconcile_slots: false,
             poll_delay: POLL_MIN,
             groups: config
                 .groups
@@ -922,7 +928,7 @@ impl Supervisor {
         };
         let outcomes_due = !self.finished.is_empty()
             && (self.finished.len() >= FLUSH_BATCH || self.flush_due || self.stopping);
-        let slots_due = self.plan_group_slots();
+        let slots_due = self.plan_group_slots() || self.reconcile_slots;
         if plan.is_empty()
             && self.pending_submits.is_empty()
             && self.pending_release.is_empty()
@@ -971,6 +977,7 @@ impl Supervisor {
             .filter(|(_, g)| !g.releasing.is_empty())
             .map(|(name, g)| (name.clone(), std::mem::take(&mut g.releasing)))
             .collect();
+        let reconcile = std::mem::take(&mut self.reconcile_slots) && self.cluster;
         let for_slots = (acquire.clone(), slot_releases.clone());
         self.store
             .write(move |conn| {
@@ -1048,6 +1055,11 @@ impl Supervisor {
                     let got = queries::acquire_group_slots(conn, &group, limit, &node, n)?;
                     slots.push((group, n, got));
                 }
+                let owned_slots = if reconcile {
+                    Some(queries::owned_group_slots(conn, &node)?)
+                } else {
+                    None
+                };
                 let mut claimed = Vec::with_capacity(plan.len());
                 for claim in plan {
                     let items =
@@ -1076,6 +1088,7 @@ impl Supervisor {
                     inserted,
                     claimed,
                     slots,
+                    owned_slots,
                     at: t,
                 })
             })
@@ -1134,6 +1147,7 @@ impl Supervisor {
                             }
                         }
                         act.pending_release.extend(releases);
+                        act.reconcile_slots |= reconcile;
                         for (group, _, _) in &acquire {
                             if let Some(g) = act.groups.get_mut(group) {
                                 g.acquiring = false;
@@ -1198,6 +1212,15 @@ impl Supervisor {
                 g.acquiring = false;
                 g.starved = (got.len() as u32) < *asked;
                 g.held.extend(got);
+            }
+        }
+        if let Some(owned) = &w.owned_slots {
+            for (name, g) in self.groups.iter_mut() {
+                g.held = owned
+                    .iter()
+                    .filter(|(group, _)| group == name)
+                    .map(|(_, slot)| *slot)
+                    .collect();
             }
         }
         if self.syncing {
@@ -2155,26 +2178,19 @@ impl Supervisor {
 impl Handler<NodeLost> for Supervisor {
     type Result = ();
 
-    /// Another node declared this one dead and rescued its claims: the ready items are no
-    /// longer this node's (they are dropped, not released; their jobs are claimed from
-    /// afresh) and neither are its group slots.
+    /// Another node declared this one dead and rescued its claims and group slots. The
+    /// ready items go back through the fenced release: those rescued meanwhile are no
+    /// longer this node's and stay as they are, while claims made since it registered
+    /// again (a write may have been in flight) are put back properly. Which group slots
+    /// it holds is read again from the store by the next write, for the same reason.
     fn handle(&mut self, _: NodeLost, ctx: &mut Self::Context) {
         let ids: Vec<Arc<str>> = self.jobs.keys().cloned().collect();
         for id in ids {
-            let Some(job) = self.jobs.get_mut(&id) else {
-                continue;
-            };
-            let dropped = job.ready.len() as u32;
-            job.ready.clear();
-            if let Some(slot) = self.kinds.get_mut(&job.kind) {
-                slot.buffered = slot.buffered.saturating_sub(dropped);
-            }
+            self.unready(&id);
             self.reopen(&id);
         }
-        self.pending_release.clear();
+        self.reconcile_slots = true;
         for g in self.groups.values_mut() {
-            g.held.clear();
-            g.releasing.clear();
             g.lost = g.active > 0;
         }
         self.cycle(ctx);

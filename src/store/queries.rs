@@ -1495,6 +1495,28 @@ pub fn release_group_slots(
     Ok(())
 }
 
+/// Read: every group slot `node_id` holds, as `(group, slot)`.
+pub fn owned_group_slots(conn: &mut Conn, node_id: &str) -> Result<Vec<(String, i32)>, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Owned {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        group_name: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        slot: i32,
+    }
+    let Conn::Pg(c) = conn else {
+        return Ok(Vec::new());
+    };
+    Ok(diesel::sql_query(
+        "SELECT group_name, slot FROM group_slots WHERE node_id = $1 ORDER BY group_name, slot",
+    )
+    .bind::<diesel::sql_types::Text, _>(node_id)
+    .load::<Owned>(c)?
+    .into_iter()
+    .map(|o| (o.group_name, o.slot))
+    .collect())
+}
+
 /// Rescue of group slots: frees the slots of nodes no longer registered (dead and
 /// removed, or gone without releasing them). Returns how many were freed.
 pub fn free_orphan_slots(conn: &mut Conn) -> Result<usize, StoreError> {
