@@ -638,6 +638,7 @@ impl PgDatabase {
     fn admin(&self, sql: &str) -> Result<()> {
         use diesel::connection::SimpleConnection;
         use diesel::Connection;
+        crate::store::init_postgres_client();
         let mut conn = diesel::pg::PgConnection::establish(&format!("{}/postgres", self.server))
             .map_err(|e| {
                 setup(format!(

@@ -249,6 +249,7 @@ pub fn spawn_listener(
     let spawned = std::thread::Builder::new()
         .name("batchforge-listen".into())
         .spawn(move || {
+            crate::store::init_postgres_client();
             let mut backoff = Duration::from_millis(100);
             let mut first = true;
             while !stop.is_cancelled() {

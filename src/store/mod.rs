@@ -161,6 +161,7 @@ impl DatabaseUrl {
                 Ok(Conn::Sqlite(c))
             }
             DatabaseUrl::Postgres(url) => {
+                init_postgres_client();
                 let mut c = PgConnection::establish(url)?;
                 // Timestamps are Unix seconds in DOUBLE columns; no session setting
                 // matters but the one that keeps an idle transaction from holding locks
@@ -171,6 +172,15 @@ impl DatabaseUrl {
             }
         }
     }
+}
+
+/// Prepares this process for PostgreSQL connections; call it before the first one (the
+/// store does). libpq talks TLS through OpenSSL, which by default registers a cleanup that
+/// runs at process exit; a thread still reading a connection then (the `LISTEN` thread,
+/// an engine never shut down) could crash the exit. Initialized first with
+/// `OPENSSL_INIT_NO_ATEXIT`, OpenSSL skips that cleanup.
+pub fn init_postgres_client() {
+    openssl_sys::init();
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
@@ -318,6 +328,7 @@ impl Store {
             url: url.display(),
             reason,
         };
+        init_postgres_client();
         let mut conn = PgConnection::establish(pg).map_err(|e| open_err(e.to_string()))?;
         // Nodes starting together migrate one at a time: the first applies the
         // migrations, the others find them applied.

@@ -36,6 +36,7 @@ pub fn on_postgres() -> bool {
 /// Whether a PostgreSQL server answers; the multi-node tests skip (with a note) if not.
 pub fn postgres_available() -> bool {
     use diesel::Connection;
+    batchforge::store::init_postgres_client();
     match diesel::pg::PgConnection::establish(&format!("{}/postgres", pg_server())) {
         Ok(_) => true,
         // In CI a missing server is a failure, never a silent skip.
@@ -74,6 +75,7 @@ impl TestDb {
         use diesel::connection::SimpleConnection;
         use diesel::Connection;
         let name = pg_database_name(dir, file);
+        batchforge::store::init_postgres_client();
         let mut admin = diesel::pg::PgConnection::establish(&format!("{}/postgres", pg_server()))
             .expect("PostgreSQL for the tests (BATCHFORGE_TEST_PG)");
         // Two calls: one multi-statement string would run as one transaction, which
