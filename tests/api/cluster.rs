@@ -6,9 +6,7 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 
 /// One node: a `batchforge serve` child process.
 struct Node {
@@ -21,31 +19,26 @@ impl Node {
         let workspace = dir.join("ws");
         std::fs::create_dir_all(&workspace).unwrap();
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
-            .arg("serve")
-            .args(["--bind", "127.0.0.1:0", "--database-url", url])
-            .arg("--workspace")
-            .arg(&workspace)
-            .args(["--noop-processor", "--webhook-allow-private"])
-            .args(["--heartbeat-interval", "0.5s", "--node-timeout", "3s"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("batchforge binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("node announces its address in time")
-            .unwrap()
-            .expect("a line on stdout");
-        let address = line
-            .strip_prefix("batchforge listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--database-url".as_ref(),
+            url.as_ref(),
+            "--workspace".as_ref(),
+            workspace.as_os_str(),
+        ];
+        for a in [
+            "--noop-processor",
+            "--webhook-allow-private",
+            "--heartbeat-interval",
+            "0.5s",
+            "--node-timeout",
+            "3s",
+        ]
+        .iter()
+        .chain(extra)
+        {
+            args.push(a.as_ref());
+        }
+        let (child, address) = spawn_serve(&args, log).await;
         Node { child, address }
     }
 
@@ -358,38 +351,31 @@ async fn an_item_longer_than_the_node_timeout_is_not_rescued_while_its_node_live
     }
 }
 
-#[actix_web::test]
-async fn a_concurrency_group_limit_holds_across_all_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((_db, nodes)) = cluster_with(dir.path(), 3, &["--concurrency-group", "gpu=2"]).await
-    else {
-        return;
-    };
-    let sleep = 300;
-    let job = nodes[0]
+/// Submits `n` gpu-group items of `sleep_ms` each to `node` and returns the job id.
+async fn submit_gpu_job(node: &Node, n: usize, sleep_ms: u64) -> String {
+    let job = node
         .call(
             "POST",
             "/batch/jobs",
             Some(&json!({
                 "type": "noop",
-                "items": noop_items(24, sleep),
+                "items": noop_items(n, sleep_ms),
                 "parallel": 4,
                 "concurrency_group": "gpu",
             })),
         )
         .await;
-    let id = job["job_id"].as_str().unwrap().to_string();
-    nodes[1]
-        .wait_status(&id, "completed", Duration::from_secs(60))
-        .await;
-    // Each item reports when its work began; it lasts `sleep` ms. At no instant may more
-    // than two overlap, whichever nodes ran them.
-    let items = nodes[2].items(&id).await;
+    job["job_id"].as_str().unwrap().to_string()
+}
+
+/// The most items that ran at once: each reports when its work began and lasted
+/// `sleep_ms`.
+fn most_at_once(items: &[Value], sleep_ms: u64) -> i32 {
     let mut edges: Vec<(f64, i32)> = Vec::new();
-    for item in &items {
+    for item in items {
         let start = item["result"]["started_at"].as_f64().expect("started_at");
         edges.push((start, 1));
-        edges.push((start + sleep as f64 / 1000.0, -1));
+        edges.push((start + sleep_ms as f64 / 1000.0, -1));
     }
     // Ends sort before starts at the same instant.
     edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -398,6 +384,24 @@ async fn a_concurrency_group_limit_holds_across_all_nodes() {
         running += step;
         most = most.max(running);
     }
+    most
+}
+
+#[actix_web::test]
+async fn a_concurrency_group_limit_holds_across_all_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_db, nodes)) = cluster_with(dir.path(), 3, &["--concurrency-group", "gpu=2"]).await
+    else {
+        return;
+    };
+    let sleep = 300;
+    let id = submit_gpu_job(&nodes[0], 24, sleep).await;
+    nodes[1]
+        .wait_status(&id, "completed", Duration::from_secs(60))
+        .await;
+    // At no instant may more than two overlap, whichever nodes ran them.
+    let items = nodes[2].items(&id).await;
+    let most = most_at_once(&items, sleep);
     eprintln!(
         "most gpu items at once over 3 nodes: {most}; shares {:?}",
         shares(&items)
@@ -417,19 +421,7 @@ async fn a_node_declared_dead_while_frozen_gives_up_its_group_slot() {
         return;
     };
     let sleep = 300;
-    let job = nodes[0]
-        .call(
-            "POST",
-            "/batch/jobs",
-            Some(&json!({
-                "type": "noop",
-                "items": noop_items(30, sleep),
-                "parallel": 4,
-                "concurrency_group": "gpu",
-            })),
-        )
-        .await;
-    let id = job["job_id"].as_str().unwrap().to_string();
+    let id = submit_gpu_job(&nodes[0], 30, sleep).await;
     // Freeze the node running a gpu item past the node timeout (3 s): the other rescues
     // its claims and its slot, and takes the slot over.
     let frozen = wait_for(Duration::from_secs(30), "a node runs a gpu item", || {
@@ -459,18 +451,7 @@ async fn a_node_declared_dead_while_frozen_gives_up_its_group_slot() {
         .wait_status(&id, "completed", Duration::from_secs(60))
         .await;
     let items = nodes[other].items(&id).await;
-    let mut edges: Vec<(f64, i32)> = Vec::new();
-    for item in &items {
-        let start = item["result"]["started_at"].as_f64().expect("started_at");
-        edges.push((start, 1));
-        edges.push((start + sleep as f64 / 1000.0, -1));
-    }
-    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut running, mut most) = (0, 0);
-    for (_, step) in edges {
-        running += step;
-        most = most.max(running);
-    }
+    let most = most_at_once(&items, sleep);
     eprintln!(
         "most gpu items at once around the freeze: {most}; shares {:?}",
         shares(&items)

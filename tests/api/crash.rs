@@ -4,9 +4,7 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 struct Server {
     child: tokio::process::Child,
@@ -19,29 +17,15 @@ async fn start_server(dir: &Path, workspace: &Path, extra: &[&str]) -> Server {
         .append(true)
         .open(dir.join("server.log"))
         .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
-        .arg("serve")
-        .args(["--bind", "127.0.0.1:0"])
-        .args(["--database-url", &database_url(dir, "jobs.db")])
-        .arg("--workspace")
-        .arg(workspace)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("batchforge binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("server announces its address in time")
-        .unwrap()
-        .expect("a line on stdout");
-    let address = line
-        .strip_prefix("batchforge listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let url = database_url(dir, "jobs.db");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--database-url".as_ref(),
+        url.as_ref(),
+        "--workspace".as_ref(),
+        workspace.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let (child, address) = spawn_serve(&args, log).await;
     Server { child, address }
 }
 

@@ -408,3 +408,33 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Starts `batchforge serve --bind 127.0.0.1:0` with `args` as a child process (killed
+/// when dropped), its stderr into `log`, and returns it with the address it announced.
+pub async fn spawn_serve(
+    args: &[&std::ffi::OsStr],
+    log: std::fs::File,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
+        .arg("serve")
+        .args(["--bind", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("batchforge binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("server announces its address in time")
+        .unwrap()
+        .expect("a line on stdout");
+    let address = line
+        .strip_prefix("batchforge listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, address)
+}
