@@ -1463,7 +1463,10 @@ impl Supervisor {
             let items = std::mem::take(&mut self.to_release);
             let node = self.node_id.clone();
             self.store
-                .write(move |conn| queries::release_items(conn, &items, &node, now()))
+                .write(move |conn| {
+                    queries::lock_jobs(conn, items.iter().map(|(id, _, _)| id.as_str()))?;
+                    queries::release_items(conn, &items, &node, now())
+                })
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.releasing = false;

@@ -33,7 +33,9 @@ fn storable(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Job locks: locks jobs' rows (PostgreSQL), in id order, for the rest of the
-/// transaction. A write that touches several jobs takes them all at once first. Every
+/// transaction. A write that touches several jobs takes them all at once first (the
+/// Supervisor's write cycle, before [`release_items`] and [`record_finished`], which
+/// rely on it). Every
 /// transition that reads a job's status and then moves its items, or that adds to its
 /// counters, takes its jobs' locks first and in one order. So a cancellation and a retry
 /// of the same job serialize (the second sees the first's outcome), and two nodes never
@@ -262,7 +264,7 @@ impl Tally {
 }
 
 /// Adds many jobs' tallies in one statement (Diesel prepares every UPDATE afresh, so one
-/// per job would cost a parse each).
+/// per job would cost a parse each). The caller holds the jobs' locks ([`lock_jobs`]).
 fn apply_tallies(
     conn: &mut Conn,
     tallies: &HashMap<String, Tally>,
@@ -284,8 +286,7 @@ fn apply_tallies(
         })
         .collect();
     let rows = serde_json::Value::Array(rows).to_string();
-    // Nodes add to the same jobs' counters at once: rows locked in one order first.
-    lock_jobs(conn, tallies.keys().map(String::as_str))?;
+    // The callers hold these jobs' row locks already (taken in one order first).
     let counts: Vec<CountsRow> = if let Conn::Pg(c) = conn {
         diesel::sql_query(
             "UPDATE jobs SET processed = processed + v.p, succeeded = succeeded + v.s, \
@@ -356,6 +357,11 @@ struct CountsRow {
 /// `running` under `node_id`'s claim with the same attempt, so a result is never written
 /// twice, nor by a node whose claim was rescued by another (its outcome is refused and
 /// counted in [`Recorded::refused`]). Returns the ids of the jobs that finished.
+///
+/// The caller holds the locks of the outcomes' jobs ([`lock_jobs`], taken first in its
+/// transaction): a cancellation elsewhere then either committed before the status reads
+/// of retried items (the item ends cancelled) or waits for this transaction (and cancels
+/// the requeued item).
 pub fn record_finished(
     conn: &mut Conn,
     finished: &[FinishedItem],
@@ -367,10 +373,6 @@ pub fn record_finished(
     let mut chunks: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
     let mut chunk_bytes = 0usize;
     let mut open_jobs: HashMap<&str, bool> = HashMap::new();
-    // Before the status reads of retried items: a cancellation elsewhere either
-    // committed (the item ends cancelled) or waits for this transaction (and cancels the
-    // requeued item).
-    lock_jobs(conn, finished.iter().map(|f| f.job_id.as_str()))?;
     for item in finished {
         let mut status = item.outcome.status;
         if let Some(at) = item.retry_at {
@@ -1026,6 +1028,7 @@ fn end_job(
 /// and its unfinished items `queued | running → failed`; queues its webhook, if any.
 pub fn fail_job(conn: &mut Conn, job_id: &str, error: &str, now: f64) -> Result<(), StoreError> {
     use job_items::dsl as i;
+    lock_jobs(conn, [job_id])?;
     let open = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
     let changed = diesel::update(
         jobs::table
@@ -1191,7 +1194,8 @@ pub type Release = (String, u32, u32);
 /// giving back the attempt, since the item itself did nothing wrong; items of a job that
 /// was cancelled meanwhile go `running → cancelled` instead (and may finish their job).
 /// Fenced like [`record_finished`]: an item another node rescued and claimed meanwhile
-/// is not this node's to give back.
+/// is not this node's to give back. The caller holds the items' jobs' locks
+/// ([`lock_jobs`]).
 pub fn release_items(
     conn: &mut Conn,
     items: &[Release],
@@ -1202,7 +1206,6 @@ pub fn release_items(
     let mut cancelled_jobs: HashMap<&str, bool> = HashMap::new();
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     let mut released = 0;
-    lock_jobs(conn, items.iter().map(|(job_id, _, _)| job_id.as_str()))?;
     for (job_id, idx, attempt) in items {
         let cancelled = match cancelled_jobs.get(job_id.as_str()) {
             Some(c) => *c,
