@@ -56,21 +56,7 @@ impl Node {
     }
 
     async fn items(&self, id: &str) -> Vec<Value> {
-        let mut items = Vec::new();
-        loop {
-            let page = self
-                .call(
-                    "GET",
-                    &format!("/batch/jobs/{id}/items?limit=1000&offset={}", items.len()),
-                    None,
-                )
-                .await;
-            let got = page["items"].as_array().unwrap().clone();
-            if got.is_empty() {
-                return items;
-            }
-            items.extend(got);
-        }
+        all_items_at(&self.address, id, 1000).await
     }
 
     async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> Value {

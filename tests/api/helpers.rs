@@ -332,22 +332,7 @@ impl TestApp {
 
     /// Every item of a job, paged through `/items`.
     pub async fn all_items(&self, id: &str, page: u32) -> Vec<Value> {
-        let mut items = Vec::new();
-        loop {
-            let (status, body) = self
-                .get(&format!(
-                    "/batch/jobs/{id}/items?limit={page}&offset={}",
-                    items.len()
-                ))
-                .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            let got = body["items"].as_array().unwrap().clone();
-            if got.is_empty() {
-                break;
-            }
-            items.extend(got);
-        }
-        items
+        all_items_at(&self.address, id, page).await
     }
 
     pub fn write_file(&self, rel: &str, content: &str) {
@@ -437,4 +422,23 @@ pub async fn spawn_serve(
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     (child, address)
+}
+
+/// Every item of a job on the server at `address`, paged `page` at a time.
+pub async fn all_items_at(address: &str, id: &str, page: u32) -> Vec<Value> {
+    let client = client();
+    let mut items = Vec::new();
+    loop {
+        let url = format!(
+            "{address}/batch/jobs/{id}/items?limit={page}&offset={}",
+            items.len()
+        );
+        let (status, body) = send(&client, "GET", &url, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let got = body["items"].as_array().unwrap().clone();
+        if got.is_empty() {
+            return items;
+        }
+        items.extend(got);
+    }
 }

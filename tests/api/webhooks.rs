@@ -391,6 +391,21 @@ async fn bad_callback_urls_are_refused_with_422_and_nothing_is_stored() {
     assert_eq!(list["total"], 0, "{list}");
 }
 
+/// A one-item validation job with a callback, as the store-level tests insert and fail.
+fn failing_job(callback_url: &str) -> NewJob {
+    NewJob {
+        kind: "batch_validation".into(),
+        spec: json!({"check_command": "test -s", "callback_url": callback_url}),
+        parallel: 1,
+        metadata: json!({}),
+        items: vec![NewItem {
+            key: "a".into(),
+            payload: json!({"id": "a", "path": "f"}),
+        }],
+        schedule: JobSchedule::default(),
+    }
+}
+
 #[actix_web::test]
 async fn a_webhook_committed_before_a_crash_is_delivered_after_the_restart() {
     let receiver = Receiver::start(&[]).await;
@@ -401,17 +416,7 @@ async fn a_webhook_committed_before_a_crash_is_delivered_after_the_restart() {
     let url = receiver.url.clone();
     store
         .write_blocking(move |c| {
-            let job = NewJob {
-                kind: "batch_validation".into(),
-                spec: json!({"check_command": "test -s", "callback_url": url}),
-                parallel: 1,
-                metadata: json!({}),
-                items: vec![NewItem {
-                    key: "a".into(),
-                    payload: json!({"id": "a", "path": "f"}),
-                }],
-                schedule: JobSchedule::default(),
-            };
+            let job = failing_job(&url);
             queries::insert_job(c, "batch_validation-crashed00001", &job, 1000.0)?;
             queries::fail_job(c, "batch_validation-crashed00001", "boom", 1001.0)
         })
@@ -487,17 +492,7 @@ async fn a_backlog_of_webhooks_is_sent_faster_than_one_lease_per_poll_interval()
     store
         .write_blocking(move |c| {
             for n in 0..JOBS {
-                let job = NewJob {
-                    kind: "batch_validation".into(),
-                    spec: json!({"check_command": "test -s", "callback_url": url}),
-                    parallel: 1,
-                    metadata: json!({}),
-                    items: vec![NewItem {
-                        key: "a".into(),
-                        payload: json!({"id": "a", "path": "f"}),
-                    }],
-                    schedule: JobSchedule::default(),
-                };
+                let job = failing_job(&url);
                 let id = format!("batch_validation-backlog{n:05}");
                 queries::insert_job(c, &id, &job, 1000.0)?;
                 queries::fail_job(c, &id, "boom", 1001.0)?;
@@ -536,17 +531,7 @@ async fn a_late_dispatcher_cannot_overwrite_the_outcome_of_a_later_lease() {
     let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap()).unwrap();
     let (first, second, late, current, settled) = store
         .write_blocking(|c| {
-            let job = NewJob {
-                kind: "batch_validation".into(),
-                spec: json!({"check_command": "test -s", "callback_url": "https://example.com/h"}),
-                parallel: 1,
-                metadata: json!({}),
-                items: vec![NewItem {
-                    key: "a".into(),
-                    payload: json!({"id": "a", "path": "f"}),
-                }],
-                schedule: JobSchedule::default(),
-            };
+            let job = failing_job("https://example.com/h");
             queries::insert_job(c, "batch_validation-leased000001", &job, 1000.0)?;
             queries::fail_job(c, "batch_validation-leased000001", "boom", 1001.0)?;
             // Dispatcher A leases it until 1040; its POST hangs past the lease.
