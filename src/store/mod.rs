@@ -1,9 +1,10 @@
 //! The store: the only module that touches Diesel.
 //!
-//! State transitions live in [`queries`] as plain functions over a [`Conn`], one per
-//! transition. [`Store`] wraps the connection pool and runs those functions on tokio's
-//! blocking pool, so no Diesel call and no `pool.get()` (which can block while the pool
-//! is exhausted) ever runs on an async event-loop thread.
+//! State transitions are plain functions over a [`Conn`], one per transition, in one file
+//! per table or aggregate ([`jobs`], [`items`], [`schedules`], …). [`Store`] wraps the
+//! connection pool and runs those functions on tokio's blocking pool, so no Diesel call and
+//! no `pool.get()` (which can block while the pool is exhausted) ever runs on an async
+//! event-loop thread.
 //!
 //! Two backends, one code path: [`Conn`] is a Diesel `MultiConnection` over SQLite and
 //! PostgreSQL, chosen by the database URL. Statements both backends read alike run on it
@@ -16,9 +17,38 @@
 //! (WAL). PostgreSQL writes take a pooled connection each: several nodes write at once
 //! and row locks, not a process-local mutex, keep them apart.
 
-pub mod queries;
+mod counters;
+pub mod groups;
+pub mod items;
+pub mod job_control;
+pub mod jobs;
+pub mod nodes;
+pub mod notice;
+pub mod outbox;
+pub mod recovery;
+pub mod results;
+pub mod retention;
 mod rows;
+pub mod schedules;
 pub mod schema;
+pub mod stats;
+
+/// Every store function and type under its old path.
+// temporary: callers move to store::<table> in the merge
+pub mod queries {
+    pub use super::groups::*;
+    pub use super::items::*;
+    pub use super::job_control::*;
+    pub use super::jobs::*;
+    pub use super::nodes::*;
+    pub use super::notice::*;
+    pub use super::outbox::*;
+    pub use super::recovery::*;
+    pub use super::results::*;
+    pub use super::retention::*;
+    pub use super::schedules::*;
+    pub use super::stats::*;
+}
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
@@ -44,6 +74,11 @@ pub enum Conn {
     Pg(PgConnection),
     /// A SQLite connection (one machine).
     Sqlite(SqliteConnection),
+}
+
+/// Whether `conn` is a PostgreSQL connection (raw SQL is written per backend).
+fn is_pg(conn: &Conn) -> bool {
+    matches!(conn, Conn::Pg(_))
 }
 
 /// Runs `$body` with `$c` bound to the concrete connection inside a [`Conn`], once per

@@ -1,0 +1,177 @@
+//! The `jobs` table: submission, the job locks every multi-job write takes first, and
+//! the reads of one job or a page of them.
+
+use super::rows::{JobRow, NewItemRow, NewJobRow};
+use super::schema::{job_items, jobs};
+use super::{Conn, StoreError};
+use crate::model::{ItemStatus, JobRecord, JobStatus, NewJob};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+
+/// Job locks: locks jobs' rows (PostgreSQL), in id order, for the rest of the
+/// transaction. A write that touches several jobs takes them all at once first (the
+/// Supervisor's write cycle, before [`release_items`](super::items::release_items) and
+/// [`record_finished`](super::items::record_finished), which rely on it). Every transition
+/// that reads a job's status and then moves its items, or that adds to its counters, takes
+/// its jobs' locks first and in one order. So a cancellation and a retry of the same job
+/// serialize (the second sees the first's outcome), and two nodes never wait for each
+/// other's rows crosswise. SQLite's single writer serializes anyway.
+pub fn lock_jobs<'a>(
+    conn: &mut Conn,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StoreError> {
+    if let Conn::Pg(c) = conn {
+        let mut ids: Vec<&str> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        jobs::table
+            .filter(jobs::id.eq_any(ids))
+            .order(jobs::id)
+            .select(jobs::id)
+            .for_update()
+            .load::<String>(c)?;
+    }
+    Ok(())
+}
+
+/// Rows per multi-row INSERT: 6 bound values each stays far below SQLite's variable limit.
+const INSERT_CHUNK: usize = 1000;
+
+/// How many times an item may be left running by a crash before it is failed for good.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+
+/// Submission: inserts a job as `queued` with all its items `queued`.
+pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(), StoreError> {
+    diesel::insert_into(jobs::table)
+        .values(NewJobRow {
+            id,
+            kind: &job.kind,
+            status: JobStatus::Queued.as_str(),
+            spec: job.spec.to_string(),
+            parallel: job.parallel as i32,
+            total: job.items.len() as i32,
+            metadata: job.metadata.to_string(),
+            created_at: now,
+            priority: job.schedule.priority,
+            run_at: job.schedule.run_at,
+            idempotency_key: job.schedule.idempotency_key.as_deref(),
+        })
+        .execute(conn)?;
+    // Crash recovery requeues an item until it used this many attempts; errors are retried
+    // up to the job's own `max_attempts`.
+    let max_attempts = crate::model::RetryPolicy::from_options(&job.spec)
+        .map_or(1, |p| p.max_attempts as i32)
+        .max(DEFAULT_MAX_ATTEMPTS);
+    for (chunk_no, chunk) in job.items.chunks(INSERT_CHUNK).enumerate() {
+        let rows: Vec<NewItemRow> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, item)| NewItemRow {
+                job_id: id,
+                idx: (chunk_no * INSERT_CHUNK + i) as i32,
+                key: &item.key,
+                payload: item.payload.to_string(),
+                status: ItemStatus::Queued.as_str(),
+                max_attempts,
+            })
+            .collect();
+        // Multi-row VALUES is written differently per backend (SQLite has no DEFAULT).
+        crate::on_backend!(conn, c => diesel::insert_into(job_items::table)
+            .values(&rows)
+            .execute(c))?;
+    }
+    Ok(())
+}
+
+/// Read: `(id, paused)` of every open (`queued | running`) job, for nodes that follow the
+/// queue others write to.
+pub fn open_job_states(conn: &mut Conn) -> Result<Vec<(String, bool)>, StoreError> {
+    Ok(jobs::table
+        .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]))
+        .select((jobs::id, jobs::paused_at.is_not_null()))
+        .load(conn)?)
+}
+
+/// Read: one job.
+pub fn get_job(conn: &mut Conn, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(JobRow::into_record)
+        .transpose()
+}
+
+/// Read: the job created with this idempotency key, if it is still retained.
+pub fn job_by_idempotency_key(conn: &mut Conn, key: &str) -> Result<Option<JobRecord>, StoreError> {
+    jobs::table
+        .filter(jobs::idempotency_key.eq(key))
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(JobRow::into_record)
+        .transpose()
+}
+
+/// Read: jobs that still have work (`queued` or `running`), oldest first.
+pub fn open_jobs(conn: &mut Conn) -> Result<Vec<JobRecord>, StoreError> {
+    jobs::table
+        .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]))
+        .order((jobs::created_at.asc(), jobs::id.asc()))
+        .select(JobRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(JobRow::into_record)
+        .collect()
+}
+
+/// Read: a page of jobs, newest first, with the total matching the filters.
+pub fn list_jobs(
+    conn: &mut Conn,
+    status: Option<JobStatus>,
+    kind: Option<&str>,
+    limit: u32,
+    offset: u64,
+) -> Result<(Vec<JobRecord>, u64), StoreError> {
+    let filtered = || {
+        let mut q = jobs::table.into_boxed();
+        if let Some(s) = status {
+            q = q.filter(jobs::status.eq(s.as_str()));
+        }
+        if let Some(k) = kind {
+            q = q.filter(jobs::kind.eq(k.to_string()));
+        }
+        q
+    };
+    let total: i64 = filtered().select(count_star()).first(conn)?;
+    let rows = filtered()
+        .order((jobs::created_at.desc(), jobs::id.desc()))
+        .limit(limit as i64)
+        .offset(offset as i64)
+        .select(JobRow::as_select())
+        .load(conn)?;
+    let jobs = rows
+        .into_iter()
+        .map(JobRow::into_record)
+        .collect::<Result<_, _>>()?;
+    Ok((jobs, total as u64))
+}
+
+/// Read: a job's status, `None` when unknown.
+pub fn get_job_status(conn: &mut Conn, job_id: &str) -> Result<Option<JobStatus>, StoreError> {
+    let status: Option<String> = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::status)
+        .first(conn)
+        .optional()?;
+    status
+        .map(|s| {
+            s.parse::<JobStatus>()
+                .map_err(|e| StoreError::Task(format!("job {job_id}: {e}")))
+        })
+        .transpose()
+}

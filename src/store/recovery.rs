@@ -1,0 +1,124 @@
+//! Items left `running` by an engine that is gone (this one, restarted, or a dead node):
+//! requeued, failed once out of attempts, or cancelled with their job.
+
+use super::counters::Tally;
+use super::jobs::lock_jobs;
+use super::results::finalize_job;
+use super::schema::{job_items, jobs};
+use super::{Conn, StoreError};
+use crate::model::{ItemStatus, JobStatus};
+use diesel::prelude::*;
+
+/// What [`recover_abandoned_items`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Items put back to `queued`.
+    pub requeued: u64,
+    /// Items failed because they had used all their attempts.
+    pub failed: u64,
+    /// Items of cancelled jobs marked cancelled.
+    pub cancelled: u64,
+    /// Jobs that finished as a result.
+    pub finished_jobs: Vec<String>,
+    /// Every job that had items moved.
+    pub jobs: Vec<String>,
+}
+
+/// Crash recovery: items left `running` by a stopped engine go `running → queued` (their
+/// attempt stays counted), or `running → failed` once they have used `max_attempts`, or
+/// `running → cancelled` when their job was cancelled meanwhile.
+pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, StoreError> {
+    recover_items(conn, now, None)
+}
+
+/// Recovery of the running items of every node (`nodes` = `None`: a single engine
+/// restarting) or of the listed dead nodes only.
+pub(super) fn recover_items(
+    conn: &mut Conn,
+    now: f64,
+    nodes: Option<&[String]>,
+) -> Result<Recovery, StoreError> {
+    use job_items::dsl as i;
+    let running = ItemStatus::Running.as_str();
+    let job_ids: Vec<String> = match nodes {
+        // Only running jobs, and cancelled ones still waiting for their running items (no
+        // result yet), can hold running items; each is then searched through the status
+        // index.
+        None => jobs::table
+            .filter(
+                jobs::status.eq(JobStatus::Running.as_str()).or(jobs::status
+                    .eq_any([JobStatus::Cancelled.as_str(), JobStatus::Expired.as_str()])
+                    .and(jobs::result.is_null())),
+            )
+            .select(jobs::id)
+            .load(conn)?,
+        // The running items of given nodes, through `job_items_running_by_node`.
+        Some(nodes) => i::job_items
+            .filter(i::status.eq(running))
+            .filter(i::node_id.eq_any(nodes))
+            .select(i::job_id)
+            .distinct()
+            .load(conn)?,
+    };
+    let mut report = Recovery::default();
+    lock_jobs(conn, job_ids.iter().map(String::as_str))?;
+    for job_id in job_ids {
+        let job_status: Option<String> = jobs::table
+            .filter(jobs::id.eq(&job_id))
+            .select(jobs::status)
+            .first(conn)
+            .optional()?;
+        // Every running item of the job, or those of the dead nodes only.
+        let every_node = nodes.is_none();
+        let of_nodes: Vec<String> = nodes.map(<[String]>::to_vec).unwrap_or_default();
+        let mine = || {
+            use diesel::IntoSql;
+            i::job_items
+                .filter(i::job_id.eq(job_id.clone()))
+                .filter(i::status.eq(running))
+                .filter(
+                    every_node
+                        .into_sql::<diesel::sql_types::Bool>()
+                        .or(i::node_id.eq_any(of_nodes.clone())),
+                )
+        };
+        let mut tally = Tally::default();
+        if matches!(job_status.as_deref(), Some("cancelled" | "expired")) {
+            let n = diesel::update(mine())
+                .set((
+                    i::status.eq(ItemStatus::Cancelled.as_str()),
+                    i::error.eq("cancelled while the engine was down"),
+                    i::finished_at.eq(now),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as i32;
+            tally.cancelled = n;
+            report.cancelled += n as u64;
+        } else {
+            let exhausted = diesel::update(mine().filter(i::attempts.ge(i::max_attempts)))
+                .set((
+                    i::status.eq(ItemStatus::Failed.as_str()),
+                    i::error
+                        .eq("abandoned: the engine stopped while this item ran, on every attempt"),
+                    i::finished_at.eq(now),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as i32;
+            tally.failed = exhausted;
+            tally.processed = exhausted;
+            report.failed += exhausted as u64;
+            report.requeued += diesel::update(mine())
+                .set((
+                    i::status.eq(ItemStatus::Queued.as_str()),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as u64;
+        }
+        tally.apply(conn, &job_id)?;
+        report.jobs.push(job_id.clone());
+        if finalize_job(conn, &job_id, now)? {
+            report.finished_jobs.push(job_id);
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,157 @@
+//! Finalization: a job's result, built once from its items' stored outcomes when its last
+//! item is final, and the keyset pages of those outcomes (also read by the JSONL export).
+
+use super::counters::Tally;
+use super::outbox::enqueue_webhook;
+use super::schema::{job_items, jobs};
+use super::{Conn, StoreError};
+use crate::model::{ItemStatus, JobStatus};
+use diesel::prelude::*;
+
+/// Finalization: once every item of a job is final, builds the job's result and moves the
+/// job `queued | running → completed`. A cancelled job keeps its status and only gains its
+/// result. Either way its webhook, if any, is queued ([`enqueue_webhook`]). Returns whether
+/// the job is now finished with a result.
+pub fn finalize_job(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, StoreError> {
+    type Row = (String, i32, i32, i32, Option<f64>, Option<f64>, bool);
+    let Some((status, total, processed, cancelled, started_at, completed_at, has_result)) =
+        jobs::table
+            .filter(jobs::id.eq(job_id))
+            .select((
+                jobs::status,
+                jobs::total,
+                jobs::processed,
+                jobs::cancelled,
+                jobs::started_at,
+                jobs::completed_at,
+                jobs::result.is_not_null(),
+            ))
+            .first::<Row>(conn)
+            .optional()?
+    else {
+        return Ok(false);
+    };
+    if processed + cancelled < total || has_result {
+        return Ok(false);
+    }
+    let result = build_result(conn, job_id, started_at.map(|s| now - s).unwrap_or(0.0))?;
+    // A cancelled or expired job keeps its status; only an open one becomes completed.
+    let status = match status.parse::<JobStatus>() {
+        Ok(s @ (JobStatus::Cancelled | JobStatus::Expired)) => s,
+        _ => JobStatus::Completed,
+    };
+    // `result IS NULL`: of two transactions that both saw the job's last item done, only
+    // the first builds its result (the counters' row lock orders them; this is the belt).
+    let built = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(job_id))
+            .filter(jobs::result.is_null()),
+    )
+    .set((
+        jobs::status.eq(status.as_str()),
+        jobs::result.eq(result),
+        jobs::completed_at.eq(completed_at.unwrap_or(now)),
+    ))
+    .execute(conn)?;
+    if built == 0 {
+        return Ok(false);
+    }
+    enqueue_webhook(conn, job_id, now)?;
+    Ok(true)
+}
+
+/// Largest `results` array stored in a job's result; entries past it are left out (and
+/// counted in `results_omitted`): SQLite refuses values over 1 GB, and a client reading a
+/// job should not have to take one either.
+const MAX_RESULT_BYTES: usize = 256 * 1024 * 1024;
+
+/// `(idx, key, status, result, error)` of one item, as a job's result and its JSONL export
+/// are built from it; `result` is the stored JSON text.
+pub type ResultRow = (i32, String, String, Option<String>, Option<String>);
+
+/// Read: up to `limit` items of a job with an index above `after`, in submission order,
+/// with their stored results as text (keyset paging: each page costs the same).
+pub fn result_rows_after(
+    conn: &mut Conn,
+    job_id: &str,
+    after: i32,
+    limit: i64,
+) -> Result<Vec<ResultRow>, StoreError> {
+    use job_items::dsl as i;
+    Ok(i::job_items
+        .filter(i::job_id.eq(job_id))
+        .filter(i::idx.gt(after))
+        .order(i::idx.asc())
+        .limit(limit)
+        .select((i::idx, i::key, i::status, i::result, i::error))
+        .load(conn)?)
+}
+
+/// Builds `{summary, results, elapsed_seconds}` by splicing the items' stored JSON in
+/// submission order, without parsing each result again.
+pub(super) fn build_result(
+    conn: &mut Conn,
+    job_id: &str,
+    elapsed: f64,
+) -> Result<String, StoreError> {
+    // Pages keep memory bounded by the result text itself, not by a row vector of the
+    // whole job (a million rows would otherwise cost hundreds of MB at once).
+    const PAGE: i64 = 5000;
+    let mut tally = Tally::default();
+    let mut results = String::from("[");
+    let mut total = 0u64;
+    let mut kept = 0u64;
+    let mut capped = false;
+    let mut after = -1i32;
+    loop {
+        let rows = result_rows_after(conn, job_id, after, PAGE)?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.0;
+        let short = (rows.len() as i64) < PAGE;
+        for (_, key, status, result, error) in &rows {
+            total += 1;
+            if let Ok(s) = status.parse::<ItemStatus>() {
+                tally.add(s);
+            }
+            let entry = match result {
+                Some(r) => std::borrow::Cow::Borrowed(r.as_str()),
+                None => std::borrow::Cow::Owned(
+                    serde_json::json!({"key": key, "status": status, "error": error}).to_string(),
+                ),
+            };
+            // Past the cap the remaining entries stay in the items table only (paged by
+            // `/items`); the stored ones stay a prefix in submission order.
+            capped = capped || results.len() + entry.len() > MAX_RESULT_BYTES;
+            if capped {
+                continue;
+            }
+            if kept > 0 {
+                results.push(',');
+            }
+            kept += 1;
+            results.push_str(&entry);
+        }
+        if short {
+            break;
+        }
+    }
+    results.push(']');
+    let summary = serde_json::json!({
+        "total": total,
+        "successful": tally.succeeded,
+        "failed": tally.failed,
+        "skipped": tally.skipped,
+        "cancelled": tally.cancelled,
+    });
+    let omitted = if kept < total {
+        format!(r#","results_omitted":{}"#, total - kept)
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        r#"{{"summary":{summary},"results":{results}{omitted},"elapsed_seconds":{}}}"#,
+        serde_json::Number::from_f64(elapsed).unwrap_or_else(|| 0.into())
+    ))
+}
