@@ -8,7 +8,7 @@
 
 use crate::model::{new_job_id, now, NewItem, NewJob};
 use crate::processors::noop;
-use crate::store::{queries, DatabaseUrl, Store, StoreError};
+use crate::store::{databases, queries, DatabaseUrl, Store, StoreError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -626,8 +626,8 @@ impl PgDatabase {
             server: server.trim_end_matches('/').to_string(),
             name,
         };
-        db.admin(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name))?;
-        db.admin(&format!("CREATE DATABASE {}", db.name))?;
+        databases::recreate_postgres_database(&db.server, &db.name)
+            .map_err(|e| db.setup_error(e))?;
         Ok(db)
     }
 
@@ -635,27 +635,20 @@ impl PgDatabase {
         format!("{}/{}", self.server, self.name)
     }
 
-    fn admin(&self, sql: &str) -> Result<()> {
-        use diesel::connection::SimpleConnection;
-        use diesel::Connection;
-        crate::store::init_postgres_client();
-        let mut conn = diesel::pg::PgConnection::establish(&format!("{}/postgres", self.server))
-            .map_err(|e| {
-                setup(format!(
-                    "no PostgreSQL at {} ({e}); see --pg-url",
-                    self.server
-                ))
-            })?;
-        conn.batch_execute(sql).map_err(setup)
+    fn setup_error(&self, e: databases::ServerError) -> BenchError {
+        match e {
+            databases::ServerError::Connect(e) => setup(format!(
+                "no PostgreSQL at {} ({e}); see --pg-url",
+                self.server
+            )),
+            databases::ServerError::Statement(e) => setup(e),
+        }
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let _ = self.admin(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
+        let _ = databases::drop_postgres_database(&self.server, &self.name);
     }
 }
 

@@ -19,11 +19,10 @@
 use crate::actors::messages::ClusterSync;
 use crate::actors::supervisor::Supervisor;
 use crate::model::now;
+use crate::store::notice::Listener;
 use crate::store::queries::{self, NodeRecord, Recovery};
 use crate::store::{Store, StoreError};
 use actix::Addr;
-use diesel::connection::SimpleConnection;
-use diesel::Connection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -253,11 +252,7 @@ pub fn spawn_listener(
             let mut backoff = Duration::from_millis(100);
             let mut first = true;
             while !stop.is_cancelled() {
-                let mut conn = match diesel::pg::PgConnection::establish(&url).and_then(|mut c| {
-                    c.batch_execute(&format!("LISTEN {}", queries::NOTIFY_CHANNEL))
-                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)
-                        .map(|()| c)
-                }) {
+                let mut conn = match Listener::connect(&url) {
                     Ok(c) => c,
                     Err(e) => {
                         log::warn!("LISTEN connection failed: {e}; retrying in {backoff:?}");
@@ -279,9 +274,9 @@ pub fn spawn_listener(
                 let mut last_check = std::time::Instant::now();
                 'poll: while !stop.is_cancelled() {
                     let mut sync = ClusterSync::default();
-                    for n in conn.notifications_iter() {
+                    for n in conn.payloads() {
                         match n {
-                            Ok(n) => parse_payload(&n.payload, &node_id, &mut sync),
+                            Ok(payload) => parse_payload(&payload, &node_id, &mut sync),
                             Err(e) => {
                                 log::warn!("LISTEN connection lost: {e}; reconnecting");
                                 break 'poll;
@@ -294,7 +289,7 @@ pub fn spawn_listener(
                     // A dead socket is only noticed by using it.
                     if last_check.elapsed() > Duration::from_secs(5) {
                         last_check = std::time::Instant::now();
-                        if let Err(e) = conn.batch_execute("SELECT 1") {
+                        if let Err(e) = conn.ping() {
                             log::warn!("LISTEN connection lost: {e}; reconnecting");
                             break 'poll;
                         }

@@ -18,6 +18,7 @@
 //! and row locks, not a process-local mutex, keep them apart.
 
 mod counters;
+pub mod databases;
 pub mod groups;
 pub mod items;
 pub mod job_control;

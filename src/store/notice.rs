@@ -17,3 +17,32 @@ pub fn notify(conn: &mut Conn, payload: &str) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// A connection of its own that `LISTEN`s on [`NOTIFY_CHANNEL`] (PostgreSQL), for the thread
+/// that wakes this node when another one commits.
+pub struct Listener {
+    conn: diesel::pg::PgConnection,
+}
+
+impl Listener {
+    /// Connects to the PostgreSQL database at `url` and starts listening.
+    pub fn connect(url: &str) -> Result<Listener, diesel::ConnectionError> {
+        use diesel::connection::SimpleConnection;
+        let mut conn = diesel::pg::PgConnection::establish(url)?;
+        conn.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+        Ok(Listener { conn })
+    }
+
+    /// The payloads of the notifications received so far, without waiting for more (no
+    /// query is sent); an error means the connection is lost.
+    pub fn payloads(&mut self) -> impl Iterator<Item = Result<String, diesel::result::Error>> + '_ {
+        self.conn.notifications_iter().map(|n| n.map(|n| n.payload))
+    }
+
+    /// Sends a trivial query: a dead socket is only noticed by using it.
+    pub fn ping(&mut self) -> Result<(), diesel::result::Error> {
+        use diesel::connection::SimpleConnection;
+        self.conn.batch_execute("SELECT 1")
+    }
+}
