@@ -128,3 +128,38 @@ struct CountsRow {
     #[diesel(sql_type = diesel::sql_types::Integer)]
     cancelled: i32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{conn, job};
+    use crate::store::jobs::{get_job, insert_job};
+
+    #[test]
+    fn tallies_add_to_their_jobs_counters_and_return_them() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(4), 1.0).unwrap();
+        let mut tally = Tally::default();
+        for s in [
+            ItemStatus::Succeeded,
+            ItemStatus::Failed,
+            ItemStatus::Cancelled,
+        ] {
+            tally.add(s);
+        }
+        tally.add(ItemStatus::Running);
+        let counts = apply_tallies(&mut c, &HashMap::from([("j".to_string(), tally)])).unwrap();
+        let expected = Counts {
+            total: 4,
+            processed: 2,
+            succeeded: 1,
+            failed: 1,
+            skipped: 0,
+            cancelled: 1,
+        };
+        assert_eq!(counts, [("j".to_string(), expected)]);
+        let stored = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!((stored.processed, stored.cancelled), (2, 1));
+        assert!(apply_tallies(&mut c, &HashMap::new()).unwrap().is_empty());
+    }
+}

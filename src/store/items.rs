@@ -460,3 +460,137 @@ pub fn list_items(
         .collect::<Result<_, _>>()?;
     Ok((items, total as u64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ItemOutcome;
+    use crate::store::fixtures::{conn, finished, job};
+    use crate::store::job_control::cancel_job;
+    use crate::store::jobs::{get_job, insert_job};
+    use serde_json::json;
+
+    fn items(conn: &mut Conn, id: &str) -> Vec<ItemRecord> {
+        list_items(conn, id, None, 100, 0).unwrap().0
+    }
+
+    #[test]
+    fn a_claim_runs_queued_items_in_order_and_starts_the_job() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(3), 1.0).unwrap();
+        let first = claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let idx: Vec<u32> = first.iter().map(|i| i.index).collect();
+        assert_eq!(idx, [0, 1]);
+        assert!(first.iter().all(|i| i.attempt == 1));
+        let job = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!(
+            (job.status, job.started_at),
+            (JobStatus::Running, Some(10.0))
+        );
+        let rest = claim_items(&mut c, "j", 5, "n", 11.0, 30.0, false).unwrap();
+        assert_eq!(rest.iter().map(|i| i.index).collect::<Vec<_>>(), [2]);
+        assert!(claim_items(&mut c, "j", 5, "n", 12.0, 30.0, false)
+            .unwrap()
+            .is_empty());
+        let stored = items(&mut c, "j");
+        assert!(stored.iter().all(|i| i.status == ItemStatus::Running));
+        assert_eq!(stored[0].node.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn finished_outcomes_are_stored_counted_and_finish_their_job() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let done = [
+            finished("j", 0, 1, ItemOutcome::succeeded(json!({"ok": 0}))),
+            finished("j", 1, 1, ItemOutcome::failed(json!({}), "bad")),
+        ];
+        let recorded = record_finished(&mut c, &done, "n", 20.0).unwrap();
+        assert_eq!(recorded.done, ["j"]);
+        assert_eq!(recorded.refused, 0);
+        let counts = recorded.counts[0].1;
+        assert_eq!(
+            (counts.processed, counts.succeeded, counts.failed),
+            (2, 1, 1)
+        );
+        let stored = items(&mut c, "j");
+        assert_eq!(stored[0].status, ItemStatus::Succeeded);
+        assert_eq!(stored[0].result, Some(json!({"ok": 0})));
+        assert_eq!(stored[1].error.as_deref(), Some("bad"));
+        assert_eq!(
+            get_job(&mut c, "j").unwrap().unwrap().status,
+            JobStatus::Completed
+        );
+    }
+
+    #[test]
+    fn the_fence_refuses_outcomes_of_another_node_or_attempt() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(1), 1.0).unwrap();
+        claim_items(&mut c, "j", 1, "n", 10.0, 30.0, true).unwrap();
+        let ok = ItemOutcome::succeeded(json!({}));
+        let other_node = record_finished(&mut c, &[finished("j", 0, 1, ok.clone())], "m", 20.0);
+        assert_eq!(other_node.unwrap().refused, 1);
+        let old_attempt = record_finished(&mut c, &[finished("j", 0, 2, ok)], "n", 20.0);
+        assert_eq!(old_attempt.unwrap().refused, 1);
+        assert_eq!(items(&mut c, "j")[0].status, ItemStatus::Running);
+        let job = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!((job.processed, job.status), (0, JobStatus::Running));
+    }
+
+    #[test]
+    fn a_retried_error_requeues_its_item_until_its_retry_time() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(1), 1.0).unwrap();
+        claim_items(&mut c, "j", 1, "n", 10.0, 30.0, true).unwrap();
+        let retry = FinishedItem {
+            retry_at: Some(50.0),
+            ..finished("j", 0, 1, ItemOutcome::error(json!({}), "flaky"))
+        };
+        let recorded = record_finished(&mut c, &[retry], "n", 20.0).unwrap();
+        assert!(recorded.done.is_empty());
+        let item = &items(&mut c, "j")[0];
+        assert_eq!(
+            (item.status, item.node.as_deref()),
+            (ItemStatus::Queued, None)
+        );
+        assert_eq!(item.attempt_errors, ["flaky"]);
+        assert_eq!(next_available_at(&mut c, "j", 20.0).unwrap(), Some(50.0));
+        assert!(claim_items(&mut c, "j", 1, "n", 30.0, 30.0, false)
+            .unwrap()
+            .is_empty());
+        let again = claim_items(&mut c, "j", 1, "n", 60.0, 30.0, false).unwrap();
+        assert_eq!(again[0].attempt, 2);
+    }
+
+    #[test]
+    fn a_release_gives_back_the_attempt_and_only_this_nodes_claims() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let wrong = [("j".to_string(), 0, 2), ("j".to_string(), 1, 1)];
+        assert_eq!(release_items(&mut c, &wrong, "m", 20.0).unwrap(), 0);
+        assert_eq!(release_items(&mut c, &wrong, "n", 20.0).unwrap(), 1);
+        let stored = items(&mut c, "j");
+        assert_eq!(stored[0].status, ItemStatus::Running);
+        assert_eq!(
+            (stored[1].status, stored[1].attempts),
+            (ItemStatus::Queued, 0)
+        );
+    }
+
+    #[test]
+    fn a_release_in_a_cancelled_job_cancels_the_item_and_finishes_the_job() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(1), 1.0).unwrap();
+        claim_items(&mut c, "j", 1, "n", 10.0, 30.0, true).unwrap();
+        cancel_job(&mut c, "j", 15.0).unwrap();
+        let released = release_items(&mut c, &[("j".to_string(), 0, 1)], "n", 20.0).unwrap();
+        assert_eq!(released, 0);
+        assert_eq!(items(&mut c, "j")[0].status, ItemStatus::Cancelled);
+        let job = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!((job.status, job.cancelled), (JobStatus::Cancelled, 1));
+        assert!(job.result.is_some());
+    }
+}

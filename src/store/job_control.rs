@@ -370,3 +370,128 @@ pub fn fail_job(conn: &mut Conn, job_id: &str, error: &str, now: f64) -> Result<
     enqueue_webhook(conn, job_id, now)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ItemOutcome, ItemRecord};
+    use crate::store::fixtures::{conn, finished, job};
+    use crate::store::items::{claim_items, list_items, record_finished};
+    use crate::store::jobs::{insert_job, open_job_states};
+    use serde_json::json;
+
+    fn items(conn: &mut Conn) -> Vec<ItemRecord> {
+        list_items(conn, "j", None, 100, 0).unwrap().0
+    }
+
+    #[test]
+    fn a_cancellation_drops_queued_items_and_leaves_running_ones() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(3), 1.0).unwrap();
+        claim_items(&mut c, "j", 1, "n", 10.0, 30.0, true).unwrap();
+        let outcome = cancel_job(&mut c, "j", 20.0).unwrap();
+        assert_eq!(outcome, CancelOutcome::Cancelled { running: 1 });
+        let statuses: Vec<ItemStatus> = items(&mut c).iter().map(|i| i.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                ItemStatus::Running,
+                ItemStatus::Cancelled,
+                ItemStatus::Cancelled
+            ]
+        );
+        let job = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!((job.status, job.cancelled), (JobStatus::Cancelled, 2));
+        assert!(job.result.is_none(), "the running item builds it");
+        assert_eq!(
+            cancel_job(&mut c, "j", 21.0).unwrap(),
+            CancelOutcome::AlreadyFinished(JobStatus::Cancelled)
+        );
+        assert_eq!(
+            cancel_job(&mut c, "x", 21.0).unwrap(),
+            CancelOutcome::NotFound
+        );
+    }
+
+    #[test]
+    fn an_expiry_ends_the_job_with_its_reason_and_result() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(1), 1.0).unwrap();
+        let outcome = expire_job(&mut c, "j", "deadline passed", 20.0).unwrap();
+        assert_eq!(outcome, CancelOutcome::Cancelled { running: 0 });
+        let job = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Expired);
+        assert_eq!(job.error.as_deref(), Some("deadline passed"));
+        assert!(job.result.is_some());
+    }
+
+    #[test]
+    fn a_pause_holds_an_open_job_and_a_resume_clears_it() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(1), 1.0).unwrap();
+        let PauseOutcome::Done(paused) = set_job_paused(&mut c, "j", true, 5.0).unwrap() else {
+            panic!("not paused");
+        };
+        assert_eq!(
+            (paused.status, paused.paused_at),
+            (JobStatus::Queued, Some(5.0))
+        );
+        assert_eq!(open_job_states(&mut c).unwrap(), [("j".to_string(), true)]);
+        set_job_paused(&mut c, "j", false, 6.0).unwrap();
+        assert_eq!(open_job_states(&mut c).unwrap(), [("j".to_string(), false)]);
+        fail_job(&mut c, "j", "stop", 7.0).unwrap();
+        assert!(matches!(
+            set_job_paused(&mut c, "j", true, 8.0).unwrap(),
+            PauseOutcome::Finished(JobStatus::Failed)
+        ));
+        set_kind_paused(&mut c, "noop", true, 9.0).unwrap();
+        set_kind_paused(&mut c, "noop", true, 9.0).unwrap();
+        assert_eq!(paused_kinds(&mut c).unwrap(), ["noop"]);
+        set_kind_paused(&mut c, "noop", false, 9.0).unwrap();
+        assert!(paused_kinds(&mut c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failure_fails_every_unfinished_item_and_builds_the_result() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        claim_items(&mut c, "j", 1, "n", 10.0, 30.0, true).unwrap();
+        fail_job(&mut c, "j", "boom", 20.0).unwrap();
+        assert!(items(&mut c).iter().all(|i| i.status == ItemStatus::Failed));
+        let job = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!(
+            (job.status, job.processed, job.failed),
+            (JobStatus::Failed, 2, 2)
+        );
+        assert!(job.result.is_some());
+    }
+
+    #[test]
+    fn a_manual_retry_reopens_a_finished_job_with_its_failed_items() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let done = [
+            finished("j", 0, 1, ItemOutcome::succeeded(json!({}))),
+            finished("j", 1, 1, ItemOutcome::failed(json!({}), "bad")),
+        ];
+        record_finished(&mut c, &done, "n", 20.0).unwrap();
+        let outcome = retry_job(&mut c, "j", &[ItemStatus::Failed]).unwrap();
+        let RetryOutcome::Requeued { items: n, job } = outcome else {
+            panic!("not requeued: {outcome:?}");
+        };
+        assert_eq!(n, 1);
+        assert_eq!(
+            (job.status, job.processed, job.failed),
+            (JobStatus::Queued, 1, 0)
+        );
+        assert!(job.result.is_none());
+        let retried = &items(&mut c)[1];
+        assert_eq!((retried.status, retried.attempts), (ItemStatus::Queued, 0));
+        assert_eq!(retried.attempt_errors, ["bad"]);
+        assert!(matches!(
+            retry_job(&mut c, "j", &[ItemStatus::Failed]).unwrap(),
+            RetryOutcome::NotFinished(JobStatus::Queued)
+        ));
+    }
+}

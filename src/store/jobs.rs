@@ -175,3 +175,57 @@ pub fn get_job_status(conn: &mut Conn, job_id: &str) -> Result<Option<JobStatus>
         })
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{conn, job};
+    use crate::store::items::list_items;
+
+    #[test]
+    fn a_submission_stores_a_queued_job_with_every_item_queued() {
+        let mut c = conn();
+        let mut new = job(3);
+        new.schedule.idempotency_key = Some("key".into());
+        insert_job(&mut c, "j", &new, 5.0).unwrap();
+        let stored = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.total, stored.created_at),
+            (JobStatus::Queued, 3, 5.0)
+        );
+        let (items, total) = list_items(&mut c, "j", None, 10, 0).unwrap();
+        assert_eq!(total, 3);
+        assert!(items.iter().all(|i| i.status == ItemStatus::Queued));
+        assert_eq!(
+            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["k0", "k1", "k2"]
+        );
+        let by_key = job_by_idempotency_key(&mut c, "key").unwrap().unwrap();
+        assert_eq!(by_key.id, "j");
+        assert_eq!(
+            get_job_status(&mut c, "j").unwrap(),
+            Some(JobStatus::Queued)
+        );
+        assert_eq!(get_job_status(&mut c, "nope").unwrap(), None);
+    }
+
+    #[test]
+    fn pages_of_jobs_are_newest_first_with_the_filtered_total() {
+        let mut c = conn();
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            insert_job(&mut c, id, &job(1), i as f64).unwrap();
+        }
+        let (page, total) = list_jobs(&mut c, Some(JobStatus::Queued), None, 2, 0).unwrap();
+        assert_eq!(total, 3);
+        assert_eq!(
+            page.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["c", "b"]
+        );
+        let open = open_jobs(&mut c).unwrap();
+        assert_eq!(
+            open.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(list_jobs(&mut c, None, Some("other"), 10, 0).unwrap().1, 0);
+    }
+}

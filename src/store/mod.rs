@@ -19,6 +19,8 @@
 
 mod counters;
 pub mod databases;
+#[cfg(test)]
+mod fixtures;
 pub mod groups;
 pub mod items;
 pub mod job_control;

@@ -171,3 +171,56 @@ pub fn deregister_node(conn: &mut Conn, node_id: &str) -> Result<(), StoreError>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{conn, job};
+    use crate::store::items::{claim_items, list_items};
+    use crate::store::jobs::insert_job;
+
+    #[test]
+    fn a_registered_node_beats_until_it_leaves() {
+        let mut c = conn();
+        register_node(&mut c, "n", "host", 7, 1.0).unwrap();
+        let nodes = list_nodes(&mut c).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(
+            (nodes[0].host.as_str(), nodes[0].pid, nodes[0].heartbeat_at),
+            ("host", 7, 1.0)
+        );
+        assert!(heartbeat(&mut c, "n", 30.0).unwrap());
+        assert!(list_nodes(&mut c).unwrap()[0].heartbeat_at > 1.0);
+        deregister_node(&mut c, "n").unwrap();
+        assert!(!heartbeat(&mut c, "n", 30.0).unwrap());
+        assert!(list_nodes(&mut c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rescue_removes_stale_nodes_only_and_requeues_their_items() {
+        let mut c = conn();
+        register_node(&mut c, "dead", "h", 1, 1.0).unwrap();
+        register_node(&mut c, "live", "h", 2, 100.0).unwrap();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        claim_items(&mut c, "j", 1, "dead", 10.0, 30.0, true).unwrap();
+        claim_items(&mut c, "j", 1, "live", 10.0, 30.0, false).unwrap();
+        let ids = ["dead".to_string(), "live".to_string()];
+        let (gone, recovery) = rescue_nodes(&mut c, &ids, Some(50.0), 120.0).unwrap();
+        assert_eq!(gone, ["dead"]);
+        assert_eq!(recovery.requeued, 1);
+        let items = list_items(&mut c, "j", None, 10, 0).unwrap().0;
+        assert_eq!(items[0].status, ItemStatus::Queued);
+        assert_eq!(items[1].node.as_deref(), Some("live"));
+        assert_eq!(list_nodes(&mut c).unwrap()[0].id, "live");
+    }
+
+    #[test]
+    fn an_orphan_is_a_running_item_of_an_unregistered_node() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(1), 1.0).unwrap();
+        claim_items(&mut c, "j", 1, "ghost", 10.0, 30.0, true).unwrap();
+        let (owners, recovery) = rescue_orphans(&mut c, 20.0).unwrap();
+        assert_eq!((owners, recovery.requeued), (vec!["ghost".to_string()], 1));
+        assert!(rescue_orphans(&mut c, 21.0).unwrap().0.is_empty());
+    }
+}

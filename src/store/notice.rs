@@ -46,3 +46,15 @@ impl Listener {
         self.conn.batch_execute("SELECT 1")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::conn;
+
+    /// SQLite has no `pg_notify`: one engine owns the queue and needs no wake-up.
+    #[test]
+    fn a_notice_on_sqlite_sends_nothing() {
+        notify(&mut conn(), "job:j:n").unwrap();
+    }
+}

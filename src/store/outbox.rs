@@ -283,3 +283,63 @@ pub fn webhook_delivery(
         .first(conn)
         .optional()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{conn, job, job_with};
+    use crate::store::job_control::fail_job;
+    use crate::store::jobs::insert_job;
+    use serde_json::json;
+
+    #[test]
+    fn a_finished_job_with_a_callback_queues_one_delivery() {
+        let mut c = conn();
+        insert_job(&mut c, "plain", &job(1), 1.0).unwrap();
+        fail_job(&mut c, "plain", "stop", 2.0).unwrap();
+        assert_eq!(webhook_delivery(&mut c, "plain").unwrap(), None);
+        let hooked = job_with(json!({"callback_url": "http://127.0.0.1:9/h"}), 1);
+        insert_job(&mut c, "j", &hooked, 1.0).unwrap();
+        fail_job(&mut c, "j", "stop", 2.0).unwrap();
+        let d = webhook_delivery(&mut c, "j").unwrap().unwrap();
+        assert_eq!(
+            (d.url.as_str(), d.attempts, d.next_attempt_at),
+            ("http://127.0.0.1:9/h", 0, Some(2.0))
+        );
+        let payload: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+        assert_eq!(
+            (payload["event"].as_str(), payload["status"].as_str()),
+            (Some("job.finished"), Some("failed"))
+        );
+        assert!(!webhook_due(&mut c, 1.0).unwrap());
+        assert!(webhook_due(&mut c, 2.0).unwrap());
+    }
+
+    #[test]
+    fn a_lease_hides_a_delivery_and_only_its_holder_settles_it() {
+        let mut c = conn();
+        let hooked = job_with(json!({"callback_url": "http://127.0.0.1:9/h"}), 1);
+        insert_job(&mut c, "j", &hooked, 1.0).unwrap();
+        fail_job(&mut c, "j", "stop", 2.0).unwrap();
+        let leased = lease_webhooks(&mut c, 10.0, 30.0, 5).unwrap();
+        assert_eq!(
+            (leased.len(), leased[0].attempts, leased[0].lease_until),
+            (1, 1, 40.0)
+        );
+        assert!(lease_webhooks(&mut c, 20.0, 30.0, 5).unwrap().is_empty());
+        let id = leased[0].id;
+        let retry = WebhookAttempt::Retry {
+            at: 60.0,
+            error: "503".into(),
+        };
+        assert!(!record_webhook_attempt(&mut c, id, 39.0, &retry, 25.0).unwrap());
+        assert!(record_webhook_attempt(&mut c, id, 40.0, &retry, 25.0).unwrap());
+        let again = lease_webhooks(&mut c, 60.0, 30.0, 5).unwrap();
+        assert_eq!(again[0].attempts, 2);
+        let delivered = WebhookAttempt::Delivered;
+        assert!(record_webhook_attempt(&mut c, id, 90.0, &delivered, 61.0).unwrap());
+        let d = webhook_delivery(&mut c, "j").unwrap().unwrap();
+        assert_eq!((d.delivered_at, d.next_attempt_at), (Some(61.0), None));
+        assert_eq!(d.last_error.as_deref(), Some("503"));
+    }
+}

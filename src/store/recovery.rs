@@ -122,3 +122,36 @@ pub(super) fn recover_items(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{conn, job};
+    use crate::store::items::{claim_items, list_items};
+    use crate::store::jobs::insert_job;
+
+    #[test]
+    fn a_restart_requeues_running_items_and_fails_those_out_of_attempts() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        // Item 1 used its last attempt (3, the crash-recovery default).
+        diesel::update(job_items::table.filter(job_items::idx.eq(1)))
+            .set(job_items::attempts.eq(3))
+            .execute(&mut c)
+            .unwrap();
+        let report = recover_abandoned_items(&mut c, 20.0).unwrap();
+        assert_eq!(
+            (report.requeued, report.failed, report.cancelled),
+            (1, 1, 0)
+        );
+        assert_eq!(report.jobs, ["j"]);
+        let items = list_items(&mut c, "j", None, 10, 0).unwrap().0;
+        assert_eq!(
+            (items[0].status, items[0].attempts),
+            (ItemStatus::Queued, 1)
+        );
+        assert_eq!(items[1].status, ItemStatus::Failed);
+        assert_eq!(recover_abandoned_items(&mut c, 21.0).unwrap().requeued, 0);
+    }
+}

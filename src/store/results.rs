@@ -155,3 +155,51 @@ pub(super) fn build_result(
         serde_json::Number::from_f64(elapsed).unwrap_or_else(|| 0.into())
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ItemOutcome;
+    use crate::store::fixtures::{conn, finished, job};
+    use crate::store::items::{claim_items, record_finished};
+    use crate::store::jobs::{get_job, insert_job};
+    use serde_json::json;
+
+    #[test]
+    fn a_result_is_built_once_when_the_last_item_is_final() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let one = finished("j", 0, 1, ItemOutcome::succeeded(json!({"i": 0})));
+        record_finished(&mut c, &[one], "n", 20.0).unwrap();
+        assert!(
+            !finalize_job(&mut c, "j", 20.0).unwrap(),
+            "an item is still running"
+        );
+        let two = finished("j", 1, 1, ItemOutcome::skipped(json!({"i": 1})));
+        record_finished(&mut c, &[two], "n", 30.0).unwrap();
+        assert!(!finalize_job(&mut c, "j", 40.0).unwrap(), "built once");
+        let stored = get_job(&mut c, "j").unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.completed_at),
+            (JobStatus::Completed, Some(30.0))
+        );
+        let result: serde_json::Value = serde_json::from_str(stored.result.unwrap().get()).unwrap();
+        assert_eq!(result["summary"]["successful"], 1);
+        assert_eq!(result["summary"]["skipped"], 1);
+        assert_eq!(result["results"], json!([{"i": 0}, {"i": 1}]));
+        assert_eq!(result["elapsed_seconds"], 20.0);
+    }
+
+    #[test]
+    fn result_rows_page_by_index() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(3), 1.0).unwrap();
+        let page = result_rows_after(&mut c, "j", 0, 1).unwrap();
+        assert_eq!(
+            page,
+            [(1, "k1".to_string(), "queued".to_string(), None, None)]
+        );
+        assert!(result_rows_after(&mut c, "j", 2, 10).unwrap().is_empty());
+    }
+}

@@ -124,3 +124,37 @@ pub fn prune_finished(
     }
     Ok(pruned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{conn, job};
+    use crate::store::job_control::fail_job;
+    use crate::store::jobs::{get_job, insert_job};
+
+    #[test]
+    fn a_prune_deletes_old_finished_jobs_and_spares_open_and_recent_ones() {
+        let mut c = conn();
+        for id in ["old", "recent", "open"] {
+            insert_job(&mut c, id, &job(2), 1.0).unwrap();
+        }
+        fail_job(&mut c, "old", "stop", 10.0).unwrap();
+        fail_job(&mut c, "recent", "stop", 300.0).unwrap();
+        let pruned = prune_finished(&mut c, 200.0, 10).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                jobs: 1,
+                items: 2,
+                more: false
+            }
+        );
+        assert!(get_job(&mut c, "old").unwrap().is_none());
+        assert!(get_job(&mut c, "recent").unwrap().is_some());
+        assert!(get_job(&mut c, "open").unwrap().is_some());
+        assert_eq!(
+            prune_finished(&mut c, 200.0, 10).unwrap(),
+            Pruned::default()
+        );
+    }
+}

@@ -221,3 +221,67 @@ pub fn resume_schedule(
 pub fn delete_schedule(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
     Ok(diesel::delete(schedules::table.filter(schedules::id.eq(id))).execute(conn)? == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::conn;
+
+    fn schedule(id: &str, next_run_at: f64) -> ScheduleRecord {
+        ScheduleRecord {
+            id: id.into(),
+            name: Some(format!("name-{id}")),
+            cron: "* * * * *".into(),
+            timezone: "UTC".into(),
+            job: "{}".into(),
+            paused_at: None,
+            next_run_at,
+            last_run_at: None,
+            last_job_id: None,
+            last_error: None,
+            created_at: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_due_tick_advances_once_for_the_next_run_it_was_read_at() {
+        let mut c = conn();
+        insert_schedule(&mut c, &schedule("s", 100.0)).unwrap();
+        insert_schedule(&mut c, &schedule("later", 500.0)).unwrap();
+        let due = due_schedules(&mut c, 200.0, 10, &[]).unwrap();
+        assert_eq!(due, [schedule("s", 100.0)]);
+        assert!(due_schedules(&mut c, 200.0, 10, &["s".into()])
+            .unwrap()
+            .is_empty());
+        assert_eq!(next_schedule_due(&mut c, &[]).unwrap(), Some(100.0));
+        assert!(note_schedule_error(&mut c, "s", 100.0, "refused").unwrap());
+        assert!(advance_schedule(&mut c, "s", 100.0, 160.0, 101.0, Some("job"), None).unwrap());
+        assert!(!advance_schedule(&mut c, "s", 100.0, 160.0, 101.0, Some("dup"), None).unwrap());
+        let s = get_schedule(&mut c, "s").unwrap().unwrap();
+        assert_eq!((s.next_run_at, s.last_run_at), (160.0, Some(101.0)));
+        assert_eq!(
+            (s.last_job_id.as_deref(), s.last_error.as_deref()),
+            (Some("job"), None)
+        );
+        assert_eq!(schedule_by_name(&mut c, "name-s").unwrap(), Some(s));
+    }
+
+    #[test]
+    fn a_paused_or_halted_schedule_is_not_due_until_resumed() {
+        let mut c = conn();
+        insert_schedule(&mut c, &schedule("s", 100.0)).unwrap();
+        assert!(schedule_still_due(&mut c, "s", 100.0).unwrap());
+        let paused = pause_schedule(&mut c, "s", 150.0).unwrap().unwrap();
+        assert_eq!(paused.paused_at, Some(150.0));
+        assert!(!schedule_still_due(&mut c, "s", 100.0).unwrap());
+        assert!(!advance_schedule(&mut c, "s", 100.0, 160.0, 150.0, None, None).unwrap());
+        let resumed = resume_schedule(&mut c, "s", 200.0).unwrap().unwrap();
+        assert_eq!((resumed.paused_at, resumed.next_run_at), (None, 200.0));
+        assert!(halt_schedule(&mut c, "s", 200.0, "no more ticks", 210.0).unwrap());
+        assert!(due_schedules(&mut c, 300.0, 10, &[]).unwrap().is_empty());
+        assert_eq!(list_schedules(&mut c).unwrap().len(), 1);
+        assert!(delete_schedule(&mut c, "s").unwrap());
+        assert!(!delete_schedule(&mut c, "s").unwrap());
+        assert_eq!(pause_schedule(&mut c, "s", 1.0).unwrap(), None);
+    }
+}

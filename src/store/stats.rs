@@ -45,3 +45,23 @@ pub fn ping(conn: &mut Conn) -> Result<(), StoreError> {
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1")).execute(conn)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{conn, job};
+    use crate::store::job_control::cancel_job;
+    use crate::store::jobs::insert_job;
+
+    #[test]
+    fn stats_count_jobs_per_status_and_unfinished_items() {
+        let mut c = conn();
+        insert_job(&mut c, "a", &job(2), 1.0).unwrap();
+        insert_job(&mut c, "b", &job(3), 1.0).unwrap();
+        cancel_job(&mut c, "b", 2.0).unwrap();
+        let stats = queue_stats(&mut c).unwrap();
+        assert_eq!((stats.total, stats.queued, stats.cancelled), (2, 1, 1));
+        assert_eq!(unfinished_items(&mut c).unwrap(), 2);
+        ping(&mut c).unwrap();
+    }
+}
