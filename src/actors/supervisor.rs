@@ -341,8 +341,8 @@ enum Inserted {
     Existing(JobRecord),
     /// The key names a job of another kind.
     KeyConflict(JobRecord),
-    /// A job it depends on does not exist: (field, message).
-    UnknownDependency(String, String),
+    /// A job it depends on does not exist.
+    UnknownDependency(crate::model::FieldError),
 }
 
 /// What one write committed.
@@ -1022,10 +1022,10 @@ impl Supervisor {
                         Some(e) => Inserted::KeyConflict(e),
                         None if missing.is_some() => {
                             let (i, dep) = missing.unwrap_or_default();
-                            Inserted::UnknownDependency(
+                            Inserted::UnknownDependency(crate::model::FieldError::new(
                                 format!("depends_on[{i}]"),
                                 format!("no job '{dep}' (a job can only depend on jobs that exist, so dependencies never form a cycle)"),
-                            )
+                            ))
                         }
                         None => {
                             queries::insert_admitted_job(conn, id, job, &job.options, t)?;
@@ -1262,9 +1262,7 @@ impl Supervisor {
                     "idempotency key already used by job '{}' of kind '{}'",
                     record.id, record.kind
                 ))),
-                Inserted::UnknownDependency(field, message) => {
-                    Err(EngineError::Invalid { field, message })
-                }
+                Inserted::UnknownDependency(e) => Err(e.into()),
             };
             let _ = pending.reply.send(answer);
         }
