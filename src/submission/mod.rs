@@ -1,5 +1,5 @@
 //! Submission: what turns a request body, a JSONL upload or a cron schedule's stored
-//! template into a [`NewJob`], and the admission check every job passes before it is
+//! template into a [`NewJob`](crate::model::NewJob), and the admission check every job passes before it is
 //! stored. It knows nothing of HTTP: the API maps [`SubmissionError`] to its answers, and
 //! the cron scheduler uses the same functions for its templates.
 
