@@ -18,6 +18,8 @@
 //! - [`agent`]: the LLM coding agent behind `batch_agent_tasks` (Ollama / OpenAI-compatible
 //!   client, guardrail, per-task git worktrees).
 //! - [`engine`]: starting it all ([`engine::EngineBuilder`]) and the [`engine::Engine`] handle.
+//! - [`submission`]: request bodies, JSONL and cron templates turned into jobs, and the
+//!   admission check every job passes before it is stored.
 //! - [`api`]: the REST surface; [`app`]: the HTTP application used by the binary and tests.
 //! - [`webhooks`]: `callback_url` deliveries from a durable outbox; [`retention`]: pruning
 //!   finished jobs.
@@ -38,6 +40,7 @@ pub mod processors;
 pub mod retention;
 pub mod schedules;
 pub mod store;
+pub mod submission;
 pub mod webhooks;
 
 pub use app::{Application, ServeConfig};

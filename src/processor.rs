@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::model::ItemStatus;
+pub use crate::model::{FieldError, ItemStatus};
 
 /// Processes items of one kind.
 ///
@@ -46,25 +46,6 @@ pub trait Processor: Send + Sync + 'static {
     /// Processes one item. It must return soon after `ctx.cancel` fires, with an
     /// [`ItemOutcome::cancelled`] outcome if the work was cut short.
     async fn process(&self, item: Item, ctx: ItemContext) -> ItemOutcome;
-}
-
-/// A submitted value that is not acceptable, with the field it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field, as a path into the request (`check_command`, `targets[3].path`).
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// An error about `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// One item handed to a processor.

@@ -30,7 +30,7 @@
 use crate::actors::messages::EngineError;
 use crate::actors::supervisor::ValidateJob;
 use crate::engine::Engine;
-use crate::model::{now, NewJob};
+use crate::model::{now, FieldError, NewJob};
 use crate::store::queries::{self, ScheduleRecord};
 use crate::store::Store;
 use chrono::TimeZone;
@@ -142,71 +142,25 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> EngineError {
-    EngineError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    FieldError::new(field, message).into()
 }
 
-/// How the idempotency keys of schedules' ticks start; submissions may not use it.
-pub const TICK_KEY_PREFIX: &str = "schedule:";
-
-/// The idempotency key of a schedule's tick: the same on every node and every restart.
-pub fn tick_key(schedule_id: &str, tick: i64) -> String {
-    format!("{TICK_KEY_PREFIX}{schedule_id}:{tick}")
-}
+pub use crate::submission::{tick_key, TICK_KEY_PREFIX};
 
 /// Turns a schedule's job body into the job it submits, checked as `POST /batch/jobs`
-/// checks it; errors name the field under `job.` (`job.items`, `job.parallel`). With
-/// `tick`, the job carries `metadata.schedule_id`, `metadata.scheduled_for` (the tick, unix
-/// seconds) and the tick's idempotency key.
+/// checks it ([`crate::submission::template_job`]); errors name the field under `job.`
+/// (`job.items`, `job.parallel`). With `tick`, the job carries `metadata.schedule_id`,
+/// `metadata.scheduled_for` (the tick, unix seconds) and the tick's idempotency key.
 pub fn job_from_template(
     template: &Value,
     schedule_id: &str,
     tick: Option<i64>,
 ) -> Result<NewJob, EngineError> {
-    let Value::Object(body) = template else {
-        return Err(invalid(
-            "job",
-            "must be a JSON object: a POST /batch/jobs body {type, items, parallel, …options}",
-        ));
-    };
-    for (field, why) in [
-        (
-            "run_at",
-            "each tick's job runs at the tick; leave run_at out",
-        ),
-        (
-            "idempotency_key",
-            "the schedule keys each tick's job itself (schedule:<id>:<tick>); leave it out",
-        ),
-    ] {
-        if body.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(invalid(format!("job.{field}"), why));
-        }
-    }
-    let bytes = serde_json::to_vec(template).map_err(|e| invalid("job", e.to_string()))?;
-    let in_job = |e: crate::api::error::ApiError| match e {
-        crate::api::error::ApiError::Invalid { field, message } => {
-            let field = if field == "body" {
-                "job".to_string()
-            } else {
-                format!("job.{field}")
-            };
-            invalid(field, message)
-        }
-        other => invalid("job", other.to_string()),
-    };
-    let (request, raw) = crate::api::requests::parse_body(&bytes).map_err(in_job)?;
-    let mut job = crate::api::requests::generic_job(request, raw).map_err(in_job)?;
-    if let Some(tick) = tick {
-        if let Value::Object(metadata) = &mut job.metadata {
-            metadata.insert("schedule_id".into(), schedule_id.into());
-            metadata.insert("scheduled_for".into(), tick.into());
-        }
-        job.schedule.idempotency_key = Some(tick_key(schedule_id, tick));
-    }
-    Ok(job)
+    Ok(crate::submission::template_job(
+        template,
+        schedule_id,
+        tick,
+    )?)
 }
 
 /// A schedule as asked for, before it is checked and stored.
@@ -272,16 +226,10 @@ impl Scheduler {
 }
 
 impl Engine {
-    /// Checks a job as a submission would (kind registered, items, options) without
-    /// storing it.
+    /// Checks a job as a submission would (every admission check:
+    /// [`crate::submission::check_job`]) without storing it.
     pub async fn validate_job(&self, job: &NewJob) -> Result<(), EngineError> {
-        self.supervisor()
-            .send(ValidateJob {
-                kind: job.kind.clone(),
-                spec: job.spec.clone(),
-                items: job.items.len(),
-            })
-            .await?
+        self.supervisor().send(ValidateJob(job.clone())).await?
     }
 
     /// Creates a schedule after checking its expression, time zone and job; answers it

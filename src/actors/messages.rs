@@ -44,6 +44,24 @@ pub enum EngineError {
     Mailbox(#[from] actix::MailboxError),
 }
 
+impl From<crate::model::FieldError> for EngineError {
+    fn from(e: crate::model::FieldError) -> Self {
+        EngineError::Invalid {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl From<crate::submission::Refusal> for EngineError {
+    fn from(r: crate::submission::Refusal) -> Self {
+        match r {
+            crate::submission::Refusal::NoProcessor(kind) => EngineError::NoProcessor(kind),
+            crate::submission::Refusal::Invalid(e) => e.into(),
+        }
+    }
+}
+
 /// A job with its live progress, as the Supervisor answers reads.
 #[derive(Debug, Clone)]
 pub struct JobView {
@@ -214,6 +232,8 @@ pub struct JobContext {
     pub id: Arc<str>,
     /// The job's options.
     pub options: Arc<Value>,
+    /// Its `item_timeout_seconds`, read once for all its items.
+    pub item_timeout: Option<std::time::Duration>,
     /// Cancelled with the job (a child of the engine's shutdown token).
     pub cancel: CancellationToken,
     /// Where processors send progress notes.

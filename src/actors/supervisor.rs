@@ -19,7 +19,7 @@ use crate::actors::tracker::Tracker;
 use crate::actors::worker::Worker;
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::{
-    new_job_id, now, ClaimedItem, Dependencies, FinishedItem, ItemOutcome, ItemStatus, JobRecord,
+    new_job_id, now, AdmittedJob, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus, JobRecord,
     JobStatus, NewJob, QueueStats, RetryPolicy,
 };
 use crate::processor::{Processor, ProgressReporter};
@@ -341,8 +341,8 @@ enum Inserted {
     Existing(JobRecord),
     /// The key names a job of another kind.
     KeyConflict(JobRecord),
-    /// A job it depends on does not exist: (field, message).
-    UnknownDependency(String, String),
+    /// A job it depends on does not exist.
+    UnknownDependency(crate::model::FieldError),
 }
 
 /// What one write committed.
@@ -363,7 +363,7 @@ struct Written {
 struct PendingSubmit {
     id: String,
     /// Shared with the insert closure, so a retry does not need a copy of a huge job.
-    job: Arc<NewJob>,
+    job: Arc<AdmittedJob>,
     reply: SubmitReply,
     /// Insert on its own: a shared insert it was part of failed.
     alone: bool,
@@ -378,16 +378,6 @@ fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
         finished_at: t,
         attempt: item.attempt,
         retry_at: None,
-    }
-}
-
-/// Whether a JSON value holds a NUL character in any string or key.
-fn contains_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(contains_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        _ => false,
     }
 }
 
@@ -463,11 +453,12 @@ impl Supervisor {
     /// known (a job just inserted); it spares an empty claim at the end of every job.
     fn admit(&mut self, job: &JobRecord, queued: Option<u64>) {
         let id: Arc<str> = Arc::from(job.id.as_str());
-        let deps = Dependencies::from_options(&job.spec).unwrap_or_default();
-        let deadline = crate::model::deadline(&job.spec).ok().flatten();
+        let deps = job.options.dependencies.clone();
+        let deadline = job.options.deadline;
         let ctx = Arc::new(JobContext {
             id: id.clone(),
             options: Arc::new(job.spec.clone()),
+            item_timeout: job.options.item_timeout,
             cancel: self.shutdown_token.child_token(),
             progress: ProgressReporter::new(id.clone(), self.tracker.clone()),
         });
@@ -495,17 +486,16 @@ impl Supervisor {
                 paused: job.paused_at.is_some(),
                 waiting_since: now(),
                 // Checked at submission; a stored job with bad options retries nothing.
-                retry: RetryPolicy::from_options(&job.spec).unwrap_or_default(),
+                retry: job.options.retry,
                 retry_wakeups: Vec::new(),
                 waiting_on: deps.jobs.clone(),
                 run_on_failure: deps.run_on_failure,
                 deadline,
                 group: job
-                    .spec
-                    .get("concurrency_group")
-                    .and_then(serde_json::Value::as_str)
-                    .filter(|g| self.groups.contains_key(*g))
-                    .map(str::to_string),
+                    .options
+                    .concurrency_group
+                    .clone()
+                    .filter(|g| self.groups.contains_key(g)),
             },
         );
         if let Some(d) = deadline {
@@ -963,7 +953,7 @@ impl Supervisor {
         let for_release = releases.clone();
         let outcomes = Arc::new(outcomes);
         let for_store = outcomes.clone();
-        let new_jobs: Vec<(String, Arc<NewJob>)> = submits
+        let new_jobs: Vec<(String, Arc<AdmittedJob>)> = submits
             .iter()
             .map(|p| (p.id.clone(), p.job.clone()))
             .collect();
@@ -1020,9 +1010,8 @@ impl Supervisor {
                         Some(key) => queries::job_by_idempotency_key(conn, key)?,
                         None => None,
                     };
-                    let deps = Dependencies::from_options(&job.spec).unwrap_or_default();
                     let mut missing = None;
-                    for (i, dep) in deps.jobs.iter().enumerate() {
+                    for (i, dep) in job.options.dependencies.jobs.iter().enumerate() {
                         if queries::get_job_status(conn, dep)?.is_none() {
                             missing = Some((i, dep.clone()));
                             break;
@@ -1033,13 +1022,13 @@ impl Supervisor {
                         Some(e) => Inserted::KeyConflict(e),
                         None if missing.is_some() => {
                             let (i, dep) = missing.unwrap_or_default();
-                            Inserted::UnknownDependency(
+                            Inserted::UnknownDependency(crate::model::FieldError::new(
                                 format!("depends_on[{i}]"),
                                 format!("no job '{dep}' (a job can only depend on jobs that exist, so dependencies never form a cycle)"),
-                            )
+                            ))
                         }
                         None => {
-                            queries::insert_job(conn, id, job, t)?;
+                            queries::insert_admitted_job(conn, id, job, &job.options, t)?;
                             // Idle nodes wake up and claim from it too.
                             queries::notify(conn, &format!("new:{id}:{node}"))?;
                             Inserted::New(JobRecord::queued(id, job, t))
@@ -1105,10 +1094,7 @@ impl Supervisor {
                             w.inserted
                                 .iter()
                                 .flat_map(|i| match i {
-                                    Inserted::New(r) => [
-                                        r.run_at,
-                                        crate::model::deadline(&r.spec).ok().flatten(),
-                                    ],
+                                    Inserted::New(r) => [r.run_at, r.options.deadline],
                                     _ => [None, None],
                                 })
                                 .flatten(),
@@ -1276,9 +1262,7 @@ impl Supervisor {
                     "idempotency key already used by job '{}' of kind '{}'",
                     record.id, record.kind
                 ))),
-                Inserted::UnknownDependency(field, message) => {
-                    Err(EngineError::Invalid { field, message })
-                }
+                Inserted::UnknownDependency(e) => Err(e.into()),
             };
             let _ = pending.reply.send(answer);
         }
@@ -1589,75 +1573,14 @@ impl Handler<SubmitJob> for Supervisor {
         if self.stopping {
             return Box::pin(fut::ready(Err(EngineError::ShuttingDown)));
         }
-        let Some(slot) = self.kinds.get(&job.kind) else {
-            return Box::pin(fut::ready(Err(EngineError::NoProcessor(job.kind))));
+        let options = match crate::submission::check_job(&job, &self.admission_rules(&job.kind)) {
+            Ok(options) => options,
+            Err(refusal) => return Box::pin(fut::ready(Err(refusal.into()))),
         };
-        if job.items.is_empty() {
-            return Box::pin(fut::ready(Err(EngineError::Invalid {
-                field: "items".into(),
-                message: "a job needs at least one item".into(),
-            })));
-        }
-        if let Err(e) = slot.processor.validate_options(&job.spec) {
-            return Box::pin(fut::ready(Err(EngineError::Invalid {
-                field: e.field,
-                message: e.message,
-            })));
-        }
-        // PostgreSQL cannot hold a NUL character in text, nor read `\u0000` back as JSON:
-        // refused on either backend, so a job means the same on both.
-        if contains_nul(&job.spec) {
-            return Box::pin(fut::ready(Err(EngineError::Invalid {
-                field: "options".into(),
-                message: "NUL characters (\\u0000) are not allowed in a job's options".into(),
-            })));
-        }
-        if let Some(i) = job.items.iter().position(|item| item.key.contains('\0')) {
-            return Box::pin(fut::ready(Err(EngineError::Invalid {
-                field: format!("items[{i}].id"),
-                message: "NUL characters are not allowed in an item's id".into(),
-            })));
-        }
-        if let Err((field, message)) = RetryPolicy::from_options(&job.spec) {
-            return Box::pin(fut::ready(Err(EngineError::Invalid {
-                field: field.into(),
-                message,
-            })));
-        }
-        match job.spec.get("concurrency_group") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::String(g)) if self.groups.contains_key(g) => {}
-            Some(v) => {
-                let mut names: Vec<&String> = self.groups.keys().collect();
-                names.sort();
-                return Box::pin(fut::ready(Err(EngineError::Invalid {
-                    field: "concurrency_group".into(),
-                    message: format!(
-                        "{v} is not a configured concurrency group (configured: {})",
-                        if names.is_empty() {
-                            "none; see --concurrency-group".to_string()
-                        } else {
-                            names
-                                .iter()
-                                .map(|n| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
-                    ),
-                })));
-            }
-        }
-        if let Err((field, message)) = Dependencies::from_options(&job.spec)
-            .map(drop)
-            .and_then(|()| crate::model::check_item_timeout(&job.spec))
-            .and_then(|()| crate::model::deadline(&job.spec).map(drop))
-        {
-            return Box::pin(fut::ready(Err(EngineError::Invalid { field, message })));
-        }
         let (reply, answer) = oneshot::channel();
         self.pending_submits.push(PendingSubmit {
             id: new_job_id(&job.kind),
-            job: Arc::new(job),
+            job: Arc::new(AdmittedJob { job, options }),
             reply,
             alone: false,
         });
@@ -2161,11 +2084,7 @@ impl Supervisor {
         if !self.kinds.contains_key(&job.kind) {
             return false;
         }
-        match job
-            .spec
-            .get("concurrency_group")
-            .and_then(serde_json::Value::as_str)
-        {
+        match job.options.concurrency_group.as_deref() {
             Some(g) if self.cluster && !self.groups.contains_key(g) => {
                 log::warn!(
                     "job {}: concurrency group '{g}' is not configured on this node; left to the nodes that have it (--concurrency-group {g}=N)",
@@ -2422,37 +2341,28 @@ impl Supervisor {
     }
 }
 
-/// Checks a job as [`SubmitJob`] would (its kind is registered, it has items, its options
-/// are valid) without storing anything: cron schedules check their job template with it.
+/// Checks a job as [`SubmitJob`] would (every admission check,
+/// [`crate::submission::check_job`]) without storing anything: cron schedules check their
+/// job template with it.
 #[derive(Message)]
 #[rtype(result = "Result<(), EngineError>")]
-pub struct ValidateJob {
-    /// The processor kind.
-    pub kind: String,
-    /// The job's options.
-    pub spec: serde_json::Value,
-    /// How many items the job has.
-    pub items: usize,
-}
+pub struct ValidateJob(pub NewJob);
 
 impl Handler<ValidateJob> for Supervisor {
     type Result = Result<(), EngineError>;
 
-    fn handle(&mut self, msg: ValidateJob, _: &mut Self::Context) -> Self::Result {
-        let Some(slot) = self.kinds.get(&msg.kind) else {
-            return Err(EngineError::NoProcessor(msg.kind));
-        };
-        if msg.items == 0 {
-            return Err(EngineError::Invalid {
-                field: "items".into(),
-                message: "a job needs at least one item".into(),
-            });
+    fn handle(&mut self, ValidateJob(job): ValidateJob, _: &mut Self::Context) -> Self::Result {
+        crate::submission::check_job(&job, &self.admission_rules(&job.kind))?;
+        Ok(())
+    }
+}
+
+impl Supervisor {
+    /// What a job of `kind` is admitted against: its processor and the configured groups.
+    fn admission_rules(&self, kind: &str) -> crate::submission::AdmissionRules<'_> {
+        crate::submission::AdmissionRules {
+            processor: self.kinds.get(kind).map(|slot| &*slot.processor),
+            groups: self.groups.keys().map(String::as_str).collect(),
         }
-        slot.processor
-            .validate_options(&msg.spec)
-            .map_err(|e| EngineError::Invalid {
-                field: e.field,
-                message: e.message,
-            })
     }
 }

@@ -79,7 +79,7 @@ impl Handler<RunItems> for Worker {
                     let run = AssertUnwindSafe(processor.process(item, ctx)).catch_unwind();
                     // The job's `item_timeout_seconds` bounds every kind: past it the
                     // processor's future is dropped (its guards kill what it started).
-                    let limit = crate::model::item_timeout(&job.options);
+                    let limit = job.item_timeout;
                     let finished = match limit {
                         Some(limit) => tokio::time::timeout(limit, run).await,
                         None => Ok(run.await),

@@ -2,6 +2,8 @@
 //! form, plus `field` when one field is at fault).
 
 use crate::actors::messages::EngineError;
+use crate::model::FieldError;
+use crate::submission::SubmissionError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
@@ -63,6 +65,24 @@ impl ApiError {
         ApiError::Invalid {
             field: field.into(),
             message: message.into(),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::Invalid {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl From<SubmissionError> for ApiError {
+    fn from(e: SubmissionError) -> Self {
+        match e {
+            SubmissionError::Malformed(m) => ApiError::MalformedJson(m),
+            SubmissionError::Invalid(e) => e.into(),
         }
     }
 }

@@ -3,10 +3,6 @@
 //! at `/docs/`.
 
 use super::error::ErrorBody;
-use super::requests::{
-    AgentTask, AgentTasksRequest, GenericJobRequest, McpOperation, McpOperationType, McpRequest,
-    PathTarget, RetryRequest, TestsRequest, ValidationRequest,
-};
 use super::responses::{
     CancelResponse, HealthResponse, ItemList, ItemResponse, JobList, JobResponse, KindList,
     ResultLine, RetryResponse, StatsResponse,
@@ -14,6 +10,10 @@ use super::responses::{
 use crate::actors::messages::KindInfo;
 use crate::actors::tracker::Progress;
 use crate::model::{ItemStatus, JobStatus, QueueStats};
+use crate::submission::{
+    AgentTask, AgentTasksRequest, GenericJobRequest, McpOperation, McpOperationType, McpRequest,
+    PathTarget, RetryRequest, TestsRequest, ValidationRequest,
+};
 use actix_web::web::{self, ServiceConfig};
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::OnceLock;
@@ -34,11 +34,11 @@ field is at fault.",
         super::health,
         super::metrics,
         openapi_json,
-        super::submit_validation,
-        super::submit_tests,
-        super::submit_agent_tasks,
-        super::submit_mcp,
-        super::submit_generic,
+        super::submit::submit_validation,
+        super::submit::submit_tests,
+        super::submit::submit_agent_tasks,
+        super::submit::submit_mcp,
+        super::submit::submit_generic,
         super::list_jobs,
         super::get_job,
         super::cancel_job,
@@ -179,7 +179,7 @@ mod tests {
         let listed = &doc["components"]["schemas"]["McpOperationType"]["enum"];
         assert_eq!(
             listed,
-            &serde_json::json!(super::super::requests::MCP_OPERATIONS)
+            &serde_json::json!(crate::submission::MCP_OPERATIONS)
         );
     }
 }

@@ -1,10 +1,10 @@
 //! `/batch/schedules`: cron schedules that submit a job per tick (see [`crate::schedules`]).
 
 use super::error::{ApiError, ErrorBody};
-use super::requests::{parse_body, GenericJobRequest};
 use crate::engine::Engine;
 use crate::schedules::NewSchedule;
 use crate::store::queries::ScheduleRecord;
+use crate::submission::{parse_body, GenericJobRequest};
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
 use serde::{Deserialize, Serialize};
@@ -127,17 +127,18 @@ fn not_found(id: &str) -> ApiError {
     )
 )]
 pub(super) async fn create_schedule(engine: web::Data<Engine>, body: Bytes) -> Reply {
-    let (req, _): (ScheduleRequest, _) = parse_body(&body).map_err(|e| match e {
-        // Name the unknown field itself rather than the body.
-        ApiError::Invalid { field, message } if field == "body" => {
-            let unknown = message
-                .strip_prefix("unknown field `")
-                .and_then(|m| m.split('`').next())
-                .map(str::to_string);
-            ApiError::invalid(unknown.unwrap_or(field), message)
-        }
-        other => other,
-    })?;
+    let (req, _): (ScheduleRequest, _) =
+        parse_body(&body).map_err(|e| match ApiError::from(e) {
+            // Name the unknown field itself rather than the body.
+            ApiError::Invalid { field, message } if field == "body" => {
+                let unknown = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|m| m.split('`').next())
+                    .map(str::to_string);
+                ApiError::invalid(unknown.unwrap_or(field), message)
+            }
+            other => other,
+        })?;
     let (schedule, created) = engine
         .create_schedule(NewSchedule {
             name: req.name,

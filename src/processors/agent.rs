@@ -127,16 +127,7 @@ fn int_opt(
 }
 
 fn seconds_opt(o: &Value, field: &str) -> Result<Option<Duration>, FieldError> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECONDS => Ok(Some(Duration::from_secs_f64(t))),
-            _ => Err(FieldError::new(
-                field,
-                format!("must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS}], got {v}"),
-            )),
-        },
-    }
+    Ok(crate::model::options::seconds(o, field, MAX_TIMEOUT_SECONDS)?.map(Duration::from_secs_f64))
 }
 
 impl AgentOptions {

@@ -98,20 +98,7 @@ impl Processor for CommandProcessor {
                 ),
             ));
         }
-        match options.get("timeout_seconds") {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_f64() {
-                Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECONDS => {}
-                _ => {
-                    return Err(FieldError::new(
-                        "timeout_seconds",
-                        format!(
-                            "must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS}], got {v}"
-                        ),
-                    ))
-                }
-            },
-        }
+        crate::model::options::seconds(options, "timeout_seconds", MAX_TIMEOUT_SECONDS)?;
         match options.get("max_output_bytes") {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_u64() {

@@ -98,16 +98,8 @@ impl Processor for McpProcessor {
                 ))
             }
         }
-        match options.get("timeout_seconds") {
-            None | Some(Value::Null) => Ok(()),
-            Some(v) => match v.as_f64() {
-                Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECONDS => Ok(()),
-                _ => Err(FieldError::new(
-                    "timeout_seconds",
-                    format!("must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS}], got {v}"),
-                )),
-            },
-        }
+        crate::model::options::seconds(options, "timeout_seconds", MAX_TIMEOUT_SECONDS)?;
+        Ok(())
     }
 
     async fn process(&self, item: Item, ctx: ItemContext) -> ItemOutcome {

@@ -63,7 +63,7 @@ pub fn retry_job(
         .first(conn)?;
     let deadline = serde_json::from_str(&spec)
         .ok()
-        .and_then(|spec: serde_json::Value| crate::model::deadline(&spec).ok().flatten());
+        .and_then(|spec| crate::model::JobOptions::stored(&spec).deadline);
     if deadline.is_some_and(|d| d <= crate::model::now()) {
         return Ok(RetryOutcome::DeadlinePassed);
     }

@@ -43,8 +43,21 @@ const INSERT_CHUNK: usize = 1000;
 /// How many times an item may be left running by a crash before it is failed for good.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 
-/// Submission: inserts a job as `queued` with all its items `queued`.
+/// Submission: inserts a job as `queued` with all its items `queued`. For a job that did
+/// not pass admission (the benchmark, tests), its options are read from its JSON here.
 pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(), StoreError> {
+    let options = crate::model::JobOptions::stored(&job.spec);
+    insert_admitted_job(conn, id, job, &options, now)
+}
+
+/// Submission of an admitted job: inserts it as `queued` with all its items `queued`.
+pub fn insert_admitted_job(
+    conn: &mut Conn,
+    id: &str,
+    job: &NewJob,
+    options: &crate::model::JobOptions,
+    now: f64,
+) -> Result<(), StoreError> {
     diesel::insert_into(jobs::table)
         .values(NewJobRow {
             id,
@@ -62,9 +75,7 @@ pub fn insert_job(conn: &mut Conn, id: &str, job: &NewJob, now: f64) -> Result<(
         .execute(conn)?;
     // Crash recovery requeues an item until it used this many attempts; errors are retried
     // up to the job's own `max_attempts`.
-    let max_attempts = crate::model::RetryPolicy::from_options(&job.spec)
-        .map_or(1, |p| p.max_attempts as i32)
-        .max(DEFAULT_MAX_ATTEMPTS);
+    let max_attempts = (options.retry.max_attempts as i32).max(DEFAULT_MAX_ATTEMPTS);
     for (chunk_no, chunk) in job.items.chunks(INSERT_CHUNK).enumerate() {
         let rows: Vec<NewItemRow> = chunk
             .iter()

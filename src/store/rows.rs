@@ -2,7 +2,7 @@
 
 use super::schema::{job_items, jobs};
 use super::StoreError;
-use crate::model::{ItemRecord, ItemStatus, JobRecord, JobStatus};
+use crate::model::{ItemRecord, ItemStatus, JobOptions, JobRecord, JobStatus};
 use diesel::prelude::*;
 use serde_json::Value;
 
@@ -49,9 +49,12 @@ pub(crate) struct JobRow {
 
 impl JobRow {
     pub fn into_record(self) -> Result<JobRecord, StoreError> {
+        let status = parse_status::<JobStatus>("jobs.status", &self.status)?;
+        let spec = parse_json("jobs.spec", &self.spec)?;
         Ok(JobRecord {
-            status: parse_status::<JobStatus>("jobs.status", &self.status)?,
-            spec: parse_json("jobs.spec", &self.spec)?,
+            status,
+            options: JobOptions::stored(&spec),
+            spec,
             result: self
                 .result
                 .map(|r| {

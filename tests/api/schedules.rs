@@ -740,3 +740,70 @@ async fn a_tick_that_fails_for_a_passing_reason_stays_due_and_a_bad_template_is_
     assert!(jobs_by_tick(&node.address, "sched-nokind").await.is_empty());
     node.stop().await;
 }
+
+#[actix_web::test]
+async fn a_template_the_ticks_would_refuse_is_refused_at_creation() {
+    let app = spawn_app_configured(
+        AppOptions::default(),
+        Vec::new(),
+        batchforge::agent::AgentConfig::default(),
+        |config| {
+            config.concurrency_groups = [("gpu".to_string(), 1)].into();
+        },
+        |b| b.processor(Noop),
+    )
+    .await;
+    let job = |extra: Value| {
+        let mut job = json!({"type": "noop", "items": [{"id": "a"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            job[k] = v.clone();
+        }
+        json!({"cron": "* * * * *", "job": job})
+    };
+    let cases = [
+        (
+            job(json!({"concurrency_group": "tpu"})),
+            "job.concurrency_group",
+        ),
+        (job(json!({"max_attempts": 0})), "job.max_attempts"),
+        (job(json!({"depends_on": "x"})), "job.depends_on"),
+        (job(json!({"deadline": "tomorrow"})), "job.deadline"),
+        (
+            job(json!({"item_timeout_seconds": 0})),
+            "job.item_timeout_seconds",
+        ),
+        (job(json!({"note": "a\u{0}b"})), "job.options"),
+        (
+            json!({"cron": "* * * * *", "job": {"type": "noop", "items": [{"id": "a\u{0}"}]}}),
+            "job.items[0].id",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, error) = app.post("/batch/schedules", &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {error}");
+        assert_eq!(error["field"], field, "{body} → {error}");
+    }
+    let (_, error) = app
+        .post(
+            "/batch/schedules",
+            &job(json!({"concurrency_group": "tpu"})),
+        )
+        .await;
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .contains("(configured: gpu)"),
+        "{error}"
+    );
+    let (_, list) = app.get("/batch/schedules").await;
+    assert_eq!(list, json!({"schedules": [], "total": 0}));
+    // The configured group is accepted.
+    let (status, created) = app
+        .post(
+            "/batch/schedules",
+            &job(json!({"concurrency_group": "gpu"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+}
