@@ -19,7 +19,7 @@ use super::llm::{ChatRequest, LlmClient, LlmError, Message, Role, ToolCall, Tool
 use super::parse::{parse_tool_calls, TextCalls};
 use super::tools::{format_output, Workbench, FINISH};
 use crate::processor::ProgressReporter;
-use crate::processors::command::{run_command_with_env, CommandSpec};
+use crate::sandbox::spawn::{run_command_with_env, CommandSpec};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

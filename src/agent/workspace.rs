@@ -25,7 +25,7 @@
 //! entries no running task holds (left by a crash or a kill) and prunes the repository's
 //! worktree list. git runs without a shell, with prompts, hooks and signing off.
 
-use crate::processors::command::CommandEnv;
+use crate::sandbox::spawn::CommandEnv;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
