@@ -111,3 +111,16 @@ pub(super) async fn git_capped(
     }
     Ok(Some(out))
 }
+
+/// `git -C top worktree prune` on the calling thread, its output ignored: for a drop,
+/// where no runtime may be at hand.
+pub(super) fn prune_blocking(top: &Path) {
+    let _ = std::process::Command::new("git")
+        .arg("-C")
+        .arg(top)
+        .args(["worktree", "prune"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}

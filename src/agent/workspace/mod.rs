@@ -28,7 +28,6 @@
 use crate::sandbox::spawn::CommandEnv;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -372,14 +371,7 @@ impl Drop for TaskWorkspace {
             remove_tree(&entry.holder);
             if let Some((top, lock)) = prune {
                 let _serial = lock.blocking_lock();
-                let _ = std::process::Command::new("git")
-                    .arg("-C")
-                    .arg(&top)
-                    .args(["worktree", "prune"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+                git::prune_blocking(&top);
             }
             entry.release();
         });

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::os::unix::io::AsRawFd;
+use std::process::Stdio;
 
 async fn sh_git(dir: &Path, args: &[&str]) {
     git(dir, args).await.unwrap();
