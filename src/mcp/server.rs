@@ -2,11 +2,12 @@
 //! (`list_files`, `read_file`, `write_file`, `run_command`, `sandbox_root`) work on one
 //! directory.
 //!
-//! Every path a tool takes goes through the same confinement as command targets: `..`,
+//! Every path a tool takes goes through the same confinement as command targets
+//! ([`crate::sandbox::confine::Root`]): `..`,
 //! absolute paths elsewhere and symlinks that lead out are refused with a tool error
 //! (`isError: true`, the reason as text), as are files too big to read and anything that
 //! is not a regular file (a FIFO, socket or device would block the server). `run_command`
-//! uses the engine's own runner: argv without a shell, its cwd the root or a directory
+//! uses the engine's own runner ([`crate::sandbox::spawn`]): argv without a shell, its cwd the root or a directory
 //! inside it, a timeout and capped output, its process group killed on timeout, on
 //! `notifications/cancelled` and when the server dies. Like the `command` processor's
 //! commands, it is not sandboxed beyond that: the command itself may read or write

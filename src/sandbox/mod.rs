@@ -5,7 +5,7 @@
 //!   file tools, the agent guardrail's look at command lines).
 //! - [`spawn`]: running a command without a shell, in its own process group, bounded in
 //!   time and output, killed with its group on timeout, cancellation or drop.
-//! - [`guardian`]: the helper process that kills running groups if the engine dies.
+//! - `guardian`: the helper process that kills running groups if the engine dies.
 //!
 //! Validation and test items, the built-in MCP server's `run_command`, and the agent's
 //! tool calls and check command all spawn through [`spawn`]. Two kinds of process start
