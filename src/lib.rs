@@ -12,7 +12,9 @@
 //! - [`actors`]: the Supervisor (owns the queue), one Worker per kind, the Tracker (live
 //!   progress); their protocol is [`actors::messages`].
 //! - [`processor`]: the public [`processor::Processor`] trait; [`processors`] the built-in
-//!   kinds (`batch_validation`, `batch_tests`) and the safe command runner they share.
+//!   kinds (`batch_validation`, `batch_tests`, `batch_mcp`, `batch_agent_tasks`).
+//! - [`sandbox`]: every process the engine starts for a job (spawning, the guardian) and
+//!   the one path confinement.
 //! - [`mcp`]: the Model Context Protocol: batchforge's sandboxed MCP server and the
 //!   pooled client sessions of the `batch_mcp` processor.
 //! - [`agent`]: the LLM coding agent behind `batch_agent_tasks` (Ollama / OpenAI-compatible
@@ -38,6 +40,7 @@ pub mod model;
 pub mod processor;
 pub mod processors;
 pub mod retention;
+pub mod sandbox;
 pub mod schedules;
 pub mod store;
 pub mod submission;

@@ -2,14 +2,16 @@
 //! `run_command`, and `finish` to say it is done.
 //!
 //! They work inside the task's workspace only, with the same confinement as batchforge's
-//! MCP server ([`confine_path`] for what exists, [`confine_new_file`] for what is written)
+//! MCP server ([`Root::resolve_existing`] for what exists, [`Root::resolve_new_file`] for
+//! what is written)
 //! and the engine's command runner (argv without a shell, a timeout, capped output, the
 //! process group killed on timeout and on cancellation). Their answers are text for the
 //! model; a tool error is an answer too, so the model can correct itself.
 
 use super::llm::{ToolCall, ToolSpec};
-use crate::mcp::server::confine_new_file;
-use crate::processors::command::{confine_path, run_command_with_env, tool_command, CommandEnv};
+use crate::mcp::args::{optional_str, required_str, Blank};
+use crate::sandbox::confine::Root;
+use crate::sandbox::spawn::{run_command_with_env, tool_command, CommandEnv};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -197,12 +199,14 @@ impl Workbench {
     }
 
     async fn list_files(&self, args: &Map<String, Value>) -> Result<String, String> {
-        let path = optional(args, "path")?.unwrap_or(".");
+        let path = optional_str(args, "path", Blank::Whitespace)?.unwrap_or(".");
         let recursive = args
             .get("recursive")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let dir = self.root.join(confine_path(&self.root, path)?);
+        let dir = self
+            .root
+            .join(Root::new(&self.root).resolve_existing(path)?);
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || {
             if !dir.is_dir() {
@@ -226,8 +230,10 @@ impl Workbench {
     }
 
     async fn read_file(&self, args: &Map<String, Value>) -> Result<String, String> {
-        let path = required(args, "path")?.to_string();
-        let file = self.root.join(confine_path(&self.root, &path)?);
+        let path = required_str(args, "path", Blank::Whitespace)?.to_string();
+        let file = self
+            .root
+            .join(Root::new(&self.root).resolve_existing(&path)?);
         // Off the async threads, and never more than a prefix of a large file.
         tokio::task::spawn_blocking(move || read_prefix(&file, &path))
             .await
@@ -235,7 +241,7 @@ impl Workbench {
     }
 
     async fn write_file(&mut self, args: &Map<String, Value>) -> Result<String, String> {
-        let path = required(args, "path")?.to_string();
+        let path = required_str(args, "path", Blank::Whitespace)?.to_string();
         let content = match args.get("content") {
             Some(Value::String(s)) => s.clone(),
             None | Some(Value::Null) => {
@@ -248,14 +254,10 @@ impl Workbench {
         let root = self.root.clone();
         let shown = path.clone();
         let rel = tokio::task::spawn_blocking(move || {
-            let target = confine_new_file(&root, &shown)?;
+            let confined = Root::new(&root);
+            let target = confined.resolve_new_file(&shown)?;
             // Where the path really leads, symlinks resolved: never into git's files.
-            if target
-                .strip_prefix(&root)
-                .unwrap_or(&target)
-                .components()
-                .any(|c| c.as_os_str() == ".git")
-            {
+            if confined.is_in_git(&target) {
                 return Err(format!("writes into .git are not allowed ('{shown}')"));
             }
             use std::io::Write;
@@ -284,8 +286,8 @@ impl Workbench {
         args: &Map<String, Value>,
         cancel: &CancellationToken,
     ) -> Result<String, String> {
-        let command = required(args, "command")?;
-        let cwd = optional(args, "cwd")?.unwrap_or(".");
+        let command = required_str(args, "command", Blank::Whitespace)?;
+        let cwd = optional_str(args, "cwd", Blank::Whitespace)?.unwrap_or(".");
         let spec = tool_command(
             &self.root,
             command,
@@ -400,24 +402,6 @@ fn walk(
         }
     }
     Ok(())
-}
-
-fn required<'a>(args: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
-    match args.get(name) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
-        Some(Value::String(_)) => Err(format!("argument '{name}' must not be empty")),
-        None | Some(Value::Null) => Err(format!("missing required argument '{name}' (a string)")),
-        Some(other) => Err(format!("argument '{name}' must be a string, got {other}")),
-    }
-}
-
-fn optional<'a>(args: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
-    match args.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("argument '{name}' must be a string, got {other}")),
-    }
 }
 
 #[cfg(test)]

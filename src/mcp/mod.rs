@@ -7,6 +7,7 @@
 //! any stdio or streamable-HTTP servers the configuration names. A job picks one by name
 //! with its `server` option.
 
+pub mod args;
 pub mod ops;
 pub mod pool;
 pub mod server;
@@ -20,6 +21,11 @@ use std::path::{Path, PathBuf};
 /// ask for, so the job's `timeout_seconds` (default 300) is what limits each call: when
 /// it runs out the call is cancelled and the server kills the command's process group.
 pub const BUILTIN_SERVER: &str = "batchforge";
+
+/// Longest per-operation timeout a `batch_mcp` job may ask for (a day). The built-in
+/// server runs with this as its `--command-timeout`, so a job's own timeout is what
+/// limits its commands there.
+pub const MAX_TIMEOUT_SECONDS: f64 = 86_400.0;
 
 /// MCP settings of an engine; see the README's configuration table for their flags.
 #[derive(Debug, Clone, Default)]
@@ -112,7 +118,7 @@ impl McpRegistry {
                 workspace.to_string_lossy().into_owned(),
                 // The job's own timeout governs (see BUILTIN_SERVER).
                 "--command-timeout".to_string(),
-                crate::processors::mcp::MAX_TIMEOUT_SECONDS.to_string(),
+                MAX_TIMEOUT_SECONDS.to_string(),
             ];
             if config.read_only {
                 args.push("--read-only".into());
@@ -143,7 +149,7 @@ impl McpRegistry {
         for s in &servers {
             if let McpTransport::Stdio { command, cwd, .. } = &s.transport {
                 let dir = cwd.clone().unwrap_or_else(|| PathBuf::from("."));
-                if crate::processors::command::find_program(command, &dir).is_none() {
+                if crate::sandbox::spawn::find_program(command, &dir).is_none() {
                     log::warn!(
                         "MCP server '{}': program '{command}' was not found; its operations will fail",
                         s.name
@@ -209,7 +215,7 @@ fn find_batchforge_binary() -> Option<PathBuf> {
     [dir.join("batchforge"), dir.parent()?.join("batchforge")]
         .into_iter()
         .find(|p| p.is_file())
-        .or_else(|| crate::processors::command::find_program("batchforge", dir))
+        .or_else(|| crate::sandbox::spawn::find_program("batchforge", dir))
 }
 
 /// Parses `--mcp-server NAME=COMMAND ARGS…` or `NAME=http(s)://URL`.
@@ -221,7 +227,7 @@ pub fn parse_server_flag(s: &str) -> Result<McpServerConfig, String> {
     let transport = if spec.starts_with("http://") || spec.starts_with("https://") {
         McpTransport::Http { url: spec.into() }
     } else {
-        let mut argv = crate::processors::command::split_command(spec)
+        let mut argv = crate::sandbox::spawn::split_command(spec)
             .map_err(|e| format!("'{s}': the command {e}"))?;
         let command = argv.remove(0);
         McpTransport::Stdio {

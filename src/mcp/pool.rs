@@ -278,6 +278,9 @@ impl ServerPool {
                 env,
                 cwd,
             } => {
+                // Not through `crate::sandbox`: an external MCP server is the user's own
+                // long-lived process spoken to over rmcp's child transport, not a job's
+                // command (issue 13 may offer sandboxing it per server later).
                 let mut cmd = tokio::process::Command::new(command);
                 cmd.args(args).envs(env).kill_on_drop(true);
                 if let Some(cwd) = cwd {

@@ -2,11 +2,12 @@
 //! (`list_files`, `read_file`, `write_file`, `run_command`, `sandbox_root`) work on one
 //! directory.
 //!
-//! Every path a tool takes goes through the same confinement as command targets: `..`,
+//! Every path a tool takes goes through the same confinement as command targets
+//! ([`crate::sandbox::confine::Root`]): `..`,
 //! absolute paths elsewhere and symlinks that lead out are refused with a tool error
 //! (`isError: true`, the reason as text), as are files too big to read and anything that
 //! is not a regular file (a FIFO, socket or device would block the server). `run_command`
-//! uses the engine's own runner: argv without a shell, its cwd the root or a directory
+//! uses the engine's own runner ([`crate::sandbox::spawn`]): argv without a shell, its cwd the root or a directory
 //! inside it, a timeout and capped output, its process group killed on timeout, on
 //! `notifications/cancelled` and when the server dies. Like the `command` processor's
 //! commands, it is not sandboxed beyond that: the command itself may read or write
@@ -16,8 +17,10 @@
 //! tool error saying so: rmcp's stdio transport would drop the line silently and the
 //! client would wait for its timeout.
 
+use crate::mcp::args::{optional_str, required_str, Blank};
 use crate::mcp::ops::{encoded_len, MAX_MESSAGE_BYTES, MAX_WRITE_BYTES};
-use crate::processors::command::{confine_path, run_command, tool_command};
+use crate::sandbox::confine::Root;
+use crate::sandbox::spawn::{run_command, tool_command};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -25,7 +28,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Map, Value};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +51,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 600.0, value_parser = parse_command_timeout)]
     pub command_timeout: f64,
     /// Cap on each of a command's stdout and stderr, in bytes.
-    #[arg(long, default_value_t = crate::processors::command::DEFAULT_MAX_OUTPUT_BYTES)]
+    #[arg(long, default_value_t = crate::sandbox::spawn::DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
     /// Largest file read_file returns, in bytes (default 8 MiB). Whatever the cap, a
     /// file whose JSON-encoded text would exceed 15 MiB is refused: one MCP message over
@@ -222,8 +225,10 @@ impl SandboxServer {
     }
 
     async fn list_files(&self, args: &Map<String, Value>) -> ToolOutcome {
-        let path = optional_arg(args, "path")?.unwrap_or(".");
-        let dir = self.root.join(confine_path(&self.root, path)?);
+        let path = optional_str(args, "path", Blank::Empty)?.unwrap_or(".");
+        let dir = self
+            .root
+            .join(Root::new(&self.root).resolve_existing(path)?);
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || {
             let read = std::fs::read_dir(&dir).map_err(|e| match e.raw_os_error() {
@@ -271,8 +276,10 @@ impl SandboxServer {
     }
 
     async fn read_file(&self, args: &Map<String, Value>) -> ToolOutcome {
-        let path = required_arg(args, "path")?;
-        let file = self.root.join(confine_path(&self.root, path)?);
+        let path = required_str(args, "path", Blank::Empty)?;
+        let file = self
+            .root
+            .join(Root::new(&self.root).resolve_existing(path)?);
         let shown = path.to_string();
         let max = self.max_read_bytes;
         tokio::task::spawn_blocking(move || {
@@ -334,7 +341,7 @@ impl SandboxServer {
         if self.read_only {
             return Err("write_file is disabled: this server runs read-only".into());
         }
-        let path = required_arg(args, "path")?;
+        let path = required_str(args, "path", Blank::Empty)?;
         let content = match args.get("content") {
             Some(Value::String(s)) => s.clone(),
             None => return Err("missing required argument 'content' (a string)".into()),
@@ -349,7 +356,7 @@ impl SandboxServer {
         let root = self.root.clone();
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || {
-            let target = confine_new_file(&root, &shown)?;
+            let target = Root::new(&root).resolve_new_file(&shown)?;
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let cannot = |e: std::io::Error| format!("cannot write '{shown}': {e}");
@@ -393,8 +400,8 @@ impl SandboxServer {
         if self.read_only {
             return Err("run_command is disabled: this server runs read-only".into());
         }
-        let command = required_arg(args, "command")?;
-        let cwd = optional_arg(args, "cwd")?.unwrap_or(".");
+        let command = required_str(args, "command", Blank::Empty)?;
+        let cwd = optional_str(args, "cwd", Blank::Empty)?.unwrap_or(".");
         let spec = tool_command(
             &self.root,
             command,
@@ -548,93 +555,6 @@ fn structured(text: String, data: Value) -> CallToolResult {
     result
 }
 
-fn required_arg<'a>(args: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
-    match args.get(name) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) => Err(format!("argument '{name}' must not be empty")),
-        None | Some(Value::Null) => Err(format!("missing required argument '{name}' (a string)")),
-        Some(other) => Err(format!("argument '{name}' must be a string, got {other}")),
-    }
-}
-
-fn optional_arg<'a>(args: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
-    match args.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("argument '{name}' must be a string, got {other}")),
-    }
-}
-
-/// Resolves a file to write inside `root` (canonical), the way the kernel would: each
-/// existing component is followed (symlinks included) and `..` climbs from where that
-/// led; components that do not exist yet are taken as plain directory names. The result
-/// must lie inside the root and must not be a directory or a dangling symlink. Missing
-/// parent directories are created. Returns the absolute, symlink-free path to open.
-pub fn confine_new_file(root: &Path, path: &str) -> Result<PathBuf, String> {
-    crate::processors::command::check_path_text(path)?;
-    let outside = || format!("path '{path}' is outside the workspace root");
-    // `real` never holds a symlink, so popping it for `..` is what the kernel does.
-    let mut real = PathBuf::from("/");
-    let mut missing = false;
-    for c in root.join(path).components() {
-        match c {
-            Component::RootDir | Component::Prefix(_) => real = PathBuf::from("/"),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                real.pop();
-                missing = missing && real.symlink_metadata().is_err();
-            }
-            Component::Normal(name) => {
-                real.push(name);
-                if missing {
-                    continue;
-                }
-                match real.symlink_metadata() {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        real = real.canonicalize().map_err(|e| {
-                            if e.kind() == std::io::ErrorKind::NotFound {
-                                format!("path '{path}' goes through a symlink to a missing target; refusing to write through it")
-                            } else {
-                                format!("path '{path}': {e}")
-                            }
-                        })?;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing = true,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                        return Err(format!("path '{path}': a parent is not a directory"))
-                    }
-                    Err(e) => return Err(format!("path '{path}': {e}")),
-                }
-            }
-        }
-    }
-    if !real.starts_with(root) {
-        return Err(outside());
-    }
-    if real == root || real.is_dir() {
-        return Err(format!("'{path}' is a directory"));
-    }
-    let parent = real.parent().ok_or_else(outside)?;
-    if !parent.is_dir() {
-        std::fs::create_dir_all(parent).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
-                format!("path '{path}': a parent is not a directory")
-            }
-            _ => format!("cannot create the directories of '{path}': {e}"),
-        })?;
-    }
-    // A symlink swapped in meanwhile would show here.
-    let parent = parent
-        .canonicalize()
-        .map_err(|e| format!("path '{path}': {e}"))?;
-    if !parent.starts_with(root) {
-        return Err(outside());
-    }
-    Ok(parent.join(real.file_name().ok_or_else(outside)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,73 +594,5 @@ mod tests {
             text.contains("once JSON-encoded") && text.contains("--max-output-bytes"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn new_files_are_confined_to_the_root() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        let root = root.canonicalize().unwrap();
-        std::fs::write(tmp.path().join("outside.txt"), "secret").unwrap();
-        std::os::unix::fs::symlink(tmp.path(), root.join("up")).unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("outside.txt"), root.join("link.txt")).unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("nowhere.txt"), root.join("dangling")).unwrap();
-        std::fs::create_dir(root.join("sub")).unwrap();
-        std::os::unix::fs::symlink(root.join("sub"), root.join("inner")).unwrap();
-
-        assert_eq!(
-            confine_new_file(&root, "a.txt").unwrap(),
-            root.join("a.txt")
-        );
-        assert_eq!(
-            confine_new_file(&root, "new/deeper/b.txt").unwrap(),
-            root.join("new/deeper/b.txt")
-        );
-        assert!(root.join("new/deeper").is_dir());
-        assert_eq!(
-            confine_new_file(&root, "sub/../c.txt").unwrap(),
-            root.join("c.txt")
-        );
-        assert_eq!(
-            confine_new_file(&root, "inner/d.txt").unwrap(),
-            root.join("sub/d.txt")
-        );
-        let abs = root.join("e.txt");
-        assert_eq!(confine_new_file(&root, abs.to_str().unwrap()).unwrap(), abs);
-
-        for bad in [
-            "../x.txt",
-            "../../etc/passwd",
-            "/etc/passwd",
-            "up/x.txt",
-            "link.txt",
-            "up/new/x.txt",
-        ] {
-            let err = confine_new_file(&root, bad).unwrap_err();
-            assert!(err.contains("outside"), "{bad}: {err}");
-        }
-        assert!(
-            !tmp.path().join("new").exists(),
-            "nothing is created outside"
-        );
-        assert!(confine_new_file(&root, "dangling")
-            .unwrap_err()
-            .contains("symlink"));
-        assert_eq!(
-            confine_new_file(&root, "gone/../f.txt").unwrap(),
-            root.join("f.txt")
-        );
-        std::fs::write(root.join("plain"), "").unwrap();
-        assert!(confine_new_file(&root, "plain/x")
-            .unwrap_err()
-            .contains("not a directory"));
-        assert!(confine_new_file(&root, "sub")
-            .unwrap_err()
-            .contains("directory"));
-        assert!(confine_new_file(&root, ".")
-            .unwrap_err()
-            .contains("directory"));
-        assert!(confine_new_file(&root, "").is_err());
     }
 }

@@ -20,14 +20,14 @@
 //! `timeout_seconds` (per command), `llm_timeout_seconds` (per LLM request),
 //! `llm_retries`, `max_output_bytes`.
 
-use crate::agent::llm::{EndpointLimits, LlmClient, RetryPolicy};
+use crate::agent::llm::{EndpointLimits, LlmClient, RetryPolicy, Usage};
 use crate::agent::session::{Ending, Session, Settings};
 use crate::agent::tools::Workbench;
 use crate::agent::workspace::{looks_like_git_repo, WorkspaceMode, Workspaces};
 use crate::agent::{normalize_url, AgentConfig, LlmApi};
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
-use crate::processors::command::{find_program, split_command, DEFAULT_MAX_OUTPUT_BYTES};
+use crate::sandbox::spawn::{find_program, split_command, DEFAULT_MAX_OUTPUT_BYTES};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -326,38 +326,21 @@ impl Processor for AgentProcessor {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let mut result = Map::new();
-        result.insert("task_id".into(), json!(item.key));
-        let fail_early = |mut result: Map<String, Value>, message: String| {
-            result.insert("status".into(), json!("failed"));
-            result.insert("error".into(), json!(message));
-            for (k, v) in [
-                ("messages", json!([])),
-                ("validator_ok", json!(false)),
-                ("blocked", json!(0)),
-                ("loops", json!(0)),
-                ("files_changed", json!([])),
-                ("patch", Value::Null),
-                ("usage", json!({"prompt_tokens": 0, "completion_tokens": 0})),
-                (
-                    "duration_seconds",
-                    json!(round3(started.elapsed().as_secs_f64())),
-                ),
-            ] {
-                result.insert(k.into(), v);
-            }
-            ItemOutcome::failed(Value::Object(result), message)
+        let fail_early = |message: String| {
+            let mut result = TaskResult::new(&item.key, "failed", started);
+            result.error = Some(message.clone());
+            ItemOutcome::failed(result.into_value(), message)
         };
         let opts = match AgentOptions::parse(&ctx.options) {
             Ok(o) => o,
-            Err(e) => return fail_early(result, format!("{}: {}", e.field, e.message)),
+            Err(e) => return fail_early(format!("{}: {}", e.field, e.message)),
         };
         if description.trim().is_empty() {
-            return fail_early(result, "the task has no description".into());
+            return fail_early("the task has no description".into());
         }
         let check_argv = match split_command(&opts.check_command) {
             Ok(a) => a,
-            Err(e) => return fail_early(result, format!("check_command: {e}")),
+            Err(e) => return fail_early(format!("check_command: {e}")),
         };
         ctx.progress
             .current(format!("{}: preparing the workspace", item.key));
@@ -371,27 +354,14 @@ impl Processor for AgentProcessor {
         let created = tokio::select! {
             w = self.workspaces.create(mode, &self.root, &label) => w,
             _ = ctx.cancel.cancelled() => {
-                let mut result = result;
-                for (k, v) in [
-                    ("status", json!("cancelled")),
-                    ("messages", json!([])),
-                    ("validator_ok", json!(false)),
-                    ("blocked", json!(0)),
-                    ("loops", json!(0)),
-                    ("files_changed", json!([])),
-                    ("patch", Value::Null),
-                    ("usage", json!({"prompt_tokens": 0, "completion_tokens": 0})),
-                    ("duration_seconds", json!(round3(started.elapsed().as_secs_f64()))),
-                    ("workspace_mode", json!(mode.name())),
-                ] {
-                    result.insert(k.into(), v);
-                }
-                return ItemOutcome::cancelled(Value::Object(result));
+                let mut result = TaskResult::new(&item.key, "cancelled", started);
+                result.workspace_mode = Some(mode);
+                return ItemOutcome::cancelled(result.into_value());
             }
         };
         let mut workspace = match created {
             Ok(w) => w,
-            Err(e) => return fail_early(result, format!("cannot prepare the workspace: {e}")),
+            Err(e) => return fail_early(format!("cannot prepare the workspace: {e}")),
         };
         let settings = Settings {
             task_id: item.key.clone(),
@@ -452,10 +422,8 @@ impl Processor for AgentProcessor {
             Ending::CheckFailedToStart(e) => ("failed", Some(e.clone())),
             Ending::Cancelled => ("cancelled", None),
         };
-        result.insert("status".into(), json!(status));
-        if let Some(e) = &error {
-            result.insert("error".into(), json!(e));
-        }
+        let mut result = TaskResult::new(&item.key, status, started);
+        result.error = error;
         let mut messages = transcript.messages;
         if transcript.messages_omitted > 0 {
             messages.insert(
@@ -463,69 +431,134 @@ impl Processor for AgentProcessor {
                 json!({"role": "system", "content": format!("… {} messages omitted", transcript.messages_omitted)}),
             );
         }
-        result.insert("messages".into(), Value::Array(messages));
-        result.insert("validator_ok".into(), json!(transcript.validator_ok));
-        result.insert("blocked".into(), json!(transcript.blocked));
-        result.insert("loops".into(), json!(transcript.loops));
-        let mut error = error;
+        result.messages = messages;
+        result.validator_ok = transcript.validator_ok;
+        result.blocked = transcript.blocked;
+        result.loops = transcript.loops;
         match changes {
             Some(Ok(c)) => {
-                result.insert("files_changed".into(), json!(c.files_changed));
-                result.insert("patch".into(), json!(c.patch));
-                if let Some(encoding) = c.encoding {
-                    result.insert("patch_encoding".into(), json!(encoding));
-                }
-                if let Some(note) = c.note {
-                    result.insert("patch_note".into(), json!(note));
-                }
+                result.files_changed = c.files_changed;
+                result.patch = c.patch;
+                result.patch_encoding = c.encoding;
+                result.patch_note = c.note;
             }
             Some(Err(e)) => {
-                result.insert("files_changed".into(), json!(written));
-                result.insert("patch".into(), Value::Null);
-                result.insert(
-                    "patch_note".into(),
-                    json!(format!("cannot compute the patch: {e}")),
-                );
+                result.files_changed = written;
+                result.patch_note = Some(format!("cannot compute the patch: {e}"));
                 if status == "completed" {
                     // A passing task whose work cannot be collected is of no use.
-                    error = Some(format!("cannot compute the patch: {e}"));
-                    result.insert("status".into(), json!("failed"));
-                    result.insert("error".into(), json!(error));
+                    result.error = Some(format!("cannot compute the patch: {e}"));
+                    result.status = "failed";
                 }
             }
-            None => {
-                result.insert("files_changed".into(), json!(written));
-                result.insert("patch".into(), Value::Null);
-            }
+            None => result.files_changed = written,
         }
-        result.insert(
-            "usage".into(),
-            json!({"prompt_tokens": transcript.usage.prompt_tokens,
-                   "completion_tokens": transcript.usage.completion_tokens}),
-        );
-        result.insert(
-            "duration_seconds".into(),
-            json!(round3(started.elapsed().as_secs_f64())),
-        );
-        result.insert("workspace_mode".into(), json!(mode.name()));
-        result.insert(
-            "models".into(),
-            json!({"coder": opts.coder_model, "reviewer": opts.reviewer_model}),
-        );
+        result.usage = transcript.usage;
+        result.workspace_mode = Some(mode);
+        result.models = Some(json!({"coder": opts.coder_model, "reviewer": opts.reviewer_model}));
         if let Some(check) = &transcript.last_check {
             let mut validator = json!({"command": opts.check_command, "passed": check.passed,
                        "exit_code": check.exit_code, "output": check.output});
             if check.output_truncated {
                 validator["output_truncated"] = json!(true);
             }
-            result.insert("validator".into(), validator);
+            result.validator = Some(validator);
         }
-        let result = Value::Object(result);
+        let error = result.error.clone();
+        let result = result.into_value();
         match (ending, error) {
             (Ending::Cancelled, _) => ItemOutcome::cancelled(result),
             (_, Some(e)) => ItemOutcome::failed(result, e),
             (_, None) => ItemOutcome::succeeded(result),
         }
+    }
+}
+
+/// One task's result, whatever its ending (failed before it started, cancelled while its
+/// workspace was made, or run); [`TaskResult::into_value`] is the one place its map
+/// (`{task_id, status, messages, validator_ok, …}`) is built.
+struct TaskResult {
+    task_id: String,
+    status: &'static str,
+    error: Option<String>,
+    messages: Vec<Value>,
+    validator_ok: bool,
+    blocked: u32,
+    loops: u32,
+    files_changed: Vec<String>,
+    patch: Option<String>,
+    patch_encoding: Option<&'static str>,
+    patch_note: Option<String>,
+    usage: Usage,
+    /// When the item started; `duration_seconds` is measured from it.
+    started: Instant,
+    workspace_mode: Option<WorkspaceMode>,
+    models: Option<Value>,
+    validator: Option<Value>,
+}
+
+impl TaskResult {
+    /// A result with nothing done yet: no messages, no changes, no tokens.
+    fn new(task_id: &str, status: &'static str, started: Instant) -> Self {
+        TaskResult {
+            task_id: task_id.to_string(),
+            status,
+            error: None,
+            messages: Vec::new(),
+            validator_ok: false,
+            blocked: 0,
+            loops: 0,
+            files_changed: Vec::new(),
+            patch: None,
+            patch_encoding: None,
+            patch_note: None,
+            usage: Usage::default(),
+            started,
+            workspace_mode: None,
+            models: None,
+            validator: None,
+        }
+    }
+
+    /// The item's result map; optional facts appear only when known.
+    fn into_value(self) -> Value {
+        let mut result = Map::new();
+        result.insert("task_id".into(), json!(self.task_id));
+        result.insert("status".into(), json!(self.status));
+        if let Some(e) = self.error {
+            result.insert("error".into(), json!(e));
+        }
+        result.insert("messages".into(), Value::Array(self.messages));
+        result.insert("validator_ok".into(), json!(self.validator_ok));
+        result.insert("blocked".into(), json!(self.blocked));
+        result.insert("loops".into(), json!(self.loops));
+        result.insert("files_changed".into(), json!(self.files_changed));
+        result.insert("patch".into(), json!(self.patch));
+        if let Some(encoding) = self.patch_encoding {
+            result.insert("patch_encoding".into(), json!(encoding));
+        }
+        if let Some(note) = self.patch_note {
+            result.insert("patch_note".into(), json!(note));
+        }
+        result.insert(
+            "usage".into(),
+            json!({"prompt_tokens": self.usage.prompt_tokens,
+                   "completion_tokens": self.usage.completion_tokens}),
+        );
+        result.insert(
+            "duration_seconds".into(),
+            json!(round3(self.started.elapsed().as_secs_f64())),
+        );
+        if let Some(mode) = self.workspace_mode {
+            result.insert("workspace_mode".into(), json!(mode.name()));
+        }
+        if let Some(models) = self.models {
+            result.insert("models".into(), models);
+        }
+        if let Some(validator) = self.validator {
+            result.insert("validator".into(), validator);
+        }
+        Value::Object(result)
     }
 }
 

@@ -1,12 +1,13 @@
 //! The processor shape shared by `batch_validation` and `batch_tests`: run one command per
 //! item with the item's path as the last argument, and judge the exit code.
 
-use super::command::{
-    confine_path, find_program, run_command, split_command, CommandSpec, DEFAULT_MAX_OUTPUT_BYTES,
-    DEFAULT_TIMEOUT,
-};
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
+use crate::sandbox::confine::Root;
+use crate::sandbox::spawn::{
+    find_program, run_command, split_command, CommandSpec, DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_TIMEOUT,
+};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,7 +39,7 @@ impl CommandProcessor {
 
     pub(super) fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
         // Command kinds are built while the engine starts, before it has grown.
-        super::guardian::start_early();
+        crate::sandbox::guardian::start_early();
         root.canonicalize()
     }
 
@@ -132,7 +133,7 @@ impl Processor for CommandProcessor {
             result.insert("error".into(), json!(message));
             ItemOutcome::failed(Value::Object(result), message)
         };
-        let relative = match confine_path(&self.root, &path) {
+        let relative = match Root::new(&self.root).resolve_existing(&path) {
             Ok(p) => p,
             Err(e) => return error(result, e),
         };

@@ -23,10 +23,9 @@ use std::time::Duration;
 pub const KIND: &str = "batch_mcp";
 /// Per-operation timeout unless the job sets `timeout_seconds`.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest per-operation timeout a job may ask for (a day). The built-in server runs
-/// with this as its `--command-timeout`, so a job's own timeout is what limits its
-/// commands there.
-pub const MAX_TIMEOUT_SECONDS: f64 = 86_400.0;
+/// Longest per-operation timeout a job may ask for; it lives in [`crate::mcp`], whose
+/// built-in server runs with it as its `--command-timeout`.
+pub use crate::mcp::MAX_TIMEOUT_SECONDS;
 
 /// Runs MCP operations against the configured servers.
 pub struct McpProcessor {

@@ -1,9 +1,7 @@
-//! Built-in processors. Each kind lives in its own file; [`command`] is the subprocess
-//! runner they share.
+//! Built-in processors. Each kind lives in its own file; the commands they run start
+//! through [`crate::sandbox`].
 
 pub mod agent;
-pub mod command;
-mod guardian;
 pub mod mcp;
 pub mod noop;
 pub mod test_suite;

@@ -1,7 +1,8 @@
 //! Running one external command safely: no shell, confined to the workspace, bounded in
 //! time and output, and killed with its whole process group when it must stop.
 
-use std::path::{Component, Path, PathBuf};
+use super::confine::Root;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -52,7 +53,7 @@ pub fn tool_command(
     max_output_bytes: usize,
     hint: &str,
 ) -> Result<CommandSpec, String> {
-    let cwd = root.join(confine_path(root, cwd)?);
+    let cwd = root.join(Root::new(root).resolve_existing(cwd)?);
     if !cwd.is_dir() {
         return Err(format!("cwd '{}' is not a directory", cwd.display()));
     }
@@ -66,62 +67,6 @@ pub fn tool_command(
         timeout,
         max_output_bytes,
     })
-}
-
-/// Refuses a path no file can have: empty, or with a NUL byte.
-pub fn check_path_text(path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("path is empty".into());
-    }
-    if path.contains('\0') {
-        return Err(format!(
-            "path '{}' contains a NUL byte",
-            path.escape_debug()
-        ));
-    }
-    Ok(())
-}
-
-/// Resolves a user-given path inside `root` (already canonical). Refuses `..` escapes,
-/// absolute paths elsewhere and symlinks that lead out. Returns the path relative to the
-/// root (`.` for the root itself).
-pub fn confine_path(root: &Path, path: &str) -> Result<PathBuf, String> {
-    check_path_text(path)?;
-    let joined = root.join(path);
-    let resolved = match joined.canonicalize() {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Say "outside" rather than "missing" for paths that lexically escape.
-            if !lexically_inside(root, &joined) {
-                return Err(format!("path '{path}' is outside the workspace root"));
-            }
-            return Err(format!("path '{path}' does not exist in the workspace"));
-        }
-        Err(e) => return Err(format!("path '{path}': {e}")),
-    };
-    match resolved.strip_prefix(root) {
-        Ok(rel) if rel.as_os_str().is_empty() => Ok(PathBuf::from(".")),
-        Ok(rel) => Ok(rel.to_path_buf()),
-        Err(_) => Err(format!("path '{path}' is outside the workspace root")),
-    }
-}
-
-fn lexically_inside(root: &Path, path: &Path) -> bool {
-    let mut parts: Vec<Component> = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                if matches!(parts.last(), Some(Component::Normal(_))) {
-                    parts.pop();
-                } else {
-                    return false;
-                }
-            }
-            Component::CurDir => {}
-            other => parts.push(other),
-        }
-    }
-    parts.iter().collect::<PathBuf>().starts_with(root)
 }
 
 /// What to run.
@@ -320,45 +265,6 @@ pub async fn run_command_with_env(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_are_confined_to_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        std::fs::create_dir(root.join("src")).unwrap();
-        std::fs::write(root.join("src/a.py"), "").unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
-        assert_eq!(
-            confine_path(&root, "src/a.py").unwrap(),
-            PathBuf::from("src/a.py")
-        );
-        assert_eq!(
-            confine_path(&root, "src/../src/a.py").unwrap(),
-            PathBuf::from("src/a.py")
-        );
-        assert_eq!(confine_path(&root, ".").unwrap(), PathBuf::from("."));
-        let abs = root.join("src/a.py");
-        assert_eq!(
-            confine_path(&root, abs.to_str().unwrap()).unwrap(),
-            PathBuf::from("src/a.py")
-        );
-        assert!(confine_path(&root, "../../etc/passwd")
-            .unwrap_err()
-            .contains("outside"));
-        assert!(confine_path(&root, "/etc/passwd")
-            .unwrap_err()
-            .contains("outside"));
-        assert!(confine_path(&root, "out/passwd")
-            .unwrap_err()
-            .contains("outside"));
-        assert!(confine_path(&root, "../nope")
-            .unwrap_err()
-            .contains("outside"));
-        assert!(confine_path(&root, "missing.py")
-            .unwrap_err()
-            .contains("does not exist"));
-        assert!(confine_path(&root, "").is_err());
-    }
 
     #[test]
     fn commands_split_like_a_shell_without_one() {
