@@ -16,6 +16,7 @@
 //! (WAL). PostgreSQL writes take a pooled connection each: several nodes write at once
 //! and row locks, not a process-local mutex, keep them apart.
 
+pub mod commit;
 pub mod queries;
 mod rows;
 pub mod schema;
