@@ -259,3 +259,148 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ItemOutcome, JobSchedule, NewItem};
+    use crate::processor::{FieldError, Item, ItemContext};
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    /// Refuses options with `"bad": true`.
+    struct Picky;
+
+    #[async_trait::async_trait(?Send)]
+    impl Processor for Picky {
+        fn kind(&self) -> &str {
+            "picky"
+        }
+
+        fn validate_options(
+            &self,
+            options: &serde_json::Value,
+        ) -> Result<(), crate::processor::FieldError> {
+            match options.get("bad") {
+                Some(serde_json::Value::Bool(true)) => Err(FieldError::new("bad", "is bad")),
+                _ => Ok(()),
+            }
+        }
+
+        async fn process(&self, _: Item, _: ItemContext) -> ItemOutcome {
+            unreachable!("admission never runs items")
+        }
+    }
+
+    fn job(spec: serde_json::Value, keys: &[&str]) -> NewJob {
+        NewJob {
+            kind: "picky".into(),
+            spec,
+            parallel: 1,
+            metadata: json!({}),
+            items: keys
+                .iter()
+                .map(|k| NewItem {
+                    key: k.to_string(),
+                    payload: json!({}),
+                })
+                .collect(),
+            schedule: JobSchedule::default(),
+        }
+    }
+
+    /// The field a refusal names (or the error's text for other errors).
+    fn refused(r: Result<(), EngineError>) -> String {
+        match r {
+            Err(EngineError::Invalid { field, .. }) => field,
+            Err(e) => e.to_string(),
+            Ok(()) => "accepted".into(),
+        }
+    }
+
+    #[test]
+    fn submissions_are_checked_field_by_field() {
+        let groups = Groups::new(HashMap::from([("gpu".to_string(), 1)]), false);
+        let check = |spec: serde_json::Value, keys: &[&str]| {
+            refused(check_job(Some(&Picky), &job(spec, keys), &groups))
+        };
+        assert_eq!(check(json!({}), &["a"]), "accepted");
+        assert_eq!(
+            check(json!({"concurrency_group": "gpu"}), &["a"]),
+            "accepted"
+        );
+        assert_eq!(check(json!({}), &[]), "items");
+        assert_eq!(check(json!({"bad": true}), &["a"]), "bad");
+        assert_eq!(check(json!({"note": "a\u{0}b"}), &["a"]), "options");
+        assert_eq!(check(json!({}), &["a", "b\u{0}"]), "items[1].id");
+        assert_eq!(
+            check(json!({"max_attempts": "many"}), &["a"]),
+            "max_attempts"
+        );
+        assert_eq!(
+            check(json!({"concurrency_group": "cpu"}), &["a"]),
+            "concurrency_group"
+        );
+        assert_eq!(
+            check(json!({"item_timeout_seconds": -1}), &["a"]),
+            "item_timeout_seconds"
+        );
+        assert_eq!(check(json!({"deadline": "soon"}), &["a"]), "deadline");
+        assert_eq!(
+            refused(check_job(None, &job(json!({}), &["a"]), &groups)),
+            "processor 'picky' is not available in this engine"
+        );
+    }
+
+    #[test]
+    fn an_unknown_group_names_the_configured_ones() {
+        let groups = Groups::new(
+            HashMap::from([("b".to_string(), 1), ("a".to_string(), 1)]),
+            false,
+        );
+        let r = check_job(
+            Some(&Picky),
+            &job(json!({"concurrency_group": "c"}), &["x"]),
+            &groups,
+        );
+        let Err(EngineError::Invalid { message, .. }) = r else {
+            panic!("accepted an unknown group");
+        };
+        assert_eq!(
+            message,
+            "\"c\" is not a configured concurrency group (configured: a, b)"
+        );
+        let none = Groups::new(HashMap::new(), false);
+        let r = check_job(
+            Some(&Picky),
+            &job(json!({"concurrency_group": "c"}), &["x"]),
+            &none,
+        );
+        assert!(refused(r).contains("concurrency_group"));
+    }
+
+    #[test]
+    fn templates_are_checked_for_kind_items_and_processor_options() {
+        let template = |spec: serde_json::Value, items: usize| ValidateJob {
+            kind: "picky".into(),
+            spec,
+            items,
+        };
+        assert_eq!(
+            refused(check_template(Some(&Picky), template(json!({}), 1))),
+            "accepted"
+        );
+        assert_eq!(
+            refused(check_template(Some(&Picky), template(json!({}), 0))),
+            "items"
+        );
+        assert_eq!(
+            refused(check_template(
+                Some(&Picky),
+                template(json!({"bad": true}), 1)
+            )),
+            "bad"
+        );
+        assert!(refused(check_template(None, template(json!({}), 1))).contains("not available"));
+    }
+}

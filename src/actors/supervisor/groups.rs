@@ -189,3 +189,76 @@ impl Groups {
         names
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(shared: bool) -> Groups {
+        Groups::new(HashMap::from([("gpu".to_string(), 2)]), shared)
+    }
+
+    #[test]
+    fn a_local_group_is_open_below_its_limit() {
+        let mut g = groups(false);
+        let slot = g.slots.get_mut("gpu").unwrap();
+        assert!(slot.open());
+        slot.active = 2;
+        assert!(!slot.open());
+        // Nothing to plan without other nodes.
+        assert!(!g.plans_slots());
+    }
+
+    #[test]
+    fn a_shared_group_is_open_only_on_slots_held() {
+        let mut g = groups(true);
+        let slot = g.slots.get_mut("gpu").unwrap();
+        assert!(!slot.open());
+        slot.held = vec![0];
+        assert!(slot.open());
+        slot.active = 1;
+        assert!(!slot.open());
+    }
+
+    #[test]
+    fn slots_are_asked_for_up_to_the_limit_and_surplus_ones_given_back() {
+        let mut g = groups(true);
+        assert!(g.plans_slots());
+        assert!(g.plan(&HashMap::from([("gpu", 5)])));
+        assert_eq!(g.acquire, vec![("gpu".to_string(), 2, 2)]);
+        // Asked once per write: no second ask while the first is in flight.
+        g.acquire.clear();
+        assert!(!g.plan(&HashMap::from([("gpu", 5)])));
+        // One slot got: starved, it waits for a freed slot before asking again.
+        g.committed(&[("gpu".to_string(), 2, vec![7])], None);
+        assert!(g.slots["gpu"].starved);
+        assert!(!g.plan(&HashMap::from([("gpu", 5)])));
+        g.unstarve();
+        assert!(g.plan(&HashMap::from([("gpu", 5)])));
+        let asks = std::mem::take(&mut g.acquire);
+        g.failed(&asks, Vec::new());
+        assert!(!g.slots["gpu"].acquiring);
+        // Nothing to run: the held slot goes back with the next write.
+        assert!(g.plan(&HashMap::new()));
+        assert_eq!(g.take_releases(), vec![("gpu".to_string(), vec![7])]);
+        assert!(g.slots["gpu"].held.is_empty());
+    }
+
+    #[test]
+    fn a_lost_node_takes_no_slot_while_items_still_run_here() {
+        let mut g = groups(true);
+        g.slots.get_mut("gpu").unwrap().active = 1;
+        g.lost();
+        assert!(g.reconcile);
+        assert!(!g.plan(&HashMap::from([("gpu", 1)])));
+        g.slots.get_mut("gpu").unwrap().active = 0;
+        g.plan(&HashMap::from([("gpu", 1)]));
+        assert_eq!(g.acquire, vec![("gpu".to_string(), 2, 1)]);
+        // The store's word replaces what was held.
+        g.committed(
+            &[],
+            Some(&vec![("gpu".to_string(), 3), ("other".to_string(), 4)]),
+        );
+        assert_eq!(g.slots["gpu"].held, vec![3]);
+    }
+}

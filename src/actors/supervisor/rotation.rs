@@ -408,6 +408,83 @@ impl Rotation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::processor::ProgressReporter;
+    use tokio_util::sync::CancellationToken;
+
+    const T: f64 = 1_000.0;
+
+    /// An open job of `kind` with nothing claimed, waiting since `T`.
+    fn job(id: &str, kind: &str, priority: i32, parallel: u32) -> ActiveJob {
+        ActiveJob {
+            ctx: Arc::new(JobContext {
+                id: Arc::from(id),
+                options: Arc::new(serde_json::json!({})),
+                cancel: CancellationToken::new(),
+                progress: ProgressReporter::detached(id),
+            }),
+            kind: kind.into(),
+            parallel,
+            active: 0,
+            claiming: 0,
+            ready: VecDeque::new(),
+            in_startable: false,
+            exhausted: false,
+            unclaimed: None,
+            cancelled: false,
+            announced: false,
+            counts: Counts::default(),
+            started_at: None,
+            priority,
+            run_at: None,
+            paused: false,
+            waiting_since: T,
+            retry: RetryPolicy::default(),
+            retry_wakeups: Vec::new(),
+            waiting_on: Vec::new(),
+            run_on_failure: false,
+            deadline: None,
+            group: None,
+        }
+    }
+
+    /// A rotation with one kind of this limit and these jobs, claimable in this order.
+    fn rotation(limit: u32, jobs: Vec<ActiveJob>) -> Rotation {
+        let mut r = Rotation::default();
+        let mut slot = KindSlot::new(limit, false);
+        for j in jobs {
+            let id = j.ctx.id.clone();
+            slot.claimable.push_back(id.clone());
+            r.jobs.insert(id, j);
+        }
+        r.kinds.insert("k".into(), slot);
+        r
+    }
+
+    /// Claims per job, by id, from one plan.
+    fn granted(plan: &[Claim]) -> Vec<(String, u32)> {
+        let mut got: Vec<(String, u32)> =
+            plan.iter().map(|c| (c.job_id.to_string(), c.n)).collect();
+        got.sort();
+        got
+    }
+
+    /// Makes `n` ready items of a job, as a committed claim would.
+    fn make_ready(r: &mut Rotation, id: &str, n: u32) {
+        let job = r.jobs.get_mut(id).unwrap();
+        for index in 0..n {
+            job.ready.push_back(ClaimedItem {
+                job_id: id.into(),
+                index,
+                key: format!("{id}-{index}"),
+                payload: serde_json::Value::Null,
+                attempt: 1,
+            });
+        }
+        job.in_startable = true;
+        let slot = r.kinds.get_mut("k").unwrap();
+        slot.buffered += n;
+        slot.startable.push_back(Arc::from(id));
+    }
 
     #[test]
     fn waiting_raises_the_level_one_step_per_aging_period() {
@@ -422,5 +499,159 @@ mod tests {
         );
         // A clock that moved back never lowers a level.
         assert_eq!(effective_priority(3, t, t - 100.0), 3);
+    }
+
+    #[test]
+    fn the_buffer_is_the_limit_but_at_least_a_batch() {
+        assert_eq!(buffer_target(1), MIN_BUFFER);
+        assert_eq!(buffer_target(100), 100);
+    }
+
+    #[test]
+    fn claims_share_the_buffer_round_robin_within_the_highest_level() {
+        let mut r = rotation(
+            4,
+            vec![
+                job("a", "k", 0, 100),
+                job("b", "k", 0, 100),
+                job("low", "k", -1, 100),
+            ],
+        );
+        let plan = r.plan_claims(false, T);
+        // The whole buffer (32) goes to the two jobs of the highest level, one item each per
+        // turn; the lower one gets nothing while they can take more.
+        assert_eq!(granted(&plan), vec![("a".into(), 16), ("b".into(), 16)]);
+        assert!(plan.iter().all(|c| c.first && c.kind == "k"));
+        assert_eq!(r.kinds["k"].buffered, 32);
+        assert_eq!(r.jobs["a"].claiming, 16);
+        // With the buffer full, a job waiting with nothing ready or coming (`low`) still
+        // makes room for one more item, which the highest level takes first.
+        assert_eq!(granted(&r.plan_claims(false, T)), vec![("a".into(), 1)]);
+        // Once the higher jobs have nothing left to claim, the lower one is served.
+        for id in ["a", "b"] {
+            r.jobs.get_mut(id).unwrap().exhausted = true;
+        }
+        assert_eq!(granted(&r.plan_claims(false, T)), vec![("low".into(), 1)]);
+    }
+
+    #[test]
+    fn a_job_that_waited_long_enough_is_claimed_for_beside_higher_ones() {
+        let mut low = job("low", "k", -1, 100);
+        low.waiting_since = T - AGING_SECS;
+        let mut r = rotation(4, vec![job("a", "k", 0, 100), low]);
+        assert_eq!(
+            granted(&r.plan_claims(false, T)),
+            vec![("a".into(), 16), ("low".into(), 16)]
+        );
+    }
+
+    #[test]
+    fn a_hungry_job_is_claimed_for_even_with_a_full_buffer() {
+        let mut r = rotation(4, vec![job("big", "k", 0, 100)]);
+        r.plan_claims(false, T);
+        assert_eq!(r.kinds["k"].buffered, 32);
+        // A small job arrives behind the big one, which holds the whole buffer.
+        let small = job("small", "k", 0, 1);
+        r.kinds
+            .get_mut("k")
+            .unwrap()
+            .claimable
+            .push_back(small.ctx.id.clone());
+        r.jobs.insert(small.ctx.id.clone(), small);
+        assert_eq!(granted(&r.plan_claims(false, T)), vec![("small".into(), 1)]);
+    }
+
+    #[test]
+    fn in_a_cluster_a_job_holds_no_more_than_it_can_start() {
+        let mut r = rotation(4, vec![job("a", "k", 0, 3)]);
+        assert_eq!(granted(&r.plan_claims(true, T)), vec![("a".into(), 3)]);
+        let mut r = rotation(4, vec![job("a", "k", 0, 3)]);
+        assert_eq!(granted(&r.plan_claims(false, T)), vec![("a".into(), 32)]);
+    }
+
+    #[test]
+    fn paused_delayed_and_waiting_jobs_are_not_claimed_for() {
+        let mut paused = job("paused", "k", 0, 10);
+        paused.paused = true;
+        let mut later = job("later", "k", 0, 10);
+        later.run_at = Some(T + 1.0);
+        let mut waiting = job("waiting", "k", 0, 10);
+        waiting.waiting_on = vec!["other".into()];
+        let mut r = rotation(4, vec![paused, later, waiting]);
+        assert!(r.plan_claims(false, T).is_empty());
+        // Its start time come, the delayed one is (a whole buffer: `parallel` bounds
+        // what runs, not what is claimed, on a queue of its own).
+        assert_eq!(
+            granted(&r.plan_claims(false, T + 1.0)),
+            vec![("later".into(), 32)]
+        );
+    }
+
+    #[test]
+    fn starts_alternate_between_jobs_up_to_the_kind_limit_and_each_parallel() {
+        let mut r = rotation(3, vec![job("a", "k", 0, 10), job("b", "k", 0, 1)]);
+        make_ready(&mut r, "a", 5);
+        make_ready(&mut r, "b", 5);
+        let mut groups = Groups::new(HashMap::new(), false);
+        let starts = r.start_ready(&mut groups, T);
+        let mut per_job: Vec<(String, usize)> = starts
+            .iter()
+            .map(|(kind, job, items)| {
+                assert_eq!(kind, "k");
+                (job.id.to_string(), items.len())
+            })
+            .collect();
+        per_job.sort();
+        // b runs one at a time; a takes the rest of the kind's three slots.
+        assert_eq!(per_job, vec![("a".into(), 2), ("b".into(), 1)]);
+        assert_eq!(r.kinds["k"].active, 3);
+        assert_eq!(r.kinds["k"].buffered, 7);
+        assert_eq!(r.jobs["a"].ready.front().map(|i| i.index), Some(2));
+        // Nothing more starts while the kind is full.
+        assert!(r.start_ready(&mut groups, T).is_empty());
+    }
+
+    #[test]
+    fn starts_go_to_the_highest_level_first() {
+        let mut r = rotation(2, vec![job("low", "k", 0, 10), job("high", "k", 5, 10)]);
+        make_ready(&mut r, "low", 2);
+        make_ready(&mut r, "high", 2);
+        let starts = r.start_ready(&mut Groups::new(HashMap::new(), false), T);
+        assert_eq!(starts.len(), 1);
+        assert_eq!(&*starts[0].1.id, "high");
+        assert_eq!(starts[0].2.len(), 2);
+    }
+
+    #[test]
+    fn a_full_group_holds_its_jobs_back() {
+        let mut grouped = job("g", "k", 0, 10);
+        grouped.group = Some("gpu".into());
+        let mut r = rotation(10, vec![grouped, job("free", "k", 0, 10)]);
+        make_ready(&mut r, "g", 3);
+        make_ready(&mut r, "free", 3);
+        let mut groups = Groups::new(HashMap::from([("gpu".to_string(), 1)]), false);
+        let mut per_job: Vec<(String, usize)> = r
+            .start_ready(&mut groups, T)
+            .iter()
+            .map(|(_, job, items)| (job.id.to_string(), items.len()))
+            .collect();
+        per_job.sort();
+        assert_eq!(per_job, vec![("free".into(), 3), ("g".into(), 1)]);
+        assert_eq!(groups.slots["gpu"].active, 1);
+    }
+
+    #[test]
+    fn unready_gives_back_the_buffer_and_reopen_rejoins_the_claim_rotation() {
+        let mut r = rotation(4, vec![job("a", "k", 0, 10)]);
+        make_ready(&mut r, "a", 2);
+        let released = r.unready("a");
+        assert_eq!(released, vec![("a".into(), 0, 1), ("a".into(), 1, 1)]);
+        assert_eq!(r.kinds["k"].buffered, 0);
+        r.kinds.get_mut("k").unwrap().claimable.clear();
+        r.jobs.get_mut("a").unwrap().exhausted = true;
+        r.reopen("a");
+        r.reopen("a");
+        assert_eq!(r.kinds["k"].claimable.len(), 1);
+        assert!(!r.jobs["a"].exhausted);
     }
 }
