@@ -3,10 +3,7 @@
 //! An embedding application implements [`Processor`] for its own kind and registers it
 //! with [`crate::engine::EngineBuilder::processor`]; the built-in kinds use the same trait.
 
-use crate::actors::messages::ProgressUpdate;
-use crate::actors::tracker::Tracker;
 use crate::model::ItemOutcome;
-use actix::Addr;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -74,18 +71,25 @@ pub struct ItemContext {
     pub progress: ProgressReporter,
 }
 
+/// Where a reporter's notes go (the engine hands each job one that sends to the
+/// Tracker). A callback, so that this interface does not depend on the actors.
+type NoteSink = Arc<dyn Fn(&Arc<str>, String) + Send + Sync>;
+
 /// Sends live progress notes for one job to the Tracker.
 #[derive(Clone)]
 pub struct ProgressReporter {
     job_id: Arc<str>,
-    tracker: Option<Addr<Tracker>>,
+    sink: Option<NoteSink>,
 }
 
 impl ProgressReporter {
-    pub(crate) fn new(job_id: Arc<str>, tracker: Addr<Tracker>) -> Self {
+    pub(crate) fn new(
+        job_id: Arc<str>,
+        sink: impl Fn(&Arc<str>, String) + Send + Sync + 'static,
+    ) -> Self {
         ProgressReporter {
             job_id,
-            tracker: Some(tracker),
+            sink: Some(Arc::new(sink)),
         }
     }
 
@@ -93,17 +97,14 @@ impl ProgressReporter {
     pub fn detached(job_id: &str) -> Self {
         ProgressReporter {
             job_id: Arc::from(job_id),
-            tracker: None,
+            sink: None,
         }
     }
 
     /// Says what the job is doing now (shown as `current_item` in its progress).
     pub fn current(&self, note: impl Into<String>) {
-        if let Some(tracker) = &self.tracker {
-            tracker.do_send(ProgressUpdate::CurrentItem {
-                job_id: self.job_id.clone(),
-                note: note.into(),
-            });
+        if let Some(sink) = &self.sink {
+            sink(&self.job_id, note.into());
         }
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! HTTP handler ──msg──▶ Supervisor ──(blocking pool)──▶ Store
-//!                         │ claims chunks of items, dispatches
-//!                         ▼
-//!                  Worker (one per kind) ──ProgressUpdate──▶ Tracker
+//!                         │ RunItems             │ ProgressUpdate (after commits)
+//!                         ▼                      ▼
+//!                  Worker (one per kind)      Tracker ◀── processors' notes
 //!                         │ ItemFinished back to the Supervisor, group-committed
 //! ```
 //!

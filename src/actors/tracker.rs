@@ -7,96 +7,13 @@
 //! stays the truth for counters; the Tracker adds what is not worth storing.
 
 use crate::actors::messages::{Counts, GetProgress, ProgressUpdate, Subscribe};
-use crate::model::{now, JobRecord};
+use crate::model::now;
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A progress snapshot, in the seed's field names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Progress {
-    /// Items in the job.
-    pub total: u64,
-    /// Items that reached succeeded, failed or skipped.
-    pub processed: u64,
-    /// Items that succeeded.
-    pub successful: u64,
-    /// Items that failed.
-    pub failed: u64,
-    /// Items skipped.
-    pub skipped: u64,
-    /// Items cancelled.
-    pub cancelled: u64,
-    /// processed / total, 0–100.
-    pub percentage: f64,
-    /// Seconds since the job started.
-    pub elapsed_seconds: f64,
-    /// Processing rate since the job started.
-    pub items_per_second: f64,
-    /// Estimate from the current rate; `null` until there is one.
-    pub estimated_remaining_seconds: Option<f64>,
-    /// What the job is doing now, as its processor last said.
-    pub current_item: Option<String>,
-}
-
-impl Progress {
-    /// Computes a snapshot from counters and the job's start time.
-    pub fn compute(
-        counts: Counts,
-        started_at: Option<f64>,
-        until: f64,
-        current_item: Option<String>,
-    ) -> Progress {
-        let elapsed = started_at.map(|s| (until - s).max(0.0)).unwrap_or(0.0);
-        let rate = if elapsed > 0.0 {
-            counts.processed as f64 / elapsed
-        } else {
-            0.0
-        };
-        let remaining = counts
-            .total
-            .saturating_sub(counts.processed + counts.cancelled);
-        let eta = if remaining == 0 {
-            Some(0.0)
-        } else if rate > 0.0 {
-            Some(remaining as f64 / rate)
-        } else {
-            None
-        };
-        Progress {
-            total: counts.total,
-            processed: counts.processed,
-            successful: counts.succeeded,
-            failed: counts.failed,
-            skipped: counts.skipped,
-            cancelled: counts.cancelled,
-            percentage: percentage(counts.processed, counts.total),
-            elapsed_seconds: round3(elapsed),
-            items_per_second: round3(rate),
-            estimated_remaining_seconds: eta.map(round3),
-            current_item,
-        }
-    }
-
-    /// The snapshot a stored job implies, for jobs the Tracker does not follow.
-    pub fn from_record(job: &JobRecord) -> Progress {
-        let until = job.completed_at.unwrap_or_else(now);
-        Progress::compute(job.counts(), job.started_at, until, None)
-    }
-}
-
-/// processed / total as a percentage with two decimals.
-pub fn percentage(processed: u64, total: u64) -> f64 {
-    if total == 0 {
-        return 100.0;
-    }
-    (processed as f64 * 10000.0 / total as f64).round() / 100.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
+// The snapshot and event types are part of the protocol; re-exported where readers look.
+pub use crate::actors::messages::{percentage, Progress, TrackerEvent, TrackerEventKind};
 
 struct Live {
     counts: Counts,
@@ -106,35 +23,6 @@ struct Live {
 
 /// How often coalesced progress events go out.
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// One event for a subscriber.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrackerEvent {
-    /// Increasing over the Tracker's life, for the SSE `id:` field.
-    pub id: u64,
-    /// The job it is about.
-    pub job_id: Arc<str>,
-    /// What happened.
-    pub kind: TrackerEventKind,
-}
-
-/// What a [`TrackerEvent`] says.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TrackerEventKind {
-    /// A progress snapshot.
-    Progress(Progress),
-    /// An item reached its final state (committed).
-    Item {
-        /// Its index in the job.
-        index: u32,
-        /// Its id.
-        key: String,
-        /// Its final status.
-        status: crate::model::ItemStatus,
-    },
-    /// The job reached a terminal state; read it from the store for its final form.
-    End,
-}
 
 struct Subscriber {
     /// `None` follows every job.
@@ -302,39 +190,5 @@ impl Handler<GetProgress> for Tracker {
                 })
                 .collect(),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_reports_rate_and_eta_from_counters() {
-        let counts = Counts {
-            total: 100,
-            processed: 25,
-            succeeded: 20,
-            failed: 5,
-            ..Counts::default()
-        };
-        let p = Progress::compute(counts, Some(1000.0), 1010.0, Some("x".into()));
-        assert_eq!(p.percentage, 25.0);
-        assert_eq!(p.items_per_second, 2.5);
-        assert_eq!(p.estimated_remaining_seconds, Some(30.0));
-        assert_eq!(p.successful, 20);
-        assert_eq!(p.current_item.as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn progress_before_start_has_no_eta() {
-        let counts = Counts {
-            total: 3,
-            ..Counts::default()
-        };
-        let p = Progress::compute(counts, None, 5.0, None);
-        assert_eq!(p.percentage, 0.0);
-        assert_eq!(p.estimated_remaining_seconds, None);
-        assert_eq!(percentage(1, 3), 33.33);
     }
 }

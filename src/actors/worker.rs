@@ -5,7 +5,6 @@
 //! reports each outcome back.
 
 use crate::actors::messages::{ItemFinished, RunItems};
-use crate::actors::supervisor::Supervisor;
 use crate::metrics::Metrics;
 use crate::model::{now, ClaimedItem, FinishedItem, ItemOutcome};
 use crate::processor::{Item, ItemContext, Processor};
@@ -18,7 +17,7 @@ use std::sync::Arc;
 /// Runs items of one kind.
 pub struct Worker {
     processor: Arc<dyn Processor>,
-    supervisor: Addr<Supervisor>,
+    supervisor: Recipient<ItemFinished>,
     metrics: Arc<Metrics>,
 }
 
@@ -26,7 +25,7 @@ impl Worker {
     /// A worker for `processor`'s kind that reports to `supervisor`.
     pub fn new(
         processor: Arc<dyn Processor>,
-        supervisor: Addr<Supervisor>,
+        supervisor: Recipient<ItemFinished>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Worker {

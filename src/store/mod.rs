@@ -17,6 +17,7 @@
 //! (WAL). PostgreSQL writes take a pooled connection each: several nodes write at once
 //! and row locks, not a process-local mutex, keep them apart.
 
+pub mod commit;
 mod counters;
 pub mod databases;
 #[cfg(test)]
