@@ -23,6 +23,10 @@ pub struct ClientArgs {
         global = true
     )]
     pub server: String,
+    /// The bearer token the server requires (its `serve --token`); `serve` itself takes
+    /// this as the token that grants everything.
+    #[arg(long, env = "BATCHFORGE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -174,6 +178,17 @@ pub enum SubmitKind {
     Agent,
 }
 
+/// A 401 as a failure that says how to pass the token.
+fn refused(status: awc::http::StatusCode, url: &str) -> Result<(), Failure> {
+    if status != awc::http::StatusCode::UNAUTHORIZED {
+        return Ok(());
+    }
+    Err(Failure(format!(
+        "{url}: 401 Unauthorized: the server needs a token (or refused the one sent): set \
+         BATCHFORGE_TOKEN=TOKEN or pass --token TOKEN"
+    )))
+}
+
 /// A failure that ends the command with exit status 2.
 #[derive(Debug)]
 struct Failure(String);
@@ -206,9 +221,19 @@ impl Client {
         Client {
             base: args.server.trim_end_matches('/').to_string(),
             json: args.json,
-            http: awc::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .finish(),
+            http: {
+                let builder = awc::Client::builder().timeout(Duration::from_secs(300));
+                match args
+                    .token
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                {
+                    Some(token) => builder.bearer_auth(token),
+                    None => builder,
+                }
+                .finish()
+            },
         }
     }
 
@@ -239,6 +264,7 @@ impl Client {
             .await
             .map_err(|e| Failure(format!("{url}: {e}")))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             let detail = value["detail"]
                 .as_str()
@@ -543,6 +569,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             let body = resp.body().await.unwrap_or_default();
             let detail: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -621,6 +648,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             return Err(Failure(format!("GET {url}: {}", resp.status())));
         }
