@@ -368,3 +368,273 @@ async fn the_guard_applies_under_an_embedders_scope() {
     assert_eq!(test::call_service(&svc, req).await.status(), StatusCode::OK);
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+const FULL: &str = "full-token-5f0c2d";
+const READ: &str = "read-token-9a41be";
+
+async fn spawn_tokened() -> SecuredApp {
+    spawn_secured(SecurityConfig {
+        tokens: vec![FULL.into()],
+        read_tokens: vec![READ.into()],
+        ..Default::default()
+    })
+    .await
+}
+
+fn auth(token: Option<&str>) -> Vec<(&'static str, String)> {
+    token
+        .map(|t| vec![("authorization", format!("Bearer {t}"))])
+        .unwrap_or_default()
+}
+
+/// `call` with an optional token and a JSON content type.
+async fn call_as(token: Option<&str>, method: &str, url: &str, body: Option<&str>) -> Answer {
+    let auth = auth(token);
+    let mut headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    headers.push(("content-type", "application/json"));
+    call(method, url, &headers, body).await
+}
+
+#[actix_web::test]
+async fn each_token_kind_on_reads_writes_cancels_metrics_streams_and_exports() {
+    let app = spawn_tokened().await;
+    let a = &app.address;
+    let submit = |body: String| async move {
+        let answer = call_as(
+            Some(FULL),
+            "POST",
+            &format!("{a}/batch/validation"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.json()["job_id"].as_str().unwrap().to_string()
+    };
+    let done =
+        submit(json!({"targets": [{"id": "a", "path": "."}], "check_command": "true"}).to_string())
+            .await;
+    let slow = submit(
+        json!({"targets": [{"id": "s", "path": "."}], "check_command": "sh -c 'sleep 30'"})
+            .to_string(),
+    )
+    .await;
+    wait_for(Duration::from_secs(30), "the quick job", || async {
+        let answer = call_as(Some(FULL), "GET", &format!("{a}/batch/jobs/{done}"), None).await;
+        (answer.json()["status"] == "completed").then_some(())
+    })
+    .await;
+
+    // (token, what reads answer, what writes answer)
+    let cases = [
+        (None, StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED),
+        (
+            Some("not-a-token"),
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Some(READ), StatusCode::OK, StatusCode::FORBIDDEN),
+        (Some(FULL), StatusCode::OK, StatusCode::OK),
+    ];
+    for (case, (token, read, write)) in cases.into_iter().enumerate() {
+        let who = token.unwrap_or("no token");
+        let marker = app.workspace.join(format!("ran-{case}"));
+        let before = {
+            let answer = call_as(Some(FULL), "GET", &format!("{a}/batch/stats"), None).await;
+            answer.json()["stats"]["total"].as_u64().unwrap()
+        };
+        let mut answers = Vec::new();
+        for (method, path, body, expected) in [
+            ("GET", format!("/batch/jobs/{done}"), None, read),
+            ("GET", "/metrics".to_string(), None, read),
+            ("GET", format!("/batch/jobs/{done}/events"), None, read),
+            ("GET", "/batch/events".to_string(), None, read),
+            (
+                "GET",
+                format!("/batch/jobs/{done}/results.jsonl"),
+                None,
+                read,
+            ),
+            (
+                "POST",
+                "/batch/validation".to_string(),
+                Some(touching(&marker)),
+                write,
+            ),
+            ("DELETE", format!("/batch/jobs/{slow}"), None, write),
+        ] {
+            let answer = call_as(token, method, &format!("{a}{path}"), body.as_deref()).await;
+            assert_eq!(
+                answer.status, expected,
+                "{who}: {method} {path}: {}",
+                answer.body
+            );
+            if answer.status == StatusCode::UNAUTHORIZED {
+                let challenge = answer.headers.get("www-authenticate").unwrap();
+                assert!(
+                    challenge.to_str().unwrap().starts_with("Bearer"),
+                    "{challenge:?}"
+                );
+            }
+            answers.push(answer);
+        }
+        for answer in &answers {
+            assert!(
+                !answer.body.contains(FULL) && !answer.body.contains(READ),
+                "a token echoed: {}",
+                answer.body
+            );
+        }
+        if write != StatusCode::OK {
+            assert!(
+                !appears(&marker).await,
+                "{who}: a refused write ran its command"
+            );
+            let answer = call_as(Some(FULL), "GET", &format!("{a}/batch/stats"), None).await;
+            assert_eq!(
+                answer.json()["stats"]["total"].as_u64().unwrap(),
+                before,
+                "{who}"
+            );
+            let answer = call_as(Some(FULL), "GET", &format!("{a}/batch/jobs/{slow}"), None).await;
+            assert_ne!(
+                answer.json()["status"],
+                "cancelled",
+                "{who} cancelled the job"
+            );
+        } else {
+            assert!(appears(&marker).await, "the full token's job ran");
+            let answer = call_as(Some(FULL), "GET", &format!("{a}/batch/jobs/{slow}"), None).await;
+            assert_eq!(answer.json()["status"], "cancelled");
+        }
+    }
+}
+
+/// A concrete path for a route pattern.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "job-x")
+        .replace("{kind}", "batch_validation")
+}
+
+#[actix_web::test]
+async fn with_a_token_every_mounted_route_but_health_needs_it() {
+    let app = spawn_tokened().await;
+    let mut walked = 0;
+    for (method, path) in batchforge::api::ROUTES {
+        let method = method.to_ascii_uppercase();
+        let url = format!("{}{}", app.address, concrete(path));
+        let body = (method == "POST").then_some("{}");
+        for token in [None, Some("wrong")] {
+            let answer = call_as(token, &method, &url, body).await;
+            let expected = if (method.as_str(), *path) == ("GET", "/health") {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            assert_eq!(
+                answer.status, expected,
+                "{method} {path} with {token:?}: {}",
+                answer.body
+            );
+        }
+        walked += 1;
+    }
+    assert_eq!(walked, batchforge::api::ROUTES.len());
+    // The API's documents too; only the dashboard's page and assets, which hold no data,
+    // load without one.
+    for path in ["/docs/", "/docs", "/openapi.json", "/nowhere"] {
+        let answer = call_as(None, "GET", &format!("{}{path}", app.address), None).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    for path in ["/", "/ui/app.js", "/ui/style.css"] {
+        let answer = call_as(None, "GET", &format!("{}{path}", app.address), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+    }
+}
+
+async fn cli_with(address: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"));
+    cmd.env_remove("BATCHFORGE_TOKEN")
+        .arg("--server")
+        .arg(address)
+        .args(args);
+    if let Some(token) = token {
+        cmd.env("BATCHFORGE_TOKEN", token);
+    }
+    cmd.output().await.expect("the CLI runs")
+}
+
+#[actix_web::test]
+async fn the_cli_sends_its_token_and_says_how_to_pass_one_on_a_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{FULL}\n")).unwrap();
+    let db = dir.path().join("cli.db");
+    let db_arg = format!("sqlite://{}", db.display());
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let (_child, address) = spawn_serve(
+        &[
+            "--database-url".as_ref(),
+            db_arg.as_ref(),
+            "--token-file".as_ref(),
+            token_file.as_os_str(),
+            "--read-token".as_ref(),
+            READ.as_ref(),
+        ],
+        log,
+    )
+    .await;
+    let out = cli_with(&address, None, &["jobs"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs a token")
+            && stderr.contains("BATCHFORGE_TOKEN")
+            && stderr.contains("--token"),
+        "{stderr}"
+    );
+    let out = cli_with(&address, Some("wrong"), &["stats"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("wrong"),
+        "{out:?}"
+    );
+    let out = cli_with(&address, Some(READ), &["stats"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = cli_with(&address, None, &["--token", FULL, "--json", "jobs"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(
+        !log.contains(FULL) && !log.contains(READ),
+        "a token in the log: {log}"
+    );
+}
+
+#[actix_web::test]
+async fn a_non_loopback_address_without_a_token_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
+        .env_remove("BATCHFORGE_TOKEN")
+        .env_remove("BATCHFORGE_READ_TOKEN")
+        .current_dir(dir.path())
+        .args(["serve", "--bind", "0.0.0.0:0", "--database-url"])
+        .arg(format!("sqlite://{}", dir.path().join("x.db").display()))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("it exits at once")
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--token") && stderr.contains("0.0.0.0"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "it announced an address: {out:?}");
+}
+
+#[actix_web::test]
+async fn the_dashboard_in_a_browser_works_with_a_token() {
+    let app = spawn_tokened().await;
+    crate::dashboard::run_browser_test(&app.address, &app.workspace, Some(FULL)).await;
+}
