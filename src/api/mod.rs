@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod requests;
 pub mod responses;
 pub mod schedules;
+pub mod secrets;
 
 use crate::actors::messages::{
     EngineError, GetJob, GetMetrics, KindInfo, ListItems, ListJobs, Ping, ReadResults, Subscribe,

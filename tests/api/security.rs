@@ -638,3 +638,53 @@ async fn the_dashboard_in_a_browser_works_with_a_token() {
     let app = spawn_tokened().await;
     crate::dashboard::run_browser_test(&app.address, &app.workspace, Some(FULL)).await;
 }
+
+#[actix_web::test]
+async fn secrets_among_a_jobs_options_are_masked_in_answers_and_events() {
+    let app = spawn_secured(SecurityConfig::default()).await;
+    let a = &app.address;
+    let secret = "tok-abc-123-do-not-show";
+    let body = json!({
+        "targets": [{"id": "a", "path": "."}],
+        "check_command": "true",
+        "deploy_token": secret,
+        "llm_api_key": secret,
+        "max_tokens": 5,
+    })
+    .to_string();
+    let answer = call_as(None, "POST", &format!("{a}/batch/validation"), Some(&body)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let job = answer.json();
+    assert_eq!(job["options"]["deploy_token"], "***", "{job}");
+    assert_eq!(job["options"]["llm_api_key"], "***", "{job}");
+    assert_eq!(job["options"]["max_tokens"], 5, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(30), "the job", || async {
+        let answer = call_as(None, "GET", &format!("{a}/batch/jobs/{id}"), None).await;
+        (answer.json()["status"] == "completed").then_some(())
+    })
+    .await;
+    for path in [
+        format!("/batch/jobs/{id}"),
+        "/batch/jobs".to_string(),
+        format!("/batch/jobs/{id}/items"),
+        format!("/batch/jobs/{id}/results.jsonl"),
+    ] {
+        let answer = call_as(None, "GET", &format!("{a}{path}"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        assert!(!answer.body.contains(secret), "{path}: {}", answer.body);
+    }
+    // The stream of a finished job: its `end` event, then it closes.
+    let mut resp = client()
+        .get(format!("{a}/batch/jobs/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    let events = resp.body().limit(1 << 20).await.unwrap();
+    let events = String::from_utf8_lossy(&events);
+    assert!(events.contains("event: end"), "{events}");
+    assert!(
+        !events.contains(secret) && events.contains("***"),
+        "{events}"
+    );
+}
