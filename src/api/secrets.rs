@@ -1,6 +1,7 @@
 //! Secrets a job carries (an API key, a token, a password among its options or an item's
 //! input) are used by the processors but never shown back: every job and item the API
-//! answers with, and so the event streams built from them, has them as `"***"`.
+//! answers with (and a schedule's job template), and so the event streams built from
+//! them, has them as `"***"`.
 
 use serde_json::Value;
 
