@@ -549,6 +549,21 @@ async fn with_a_token_every_mounted_route_but_health_needs_it() {
         let answer = call_as(None, "GET", &format!("{}{path}", app.address), None).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}");
     }
+    // No way around through the public paths' prefix.
+    for path in [
+        "/ui/../batch/stats",
+        "/ui/%2E%2E/batch/stats",
+        "//batch/stats",
+        "/health/../batch/stats",
+    ] {
+        let answer = call_as(None, "GET", &format!("{}{path}", app.address), None).await;
+        assert_ne!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        assert!(
+            !answer.body.contains("\"stats\""),
+            "{path}: {}",
+            answer.body
+        );
+    }
 }
 
 async fn cli_with(address: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
