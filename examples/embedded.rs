@@ -9,7 +9,7 @@
 //!
 //! With the server running:
 //! ```text
-//! curl -s -X POST http://127.0.0.1:8080/engine/batch/jobs \
+//! curl -s -X POST -H 'content-type: application/json' http://127.0.0.1:8080/engine/batch/jobs \
 //!   -d '{"type": "word_count", "items": [{"id": "a", "text": "one two"}, {"id": "b", "text": "three"}]}'
 //! ```
 

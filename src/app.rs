@@ -1,9 +1,10 @@
 //! The HTTP application: an engine plus an actix-web server. The binary and the tests
 //! both start batchforge through [`Application::build`].
 
+use crate::api::guard::SecurityConfig;
 use crate::engine::{Engine, EngineBuilder, EngineConfig, StartError};
 use actix_web::{dev::ServerHandle, App, HttpServer};
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::time::Duration;
 
 /// Settings of `batchforge serve`.
@@ -49,18 +50,41 @@ impl Application {
         config: ServeConfig,
         customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
     ) -> Result<Application, StartError> {
+        Self::build_secured(config, SecurityConfig::default(), customize).await
+    }
+
+    /// Like [`Application::build_with`], with the API guarded by `security` (tokens,
+    /// allowed origins and hosts). A non-loopback address without a token is refused
+    /// before anything listens, unless `security.allow_unauthenticated`.
+    pub async fn build_secured(
+        config: ServeConfig,
+        mut security: SecurityConfig,
+        customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
+    ) -> Result<Application, StartError> {
+        let addresses = config
+            .bind
+            .to_socket_addrs()
+            .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.bind)))?;
+        for addr in addresses {
+            security.check_exposure(&addr).map_err(StartError::Config)?;
+        }
         let listener = TcpListener::bind(&config.bind)
             .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.bind)))?;
-        let port = listener
+        let local = listener
             .local_addr()
-            .map_err(|e| StartError::Config(e.to_string()))?
-            .port();
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let port = local.port();
+        security.bound = Some(local);
         let engine = customize(EngineBuilder::new(config.engine)).start().await?;
         let for_http = engine.clone();
-        let mut server =
-            HttpServer::new(move || App::new().configure(crate::api::routes(for_http.clone())))
-                .disable_signals()
-                .shutdown_timeout(5);
+        let mut server = HttpServer::new(move || {
+            App::new().configure(crate::api::secured_routes(
+                for_http.clone(),
+                security.clone(),
+            ))
+        })
+        .disable_signals()
+        .shutdown_timeout(5);
         if let Some(n) = config.http_workers {
             server = server.workers(n.max(1));
         }

@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod schedules;
+pub use schedules::ScheduleCommand;
+
 /// Options every client command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
@@ -23,6 +26,10 @@ pub struct ClientArgs {
         global = true
     )]
     pub server: String,
+    /// The bearer token the server requires (its `serve --token`); `serve` itself takes
+    /// this as the token that grants everything.
+    #[arg(long, env = "BATCHFORGE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -174,6 +181,17 @@ pub enum SubmitKind {
     Agent,
 }
 
+/// A 401 as a failure that says how to pass the token.
+fn refused(status: awc::http::StatusCode, url: &str) -> Result<(), Failure> {
+    if status != awc::http::StatusCode::UNAUTHORIZED {
+        return Ok(());
+    }
+    Err(Failure(format!(
+        "{url}: 401 Unauthorized: the server needs a token (or refused the one sent): set \
+         BATCHFORGE_TOKEN=TOKEN or pass --token TOKEN"
+    )))
+}
+
 /// A failure that ends the command with exit status 2.
 #[derive(Debug)]
 struct Failure(String);
@@ -206,9 +224,19 @@ impl Client {
         Client {
             base: args.server.trim_end_matches('/').to_string(),
             json: args.json,
-            http: awc::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .finish(),
+            http: {
+                let builder = awc::Client::builder().timeout(Duration::from_secs(300));
+                match args
+                    .token
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                {
+                    Some(token) => builder.bearer_auth(token),
+                    None => builder,
+                }
+                .finish()
+            },
         }
     }
 
@@ -239,6 +267,7 @@ impl Client {
             .await
             .map_err(|e| Failure(format!("{url}: {e}")))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             let detail = value["detail"]
                 .as_str()
@@ -543,6 +572,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             let body = resp.body().await.unwrap_or_default();
             let detail: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -621,6 +651,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             return Err(Failure(format!("GET {url}: {}", resp.status())));
         }
@@ -668,147 +699,4 @@ fn exit_for(job: &Value) -> ExitCode {
         Some(JobStatus::Queued | JobStatus::Running) => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     }
-}
-
-/// `batchforge schedule …`.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum ScheduleCommand {
-    /// Create a schedule that submits the job in --file at every tick of --cron.
-    Add {
-        /// 5 fields (`minute hour day-of-month month day-of-week`) or 6 with seconds first.
-        #[arg(long)]
-        cron: String,
-        /// IANA time zone the expression is read in (default UTC).
-        #[arg(long)]
-        timezone: Option<String>,
-        /// A unique name; adding the same name and definition again changes nothing.
-        #[arg(long)]
-        name: Option<String>,
-        /// The job: a `POST /batch/jobs` body (`{"type", "items", …options}`) as JSON;
-        /// `-` reads standard input.
-        #[arg(long)]
-        file: PathBuf,
-    },
-    /// Show one schedule.
-    Show {
-        /// The schedule id.
-        id: String,
-    },
-    /// Pause a schedule: no tick fires until it is resumed.
-    Pause {
-        /// The schedule id.
-        id: String,
-    },
-    /// Resume a schedule from its next tick after now.
-    Resume {
-        /// The schedule id.
-        id: String,
-    },
-    /// Delete a schedule (its jobs stay).
-    Delete {
-        /// The schedule id.
-        id: String,
-    },
-}
-
-impl Client {
-    async fn list_schedules(&self) -> Outcome {
-        let list = self.call("GET", "/batch/schedules", None).await?;
-        if self.json {
-            print_json(&list);
-            return Ok(ExitCode::SUCCESS);
-        }
-        println!(
-            "{:<18} {:<16} {:<16} {:<16} {:<8} {:<24} LAST JOB",
-            "SCHEDULE", "NAME", "CRON", "TIMEZONE", "STATE", "NEXT RUN (UTC)"
-        );
-        for s in list["schedules"].as_array().into_iter().flatten() {
-            println!(
-                "{:<18} {:<16} {:<16} {:<16} {:<8} {:<24} {}",
-                s["id"].as_str().unwrap_or(""),
-                s["name"].as_str().unwrap_or("-"),
-                s["cron"].as_str().unwrap_or(""),
-                s["timezone"].as_str().unwrap_or(""),
-                if s["paused"] == true {
-                    "paused"
-                } else {
-                    "active"
-                },
-                utc_time(&s["next_run_at"]),
-                s["last_job_id"].as_str().unwrap_or("-")
-            );
-        }
-        println!("{} schedules", list["total"]);
-        Ok(ExitCode::SUCCESS)
-    }
-
-    async fn schedule(&self, command: ScheduleCommand) -> Outcome {
-        let (method, path, body) = match command {
-            ScheduleCommand::Add {
-                cron,
-                timezone,
-                name,
-                file,
-            } => {
-                let text = if file.as_os_str() == "-" {
-                    std::io::read_to_string(std::io::stdin())
-                } else {
-                    std::fs::read_to_string(&file)
-                }
-                .map_err(|e| Failure(format!("cannot read {}: {e}", file.display())))?;
-                let job: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
-                    .map_err(|e| Failure(format!("{}: not valid JSON: {e}", file.display())))?;
-                let mut body = json!({"cron": cron, "job": job});
-                if let Some(tz) = timezone {
-                    body["timezone"] = tz.into();
-                }
-                if let Some(name) = name {
-                    body["name"] = name.into();
-                }
-                ("POST", "/batch/schedules".to_string(), Some(body))
-            }
-            ScheduleCommand::Show { id } => ("GET", format!("/batch/schedules/{id}"), None),
-            ScheduleCommand::Pause { id } => ("POST", format!("/batch/schedules/{id}/pause"), None),
-            ScheduleCommand::Resume { id } => {
-                ("POST", format!("/batch/schedules/{id}/resume"), None)
-            }
-            ScheduleCommand::Delete { id } => ("DELETE", format!("/batch/schedules/{id}"), None),
-        };
-        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
-        let answer = self.call(method, &path, body).await?;
-        if self.json {
-            print_json(&answer);
-        } else if answer["deleted"] == true {
-            println!("deleted {}", answer["id"].as_str().unwrap_or(""));
-        } else {
-            println!(
-                "{} {} {:?} in {}: next run {} UTC{}",
-                answer["id"].as_str().unwrap_or(""),
-                if answer["paused"] == true {
-                    "paused"
-                } else {
-                    "active"
-                },
-                answer["cron"].as_str().unwrap_or(""),
-                answer["timezone"].as_str().unwrap_or(""),
-                utc_time(&answer["next_run_at"]),
-                match answer["last_job_id"].as_str() {
-                    Some(job) => format!(", last job {job}"),
-                    None => String::new(),
-                }
-            );
-            if let Some(e) = answer["last_error"].as_str() {
-                println!("last tick skipped: {e}");
-            }
-        }
-        Ok(ExitCode::SUCCESS)
-    }
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn utc_time(t: &Value) -> String {
-    t.as_f64()
-        .and_then(|t| chrono::DateTime::from_timestamp(t.floor() as i64, 0))
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| "-".into())
 }

@@ -96,6 +96,41 @@ struct ServeArgs {
     /// addresses (refused by default: submitters could reach internal services).
     #[arg(long, env = "BATCHFORGE_WEBHOOK_ALLOW_PRIVATE")]
     webhook_allow_private: bool,
+    /// A token that may only read (GET): REST reads, events, exports, metrics. Repeat the
+    /// flag or separate with commas. (`--token`, before or after `serve`, grants everything.)
+    #[arg(
+        long = "read-token",
+        env = "BATCHFORGE_READ_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    read_tokens: Vec<String>,
+    /// Read full-access tokens from a file, one a line, so none is on the command line.
+    #[arg(long, env = "BATCHFORGE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Read read-only tokens from a file, one a line.
+    #[arg(long, env = "BATCHFORGE_READ_TOKEN_FILE")]
+    read_token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without any token (refused otherwise): anyone who
+    /// reaches it can run commands as this user.
+    #[arg(long, env = "BATCHFORGE_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// An origin (`https://app.example`) whose pages may call the API; requests from other
+    /// sites' pages are refused. Repeat the flag or separate with commas.
+    #[arg(
+        long = "allowed-origin",
+        env = "BATCHFORGE_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// A host name the server may be reached by (`build.example`), besides loopback and the
+    /// address it listens on; other `Host` headers are refused (DNS rebinding). Repeatable.
+    #[arg(
+        long = "allowed-host",
+        env = "BATCHFORGE_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
     /// Delete finished jobs (with their items) this long after they finished: 7d, 12h,
     /// 30m, 45s. Default: keep them.
     #[arg(long, env = "BATCHFORGE_RETENTION", value_parser = batchforge::retention::parse_duration)]
@@ -136,7 +171,7 @@ fn main() -> std::process::ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(*args, cli.client.token),
         Command::Client(command) => batchforge::client::run(cli.client, command),
         Command::McpServer(args) => match batchforge::mcp::server::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
@@ -155,7 +190,59 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> std::process::ExitCode {
+/// The tokens of `--token`/`--read-token` and their files: blank lines and surrounding
+/// whitespace dropped, an empty token refused (it would match an empty header).
+fn read_tokens(
+    given: impl IntoIterator<Item = String>,
+    file: Option<&std::path::Path>,
+    flag: &str,
+) -> Result<Vec<String>, String> {
+    let mut tokens: Vec<String> = Vec::new();
+    for token in given {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(format!("{flag} must not be empty"));
+        }
+        tokens.push(token.to_string());
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{flag}-file {}: {e}", path.display()))?;
+        let before = tokens.len();
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
+        if tokens.len() == before {
+            return Err(format!("{flag}-file {}: no token in it", path.display()));
+        }
+    }
+    Ok(tokens)
+}
+
+fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
+    let tokens = read_tokens(token, args.token_file.as_deref(), "--token");
+    let read = read_tokens(
+        args.read_tokens.clone(),
+        args.read_token_file.as_deref(),
+        "--read-token",
+    );
+    let security = match (tokens, read) {
+        (Ok(tokens), Ok(read_tokens)) => batchforge::api::guard::SecurityConfig {
+            allowed_origins: args.allowed_origins.clone(),
+            allowed_hosts: args.allowed_hosts.clone(),
+            bound: None,
+            tokens,
+            read_tokens,
+            allow_unauthenticated: args.allow_unauthenticated,
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if !(args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0) {
         eprintln!("error: --shutdown-grace must be a non-negative number of seconds");
         return std::process::ExitCode::from(2);
@@ -252,7 +339,7 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
     };
     let noop = args.noop_processor;
     let result = actix_web::rt::System::new().block_on(async move {
-        let app = Application::build_with(config, |b| {
+        let app = Application::build_secured(config, security, |b| {
             if noop {
                 b.processor(batchforge::processors::noop::Noop)
             } else {

@@ -7,6 +7,9 @@
 //! Every answer of the page carries a Content-Security-Policy that allows scripts, styles
 //! and connections to this origin only and no inline script; the script builds the page
 //! with DOM text nodes, never with markup from the server.
+//!
+//! The page and assets need no token (they hold no data); against a server with tokens the
+//! script asks for one on the first 401 and sends it as a header (see `app.js`).
 
 use super::error::ApiError;
 use actix_web::guard;

@@ -3,9 +3,11 @@
 
 pub mod dashboard;
 pub mod error;
+pub mod guard;
 pub mod openapi;
 pub mod responses;
 pub mod schedules;
+pub mod secrets;
 mod submit;
 
 use crate::actors::messages::{
@@ -111,13 +113,28 @@ fn mount_method_not_allowed(cfg: &mut ServiceConfig) {
 /// Registers the engine and every route on an actix-web `App` (or a scope of one):
 /// `App::new().configure(batchforge::api::routes(engine.clone()))`. Besides the REST API
 /// this mounts the OpenAPI document at `/openapi.json` and Swagger UI at `/docs/`.
+///
+/// Every request passes [`guard::RequestGuard`] with the default [`guard::SecurityConfig`]
+/// (browser protections, no token); [`secured_routes`] takes one. The routes answer every
+/// path under where they are mounted (unknown ones 404): mount them last, or in a scope.
 pub fn routes(engine: Engine) -> impl FnOnce(&mut ServiceConfig) {
+    secured_routes(engine, guard::SecurityConfig::default())
+}
+
+/// [`routes`], guarded by `security` (tokens, allowed origins and hosts).
+pub fn secured_routes(
+    engine: Engine,
+    security: guard::SecurityConfig,
+) -> impl FnOnce(&mut ServiceConfig) {
+    let guard = guard::RequestGuard::new(security);
     move |cfg: &mut ServiceConfig| {
-        cfg.app_data(web::Data::new(engine))
-            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES));
-        mount(cfg);
-        openapi::mount_docs(cfg);
-        dashboard::configure(cfg);
+        cfg.service(web::scope("").wrap(guard).configure(|cfg| {
+            cfg.app_data(web::Data::new(engine))
+                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES));
+            mount(cfg);
+            openapi::mount_docs(cfg);
+            dashboard::configure(cfg);
+        }));
     }
 }
 

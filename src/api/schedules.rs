@@ -76,7 +76,7 @@ pub struct ScheduleResponse {
 impl From<ScheduleRecord> for ScheduleResponse {
     fn from(s: ScheduleRecord) -> Self {
         ScheduleResponse {
-            job: serde_json::from_str(&s.job).unwrap_or(Value::Null),
+            job: super::secrets::mask_secrets(serde_json::from_str(&s.job).unwrap_or(Value::Null)),
             id: s.id,
             name: s.name,
             cron: s.cron,

@@ -178,6 +178,13 @@ fn in_ci() -> bool {
 
 #[actix_web::test]
 async fn the_dashboard_in_a_browser_shows_progress_cancels_and_shows_a_failed_items_stderr() {
+    let app = spawn_app().await;
+    run_browser_test(&app.address, &app.workspace, None).await;
+}
+
+/// Runs `tests/browser/dashboard.mjs` against the server at `address` (sending `token`,
+/// and answering the page's question for it, when given); skips without a browser.
+pub async fn run_browser_test(address: &str, workspace: &Path, token: Option<&str>) {
     let (script, chromium) = match browser_tools() {
         Ok(tools) => tools,
         Err(why) if in_ci() => {
@@ -188,12 +195,14 @@ async fn the_dashboard_in_a_browser_shows_progress_cancels_and_shows_a_failed_it
             return;
         }
     };
-    let app = spawn_app().await;
     let mut child = tokio::process::Command::new("node");
+    if let Some(token) = token {
+        child.env("BATCHFORGE_TOKEN", token);
+    }
     child
         .arg(&script)
-        .arg(format!("{}/", app.address))
-        .arg(&app.workspace)
+        .arg(format!("{address}/"))
+        .arg(workspace)
         .env("CHROMIUM", &chromium)
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());

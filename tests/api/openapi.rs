@@ -25,8 +25,12 @@ async fn raw(app: &TestApp, method: &str, path: &str) -> (StatusCode, String) {
         "post" => c
             .post(&url)
             .insert_header(("content-type", "application/json")),
-        "delete" => c.delete(&url),
-        "put" => c.put(&url),
+        "delete" => c
+            .delete(&url)
+            .insert_header(("content-type", "application/json")),
+        "put" => c
+            .put(&url)
+            .insert_header(("content-type", "application/json")),
         other => panic!("method {other}"),
     };
     let mut resp = req.send_body("{}").await.expect("request");

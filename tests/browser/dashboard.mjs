@@ -5,7 +5,9 @@
 // BASE_URL is a running batchforge server (or BATCHFORGE_URL), WORKSPACE its workspace
 // root (or BATCHFORGE_WORKSPACE): the script writes the files its batches check there.
 // The browser is Debian's chromium (CHROMIUM overrides the path); nothing is downloaded.
-// DASHBOARD_SCREENSHOTS=DIR also saves screenshots of the pages.
+// DASHBOARD_SCREENSHOTS=DIR also saves screenshots of the pages. BATCHFORGE_TOKEN=TOKEN runs
+// against a server started with --token: the script sends it, and the page must ask for it
+// exactly once, keep it in sessionStorage and never in a cookie.
 //
 // It submits batches over REST, as a script would, and checks what the page shows:
 //   1. a validation batch's progress bar reaches 100% and its ✓ count is right;
@@ -22,6 +24,7 @@ const base = new URL(process.argv[2] || process.env.BATCHFORGE_URL || 'http://12
 if (!base.pathname.endsWith('/')) base.pathname += '/';
 const workspace = process.argv[3] || process.env.BATCHFORGE_WORKSPACE;
 const shots = process.env.DASHBOARD_SCREENSHOTS;
+const token = process.env.BATCHFORGE_TOKEN || '';
 if (!workspace) {
   console.error('usage: node dashboard.mjs BASE_URL WORKSPACE');
   process.exit(2);
@@ -40,7 +43,7 @@ function check(cond, message) {
 async function api(method, path, body) {
   const res = await fetch(new URL(path, base), {
     method,
-    headers: body ? { 'content-type': 'application/json' } : {},
+    headers: Object.assign(body ? { 'content-type': 'application/json' } : {}, token ? { authorization: `Bearer ${token}` } : {}),
     body: body ? JSON.stringify(body) : undefined,
   });
   const text = await res.text();
@@ -78,6 +81,17 @@ try {
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // The token question: answered with the token; any other dialog is a failure.
+  let prompts = 0;
+  page.on('dialog', async (d) => {
+    if (d.type() === 'prompt' && token) {
+      prompts += 1;
+      await d.accept(token);
+    } else {
+      problems.push(`unexpected ${d.type()} dialog: ${d.message()}`);
+      await d.dismiss();
+    }
+  });
   page.on('console', (m) => {
     if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) problems.push(`console error: ${m.text()}`);
   });
@@ -91,6 +105,13 @@ try {
   await page.getByTestId('jobs-table').waitFor();
   await page.locator('[data-testid="live-status"][data-state="live"]').waitFor();
   ok('the dashboard loads and its event stream is live');
+  if (token) {
+    check(prompts === 1, `the page asked for the token ${prompts} times`);
+    const stored = await page.evaluate(() => window.sessionStorage.getItem('batchforge-token'));
+    check(stored === token, 'the token is not in sessionStorage');
+    check((await context.cookies()).length === 0, 'the page set a cookie');
+    ok('the page asked for the token once and keeps it in sessionStorage, no cookie');
+  }
 
   // 1. A batch submitted over REST: its bar reaches 100%.
   step('submit a validation batch over REST');
@@ -229,6 +250,10 @@ try {
   const statCancelled = (await page.getByTestId('stat-cancelled').textContent()).trim();
   check(Number(statCancelled) >= 1, `the stats panel shows ${statCancelled} cancelled`);
   ok('the stats panel counts the cancelled job');
+  if (token) {
+    check(prompts === 1, `the page asked for the token ${prompts} times in all`);
+    check((await context.cookies()).length === 0, 'the page set a cookie');
+  }
 
   check(problems.length === 0, `the page reported problems:\n  ${problems.join('\n  ')}`);
   ok('no page errors, console errors or CSP violations');

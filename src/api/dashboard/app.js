@@ -5,7 +5,7 @@
 // into the page as text nodes (never as markup): the server runs commands for scripts, and
 // an item's output is whatever those commands printed.
 //
-// Live updates come from one EventSource on `batch/events` (progress, item and end events
+// Live updates come from one event stream on `batch/events` (progress, item and end events
 // of every job); the jobs list and the stats are also refreshed every few seconds, which
 // covers new jobs and a dropped stream. Rate and ETA are computed here from the progress
 // snapshots the page saw over the last seconds.
@@ -32,8 +32,74 @@
     return url;
   }
 
+  // ---------------------------------------------------------------- the token
+  //
+  // A server started with --token answers 401 without one. The page then asks for it once,
+  // keeps it in sessionStorage (this tab only, gone with it) and sends it as an
+  // Authorization header, never as a cookie: a cookie would go along with other sites'
+  // requests too. The page and its assets load without a token; they hold no data.
+  const TOKEN_KEY = 'batchforge-token';
+  let asking = null;
+  let declined = false;
+
+  function token() {
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEY) || '';
+    } catch (_) {
+      return '';
+    }
+  }
+
+  function authHeaders(headers) {
+    const t = token();
+    if (t) headers.authorization = `Bearer ${t}`;
+    return headers;
+  }
+
+  // Asks for the token (one question at a time, however many requests were refused);
+  // resolves to whether there is a new one to try.
+  function askToken(rejected) {
+    if (declined) return Promise.resolve(false);
+    if (!asking) {
+      asking = new Promise((resolve) => {
+        // Let the other refused requests of this moment join this question.
+        setTimeout(() => {
+          const message = rejected
+            ? 'The token was not accepted. Enter the batchforge server token:'
+            : 'This batchforge server needs a token (its --token or --read-token). Enter it:';
+          const answer = window.prompt(message, '');
+          if (answer && answer.trim()) {
+            try {
+              window.sessionStorage.setItem(TOKEN_KEY, answer.trim());
+            } catch (_) {
+              // No storage: the question comes back on the next refusal.
+            }
+            resolve(true);
+          } else {
+            declined = true;
+            banner('This server needs a token. Reload the page to enter it.');
+            resolve(false);
+          }
+          asking = null;
+        }, 0);
+      });
+    }
+    return asking;
+  }
+
+  // fetch with the token; a 401 asks for one and tries again.
+  async function authorizedFetch(url, init) {
+    for (;;) {
+      const sent = token();
+      const res = await fetch(url, Object.assign({}, init, { headers: authHeaders(Object.assign({}, init.headers)) }));
+      if (res.status !== 401) return res;
+      if (asking === null && token() !== sent) continue;
+      if (!(await askToken(Boolean(sent)))) return res;
+    }
+  }
+
   async function request(method, path, params) {
-    const res = await fetch(apiUrl(path, params), {
+    const res = await authorizedFetch(apiUrl(path, params), {
       method,
       headers: { accept: 'application/json' },
       cache: 'no-store',
@@ -891,14 +957,42 @@
     }
   }
 
-  let source = null;
-  function connect() {
-    if (!window.EventSource) {
+  // The event stream is read with fetch, not EventSource, which cannot send the token
+  // header; the SSE format is parsed here (event, data, blank line ends an event).
+  const handlers = {
+    progress: (ev) => ev.job_id && ev.progress && onProgress(ev),
+    item: (ev) => ev.job_id && onItem(ev),
+    end: (ev) => ev.job_id && onEnd(ev),
+  };
+
+  function dispatch(block) {
+    let event = 'message';
+    const data = [];
+    for (const line of block.split('\n')) {
+      if (line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+      if (field === 'event') event = value;
+      else if (field === 'data') data.push(value);
+    }
+    const handle = handlers[event];
+    if (!handle || data.length === 0) return;
+    const ev = parse({ data: data.join('\n') });
+    if (ev) handle(ev);
+  }
+
+  async function connect() {
+    if (!window.fetch || !window.ReadableStream || !window.TextDecoder) {
       setLive('polling');
       return;
     }
-    source = new EventSource(apiUrl('batch/events'));
-    source.addEventListener('open', () => {
+    try {
+      const res = await authorizedFetch(apiUrl('batch/events'), {
+        headers: { accept: 'text/event-stream' },
+        cache: 'no-store',
+      });
+      if (!res.ok || !res.body) throw new Error(`${res.status}`);
       setLive('live');
       refreshStats();
       refreshList();
@@ -907,27 +1001,24 @@
         refreshJob(jp.id);
         loadItems();
       }
-    });
-    source.addEventListener('error', () => {
-      if (source.readyState === EventSource.CLOSED) {
-        setLive('offline');
-        setTimeout(connect, 3000);
-      } else {
-        setLive('reconnecting');
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffered += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
+        let cut;
+        while ((cut = buffered.indexOf('\n\n')) >= 0) {
+          dispatch(buffered.slice(0, cut));
+          buffered = buffered.slice(cut + 2);
+        }
       }
-    });
-    source.addEventListener('progress', (e) => {
-      const ev = parse(e);
-      if (ev && ev.job_id && ev.progress) onProgress(ev);
-    });
-    source.addEventListener('item', (e) => {
-      const ev = parse(e);
-      if (ev && ev.job_id) onItem(ev);
-    });
-    source.addEventListener('end', (e) => {
-      const ev = parse(e);
-      if (ev && ev.job_id) onEnd(ev);
-    });
+    } catch (_) {
+      // Reconnected below, as EventSource would.
+    }
+    setLive(declined ? 'offline' : 'reconnecting');
+    if (!declined) setTimeout(connect, 3000);
   }
 
   // ---------------------------------------------------------------- start
