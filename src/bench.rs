@@ -8,7 +8,7 @@
 
 use crate::model::{new_job_id, now, NewItem, NewJob};
 use crate::processors::noop;
-use crate::store::{databases, queries, DatabaseUrl, Store, StoreError};
+use crate::store::{self, databases, DatabaseUrl, Store, StoreError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -309,9 +309,9 @@ fn prefill(dir: &Path, n: usize, parallel: u32, abandoned: usize) -> Result<Stri
     let id = new_job_id(noop::KIND);
     let job_id = id.clone();
     store.write_blocking(move |conn| {
-        queries::insert_job(conn, &job_id, &job, now())?;
+        store::jobs::insert_job(conn, &job_id, &job, now())?;
         if abandoned > 0 {
-            queries::claim_items(
+            store::items::claim_items(
                 conn,
                 &job_id,
                 abandoned as u32,

@@ -20,7 +20,7 @@ use crate::actors::messages::ClusterSync;
 use crate::actors::supervisor::Supervisor;
 use crate::model::now;
 use crate::store::notice::Listener;
-use crate::store::queries::{self, NodeRecord, Recovery};
+use crate::store::{self, nodes::NodeRecord, recovery::Recovery};
 use crate::store::{Store, StoreError};
 use actix::Addr;
 use std::time::Duration;
@@ -119,8 +119,8 @@ pub fn rescue(
     node_timeout: Duration,
     by_heartbeat: bool,
 ) -> Result<(Vec<String>, Recovery), StoreError> {
-    let t = queries::db_now(conn)?;
-    let nodes = queries::list_nodes(conn)?;
+    let t = store::nodes::db_now(conn)?;
+    let nodes = store::nodes::list_nodes(conn)?;
     let (stale, gone) = dead_nodes(&nodes, me, &host_identity(), t - node_timeout.as_secs_f64());
     let stale = if by_heartbeat { stale } else { Vec::new() };
     let mut total = Recovery::default();
@@ -131,8 +131,8 @@ pub fn rescue(
         None,
     ] {
         let (removed, r) = match pass {
-            Some((ids, stale_before)) => queries::rescue_nodes(conn, &ids, stale_before, t)?,
-            None => queries::rescue_orphans(conn, t)?,
+            Some((ids, stale_before)) => store::nodes::rescue_nodes(conn, &ids, stale_before, t)?,
+            None => store::nodes::rescue_orphans(conn, t)?,
         };
         dead.extend(removed);
         total.requeued += r.requeued;
@@ -141,9 +141,9 @@ pub fn rescue(
         total.finished_jobs.extend(r.finished_jobs);
         total.jobs.extend(r.jobs);
     }
-    if queries::free_orphan_slots(conn)? > 0 {
+    if store::groups::free_orphan_slots(conn)? > 0 {
         // Nodes waiting for a slot of a concurrency group try again.
-        queries::notify(conn, &format!("groups::{me}"))?;
+        store::notice::notify(conn, &format!("groups::{me}"))?;
     }
     if dead.is_empty() {
         return Ok((Vec::new(), total));
@@ -158,7 +158,7 @@ pub fn rescue(
     // Every job whose items moved: nodes reopen them (requeued) or stop following them.
     let touched = total.jobs.clone();
     for id in &touched {
-        queries::notify(conn, &format!("job:{id}:{me}"))?;
+        store::notice::notify(conn, &format!("job:{id}:{me}"))?;
     }
     Ok((touched, total))
 }
@@ -187,14 +187,14 @@ pub fn spawn_heartbeat(
             let timeout = config.node_timeout;
             let beat = store
                 .write(move |conn| {
-                    if queries::heartbeat(conn, &me, lease)? {
+                    if store::nodes::heartbeat(conn, &me, lease)? {
                         Ok(true)
                     } else {
                         log::error!(
                             "node {me} was declared dead by another node (no heartbeat for {timeout:?}); \
                              its running items were rescued and their outcomes will be refused; registering again"
                         );
-                        queries::register_node(
+                        store::nodes::register_node(
                             conn,
                             &me,
                             &host_identity(),

@@ -8,7 +8,7 @@ use crate::mcp::{McpConfig, McpRegistry};
 use crate::model::{now, NewJob, QueueStats};
 use crate::processor::Processor;
 use crate::processors::{agent, mcp, test_suite, validation};
-use crate::store::queries::{self, CancelOutcome};
+use crate::store::{self, job_control::CancelOutcome};
 use crate::store::{DatabaseUrl, Store, StoreError};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -188,13 +188,13 @@ impl EngineBuilder {
                 let recovery = if cluster {
                     // Only nodes known dead: gone from this host, or items of no node.
                     for (group, limit) in &groups {
-                        queries::ensure_group_slots(conn, group, *limit)?;
+                        store::groups::ensure_group_slots(conn, group, *limit)?;
                     }
                     crate::cluster::rescue(conn, &node, node_timeout, false)?.1
                 } else {
-                    queries::recover_abandoned_items(conn, t)?
+                    store::recovery::recover_abandoned_items(conn, t)?
                 };
-                queries::register_node(
+                store::nodes::register_node(
                     conn,
                     &node,
                     &crate::cluster::host_identity(),
@@ -203,8 +203,8 @@ impl EngineBuilder {
                 )?;
                 Ok((
                     recovery,
-                    queries::open_jobs(conn)?,
-                    queries::paused_kinds(conn)?,
+                    store::jobs::open_jobs(conn)?,
+                    store::job_control::paused_kinds(conn)?,
                 ))
             })
             .await?;
@@ -341,7 +341,7 @@ impl Engine {
         &self,
         job_id: &str,
         paused: bool,
-    ) -> Result<crate::store::queries::PauseOutcome, EngineError> {
+    ) -> Result<crate::store::job_control::PauseOutcome, EngineError> {
         self.supervisor
             .send(crate::actors::messages::PauseJob {
                 job_id: job_id.to_string(),
@@ -356,7 +356,7 @@ impl Engine {
         &self,
         job_id: &str,
         statuses: Vec<crate::model::ItemStatus>,
-    ) -> Result<crate::store::queries::RetryOutcome, EngineError> {
+    ) -> Result<crate::store::job_control::RetryOutcome, EngineError> {
         self.supervisor
             .send(crate::actors::messages::RetryJob {
                 job_id: job_id.to_string(),
@@ -410,7 +410,7 @@ impl Engine {
             let node = self.node_id.to_string();
             if let Err(e) = self
                 .store
-                .write(move |conn| queries::deregister_node(conn, &node))
+                .write(move |conn| store::nodes::deregister_node(conn, &node))
                 .await
             {
                 log::warn!("could not deregister node {}: {e}", self.node_id);

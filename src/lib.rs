@@ -7,8 +7,8 @@
 //!
 //! Layout:
 //! - [`model`]: jobs, items, statuses, outcomes: the domain types.
-//! - [`store`]: the only module that touches Diesel; [`store::queries`] holds every state
-//!   transition as a plain function over a connection.
+//! - [`store`]: the only module that touches Diesel: every state transition is a plain
+//!   function over a connection, in one file per table or aggregate.
 //! - [`actors`]: the Supervisor (owns the queue), one Worker per kind, the Tracker (live
 //!   progress); their protocol is [`actors::messages`].
 //! - [`processor`]: the public [`processor::Processor`] trait; [`processors`] the built-in

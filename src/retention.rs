@@ -3,14 +3,14 @@
 //! A background task started by the engine runs every `retention_interval` (30 s by
 //! default): it deletes jobs that are `completed`, `failed` or `cancelled`, have their
 //! result built and finished more than the retention ago, with their items and webhook
-//! delivery ([`queries::prune_finished`]). Never a queued or running job, nor one whose
+//! delivery ([`store::retention::prune_finished`]). Never a queued or running job, nor one whose
 //! webhook is still being delivered. The work goes in small transactions (at most
-//! [`MAX_JOBS_PER_STEP`] jobs and [`queries::PRUNE_MAX_ITEMS`] items each) with a pause in
+//! [`MAX_JOBS_PER_STEP`] jobs and [`store::retention::PRUNE_MAX_ITEMS`] items each) with a pause in
 //! between, so that the single writer is never held for long. An idempotency key is free
 //! again once its job is deleted.
 
 use crate::model::now;
-use crate::store::queries::{self, Pruned};
+use crate::store::{self, retention::Pruned};
 use crate::store::{Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ pub async fn prune_once(store: &Store, retention: Duration) -> Result<Pruned, St
     let mut total = Pruned::default();
     loop {
         let step = store
-            .write(move |c| queries::prune_finished(c, cutoff, MAX_JOBS_PER_STEP))
+            .write(move |c| store::retention::prune_finished(c, cutoff, MAX_JOBS_PER_STEP))
             .await?;
         total.jobs += step.jobs;
         total.items += step.items;

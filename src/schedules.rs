@@ -31,8 +31,8 @@ use crate::actors::messages::EngineError;
 use crate::actors::supervisor::ValidateJob;
 use crate::engine::Engine;
 use crate::model::{now, FieldError, NewJob};
-use crate::store::queries::{self, ScheduleRecord};
 use crate::store::Store;
+use crate::store::{self, schedules::ScheduleRecord};
 use chrono::TimeZone;
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
@@ -300,7 +300,7 @@ impl Engine {
             .store()
             .write(move |conn| {
                 if let Some(name) = &record.name {
-                    if let Some(existing) = queries::schedule_by_name(conn, name)? {
+                    if let Some(existing) = store::schedules::schedule_by_name(conn, name)? {
                         let same = existing.cron == record.cron
                             && existing.timezone == record.timezone
                             && serde_json::from_str::<Value>(&existing.job).ok() == Some(template);
@@ -311,7 +311,7 @@ impl Engine {
                         });
                     }
                 }
-                queries::insert_schedule(conn, &record)?;
+                store::schedules::insert_schedule(conn, &record)?;
                 Ok(Ok((record, true)))
             })
             .await?;
@@ -331,7 +331,11 @@ impl Engine {
 
     /// Every schedule, oldest first.
     pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
-        Ok(self.schedules.store().read(queries::list_schedules).await?)
+        Ok(self
+            .schedules
+            .store()
+            .read(store::schedules::list_schedules)
+            .await?)
     }
 
     /// One schedule; `None` when unknown.
@@ -340,7 +344,7 @@ impl Engine {
         Ok(self
             .schedules
             .store()
-            .read(move |conn| queries::get_schedule(conn, &id))
+            .read(move |conn| store::schedules::get_schedule(conn, &id))
             .await?)
     }
 
@@ -356,12 +360,12 @@ impl Engine {
         let id = id.to_string();
         if paused {
             return Ok(store
-                .write(move |conn| queries::pause_schedule(conn, &id, now()))
+                .write(move |conn| store::schedules::pause_schedule(conn, &id, now()))
                 .await?);
         }
         let for_read = id.clone();
         let Some(current) = store
-            .read(move |conn| queries::get_schedule(conn, &for_read))
+            .read(move |conn| store::schedules::get_schedule(conn, &for_read))
             .await?
         else {
             return Ok(None);
@@ -377,7 +381,7 @@ impl Engine {
             )));
         };
         let resumed = store
-            .write(move |conn| queries::resume_schedule(conn, &id, next as f64))
+            .write(move |conn| store::schedules::resume_schedule(conn, &id, next as f64))
             .await?;
         self.schedules.wake();
         Ok(resumed)
@@ -389,7 +393,7 @@ impl Engine {
         Ok(self
             .schedules
             .store()
-            .write(move |conn| queries::delete_schedule(conn, &id))
+            .write(move |conn| store::schedules::delete_schedule(conn, &id))
             .await?)
     }
 }
@@ -451,7 +455,7 @@ async fn run(engine: Engine) {
                     .filter(|until| *until > t)
                     .reduce(f64::min);
                 match store
-                    .read(move |conn| queries::next_schedule_due(conn, &except))
+                    .read(move |conn| store::schedules::next_schedule_due(conn, &except))
                     .await
                 {
                     Ok(next) => match next.into_iter().chain(retry).reduce(f64::min) {
@@ -483,7 +487,7 @@ async fn pass(engine: &Engine, store: &Store, backoff: &mut Backoff) -> Pass {
     backoff.retain(|_, (until, _)| *until > t - 2.0 * MAX_RETRY_DELAY);
     let except = waiting(backoff, t);
     let due = match store
-        .read(move |conn| queries::due_schedules(conn, t, DUE_BATCH, &except))
+        .read(move |conn| store::schedules::due_schedules(conn, t, DUE_BATCH, &except))
         .await
     {
         Ok(due) => due,
@@ -525,7 +529,9 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
             log::error!("schedule {id}: {why}");
             return Ok(
                 match store
-                    .write(move |conn| queries::halt_schedule(conn, &id, expected, &why, t))
+                    .write(move |conn| {
+                        store::schedules::halt_schedule(conn, &id, expected, &why, t)
+                    })
                     .await
                 {
                     Ok(_) => Fired::Done,
@@ -546,7 +552,9 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
             // Paused or deleted since it was read as due (or fired by another node)?
             let (check_id, check_expected) = (id.clone(), expected);
             match store
-                .read(move |conn| queries::schedule_still_due(conn, &check_id, check_expected))
+                .read(move |conn| {
+                    store::schedules::schedule_still_due(conn, &check_id, check_expected)
+                })
                 .await
             {
                 Ok(true) => engine.submit(job).await,
@@ -575,7 +583,7 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
             log::warn!("schedule {id}: tick {tick} not submitted, will retry: {e}");
             let why = format!("tick {tick} not submitted yet, retrying: {e}");
             if let Err(e) = store
-                .write(move |conn| queries::note_schedule_error(conn, &id, expected, &why))
+                .write(move |conn| store::schedules::note_schedule_error(conn, &id, expected, &why))
                 .await
             {
                 log::error!("schedule {}: {e}", s.id);
@@ -590,7 +598,7 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
     let next = schedule.next_after(tick);
     let written = store
         .write(move |conn| {
-            let advanced = queries::advance_schedule(
+            let advanced = store::schedules::advance_schedule(
                 conn,
                 &id,
                 expected,
@@ -601,7 +609,7 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
             )?;
             if advanced && next.is_none() {
                 let why = format!("the expression matches no time after {tick}; paused");
-                queries::halt_schedule(conn, &id, expected, &why, t)?;
+                store::schedules::halt_schedule(conn, &id, expected, &why, t)?;
             }
             Ok(advanced)
         })

@@ -2,10 +2,10 @@
 //! terminal (completed, failed or cancelled) with its result.
 //!
 //! Durable and at-least-once. The transition that finishes the job writes an outbox row in
-//! its own transaction ([`queries::enqueue_webhook`]), so a delivery exists exactly when
+//! its own transaction ([`store::outbox::enqueue_webhook`]), so a delivery exists exactly when
 //! the job is finished, crash or not. The dispatcher that [`spawn_dispatcher`] starts
 //! polls for due rows about once a second (one indexed `EXISTS`), leases them
-//! ([`queries::lease_webhooks`]: the attempt is counted and the row hidden from later
+//! ([`store::outbox::lease_webhooks`]: the attempt is counted and the row hidden from later
 //! polls for the timeout plus 30 s, after which a crash mid-send sends it again), POSTs
 //! them concurrently with a timeout, and records the outcome: delivered on a 2xx, else due
 //! again after an exponential backoff with jitter, and given up (logged) after
@@ -24,8 +24,8 @@
 //! changes between the check and the connection cannot reach another host.
 
 use crate::model::now;
-use crate::store::queries::{self, LeasedWebhook, WebhookAttempt};
 use crate::store::Store;
+use crate::store::{self, outbox::LeasedWebhook, outbox::WebhookAttempt};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -306,13 +306,17 @@ impl Dispatcher {
             return Ok(Polled::Busy);
         }
         let t = now();
-        if !self.store.read(move |c| queries::webhook_due(c, t)).await? {
+        if !self
+            .store
+            .read(move |c| store::outbox::webhook_due(c, t))
+            .await?
+        {
             return Ok(Polled::Idle);
         }
         let lease = self.config.timeout.as_secs_f64() + 30.0;
         let leased = self
             .store
-            .write(move |c| queries::lease_webhooks(c, t, lease, free as i64))
+            .write(move |c| store::outbox::lease_webhooks(c, t, lease, free as i64))
             .await?;
         let full = leased.len() >= free;
         for delivery in leased {
@@ -375,7 +379,9 @@ impl Dispatcher {
         let (id, lease_until) = (d.id, d.lease_until);
         match self
             .store
-            .write(move |c| queries::record_webhook_attempt(c, id, lease_until, &outcome, now()))
+            .write(move |c| {
+                store::outbox::record_webhook_attempt(c, id, lease_until, &outcome, now())
+            })
             .await
         {
             Ok(true) => {}

@@ -5,7 +5,7 @@ use crate::model::{
     now, FinishedItem, ItemRecord, ItemStatus, JobRecord, JobStatus, NewJob, QueueStats,
 };
 use crate::processor::ProgressReporter;
-use crate::store::queries::CancelOutcome;
+use crate::store::job_control::CancelOutcome;
 use crate::store::StoreError;
 use actix::Message;
 use serde::{Deserialize, Serialize};
@@ -142,7 +142,7 @@ pub struct ListItems {
 /// Read a page of a job's items with their stored results as JSON text, after an index;
 /// `None` when the job is unknown.
 #[derive(Message)]
-#[rtype(result = "Result<Option<Vec<crate::store::queries::ResultRow>>, EngineError>")]
+#[rtype(result = "Result<Option<Vec<crate::store::results::ResultRow>>, EngineError>")]
 pub struct ReadResults {
     /// The job id.
     pub job_id: String,
@@ -163,7 +163,7 @@ pub struct CancelJob {
 /// Pause (`paused: true`) or resume a job: running items finish, nothing new is claimed
 /// while it is paused, and its claimed-but-not-started items go back to the queue.
 #[derive(Message)]
-#[rtype(result = "Result<crate::store::queries::PauseOutcome, EngineError>")]
+#[rtype(result = "Result<crate::store::job_control::PauseOutcome, EngineError>")]
 pub struct PauseJob {
     /// The job id.
     pub job_id: String,
@@ -173,7 +173,7 @@ pub struct PauseJob {
 
 /// Requeue a finished job's items of these statuses and reopen it.
 #[derive(Message)]
-#[rtype(result = "Result<crate::store::queries::RetryOutcome, EngineError>")]
+#[rtype(result = "Result<crate::store::job_control::RetryOutcome, EngineError>")]
 pub struct RetryJob {
     /// The job id.
     pub job_id: String,

@@ -16,8 +16,8 @@ use crate::actors::messages::{
 use crate::actors::tracker::{TrackerEvent, TrackerEventKind};
 use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
-use crate::store::queries::CancelOutcome;
-use crate::store::queries::ResultRow;
+use crate::store::job_control::CancelOutcome;
+use crate::store::results::ResultRow;
 use crate::submission::{parse_body, retry_statuses, RetryRequest, MAX_BODY_BYTES};
 use actix_web::web::{self, Bytes, ServiceConfig};
 use actix_web::{HttpRequest, HttpResponse};
@@ -310,7 +310,7 @@ async fn resume_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     )
 )]
 async fn retry_job(engine: web::Data<Engine>, id: web::Path<String>, body: Bytes) -> Reply {
-    use crate::store::queries::RetryOutcome;
+    use crate::store::job_control::RetryOutcome;
     let id = id.into_inner();
     let statuses = if body.iter().all(u8::is_ascii_whitespace) {
         vec![ItemStatus::Failed]
@@ -341,7 +341,7 @@ async fn retry_job(engine: web::Data<Engine>, id: web::Path<String>, body: Bytes
 }
 
 async fn set_paused(engine: &Engine, id: String, paused: bool) -> Reply {
-    use crate::store::queries::PauseOutcome;
+    use crate::store::job_control::PauseOutcome;
     match engine.set_paused(&id, paused).await? {
         PauseOutcome::Done(record) => Ok(HttpResponse::Ok().json(JobResponse::from(
             crate::actors::messages::JobView {

@@ -3,7 +3,7 @@
 use super::error::{ApiError, ErrorBody};
 use crate::engine::Engine;
 use crate::schedules::NewSchedule;
-use crate::store::queries::ScheduleRecord;
+use crate::store::schedules::ScheduleRecord;
 use crate::submission::{parse_body, GenericJobRequest};
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;

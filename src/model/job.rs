@@ -116,7 +116,7 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    /// The record of `job` as [`crate::store::queries::insert_job`] stores it.
+    /// The record of `job` as [`crate::store::jobs::insert_job`] stores it.
     pub fn queued(id: &str, job: &AdmittedJob, created_at: f64) -> JobRecord {
         JobRecord {
             id: id.to_string(),

@@ -4,7 +4,7 @@
 //! [`crate::store::Store::write`] and applies the [`Committed`] it returns.
 
 use crate::model::{AdmittedJob, ClaimedItem, Counts, FieldError, FinishedItem, JobRecord};
-use crate::store::queries::{self, Release};
+use crate::store::{self, items::Release};
 use crate::store::{Conn, StoreError};
 use std::sync::Arc;
 
@@ -81,7 +81,7 @@ pub fn commit(conn: &mut Conn, batch: Batch) -> Result<Committed, StoreError> {
     let node = &*batch.node;
     // Every job row this write will lock, at once and in one order, so two
     // nodes' writes (and a cancel) never wait for each other crosswise.
-    queries::lock_jobs(
+    store::jobs::lock_jobs(
         conn,
         batch
             .releases
@@ -97,15 +97,15 @@ pub fn commit(conn: &mut Conn, batch: Batch) -> Result<Committed, StoreError> {
         inserted.push(insert(conn, id, job, node, t)?);
     }
     for (group, slots) in &batch.slot_releases {
-        queries::release_group_slots(conn, group, node, slots)?;
+        store::groups::release_group_slots(conn, group, node, slots)?;
     }
     let mut slots = Vec::with_capacity(batch.slot_asks.len());
     for (group, limit, n) in batch.slot_asks {
-        let got = queries::acquire_group_slots(conn, &group, limit, node, n)?;
+        let got = store::groups::acquire_group_slots(conn, &group, limit, node, n)?;
         slots.push((group, n, got));
     }
     let owned_slots = if batch.read_owned_slots {
-        Some(queries::owned_group_slots(conn, node)?)
+        Some(store::groups::owned_group_slots(conn, node)?)
     } else {
         None
     };
@@ -134,7 +134,7 @@ fn release(
 ) -> Result<Vec<String>, StoreError> {
     let mut released: Vec<String> = Vec::new();
     if !releases.is_empty() {
-        queries::release_items(conn, releases, node, t)?;
+        store::items::release_items(conn, releases, node, t)?;
         for (job_id, _, _) in releases {
             if !released.contains(job_id) {
                 released.push(job_id.clone());
@@ -150,14 +150,14 @@ fn record(
     outcomes: &[FinishedItem],
     node: &str,
     t: f64,
-) -> Result<queries::Recorded, StoreError> {
+) -> Result<store::items::Recorded, StoreError> {
     if outcomes.is_empty() {
-        return Ok(queries::Recorded::default());
+        return Ok(store::items::Recorded::default());
     }
-    let recorded = queries::record_finished(conn, outcomes, node, t)?;
+    let recorded = store::items::record_finished(conn, outcomes, node, t)?;
     // Other nodes following these jobs stop following them.
     for id in &recorded.done {
-        queries::notify(conn, &format!("job:{id}:{node}"))?;
+        store::notice::notify(conn, &format!("job:{id}:{node}"))?;
     }
     Ok(recorded)
 }
@@ -174,12 +174,12 @@ fn insert(
     // The single writer makes check-then-insert race-free; a duplicate
     // in the same write sees the first one's row.
     let existing = match &job.schedule.idempotency_key {
-        Some(key) => queries::job_by_idempotency_key(conn, key)?,
+        Some(key) => store::jobs::job_by_idempotency_key(conn, key)?,
         None => None,
     };
     let mut missing = None;
     for (i, dep) in job.options.dependencies.jobs.iter().enumerate() {
-        if queries::get_job_status(conn, dep)?.is_none() {
+        if store::jobs::get_job_status(conn, dep)?.is_none() {
             missing = Some((i, dep.clone()));
             break;
         }
@@ -195,9 +195,9 @@ fn insert(
             ))
         }
         None => {
-            queries::insert_admitted_job(conn, id, job, &job.options, t)?;
+            store::jobs::insert_admitted_job(conn, id, job, &job.options, t)?;
             // Idle nodes wake up and claim from it too.
-            queries::notify(conn, &format!("new:{id}:{node}"))?;
+            store::notice::notify(conn, &format!("new:{id}:{node}"))?;
             Inserted::New(JobRecord::queued(id, job, t))
         }
     })
@@ -211,11 +211,12 @@ fn claim_for(
     t: f64,
     lease: f64,
 ) -> Result<(Vec<ClaimedItem>, Option<f64>), StoreError> {
-    let items = queries::claim_items(conn, &claim.job_id, claim.n, node, t, lease, claim.first)?;
+    let items =
+        store::items::claim_items(conn, &claim.job_id, claim.n, node, t, lease, claim.first)?;
     // A short claim: items waiting out a retry delay (maybe from before a
     // restart) must bring the job back when they become claimable.
     let next = if (items.len() as u32) < claim.n {
-        queries::next_available_at(conn, &claim.job_id, t)?
+        store::items::next_available_at(conn, &claim.job_id, t)?
     } else {
         None
     };

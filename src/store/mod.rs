@@ -37,23 +37,6 @@ pub mod schedules;
 pub mod schema;
 pub mod stats;
 
-/// Every store function and type under its old path.
-// temporary: callers move to store::<table> in the merge
-pub mod queries {
-    pub use super::groups::*;
-    pub use super::items::*;
-    pub use super::job_control::*;
-    pub use super::jobs::*;
-    pub use super::nodes::*;
-    pub use super::notice::*;
-    pub use super::outbox::*;
-    pub use super::recovery::*;
-    pub use super::results::*;
-    pub use super::retention::*;
-    pub use super::schedules::*;
-    pub use super::stats::*;
-}
-
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ManageConnection, Pool};

@@ -3,7 +3,7 @@
 use crate::helpers::{spawn_app_configured, wait_for, AppOptions, TestApp, TestDb};
 use awc::http::StatusCode;
 use batchforge::model::{JobSchedule, NewItem, NewJob};
-use batchforge::store::queries::{self, PRUNE_MAX_ITEMS};
+use batchforge::store::{self, retention::PRUNE_MAX_ITEMS};
 use batchforge::store::{DatabaseUrl, Store};
 use batchforge::EngineConfig;
 use serde_json::json;
@@ -46,7 +46,7 @@ fn open_store(app: &TestApp) -> Store {
 async fn stored_items(store: &Store, id: &str) -> u64 {
     let id = id.to_string();
     store
-        .read(move |c| Ok(queries::list_items(c, &id, None, 1, 0)?.1))
+        .read(move |c| Ok(store::items::list_items(c, &id, None, 1, 0)?.1))
         .await
         .unwrap()
 }
@@ -173,30 +173,31 @@ async fn retention_prunes_in_small_transactions_and_spares_open_jobs_and_pending
     let big = PRUNE_MAX_ITEMS as usize * 2 + 10;
     store
         .write_blocking(|c| {
-            queries::insert_job(c, "big", &job_of(big, None), 100.0)?;
-            queries::fail_job(c, "big", "stop", 110.0)?;
+            store::jobs::insert_job(c, "big", &job_of(big, None), 100.0)?;
+            store::job_control::fail_job(c, "big", "stop", 110.0)?;
             for i in 0..12 {
                 let id = format!("small{i:02}");
-                queries::insert_job(c, &id, &job_of(3, None), 100.0)?;
-                queries::fail_job(c, &id, "stop", 120.0 + i as f64)?;
+                store::jobs::insert_job(c, &id, &job_of(3, None), 100.0)?;
+                store::job_control::fail_job(c, &id, "stop", 120.0 + i as f64)?;
             }
-            queries::insert_job(c, "open", &job_of(3, None), 100.0)?;
-            queries::insert_job(c, "hooked", &job_of(1, Some("http://127.0.0.1:9/h")), 100.0)?;
-            queries::fail_job(c, "hooked", "stop", 105.0)?;
-            queries::insert_job(c, "recent", &job_of(1, None), 100.0)?;
-            queries::fail_job(c, "recent", "stop", 500.0)
+            store::jobs::insert_job(c, "open", &job_of(3, None), 100.0)?;
+            store::jobs::insert_job(c, "hooked", &job_of(1, Some("http://127.0.0.1:9/h")), 100.0)?;
+            store::job_control::fail_job(c, "hooked", "stop", 105.0)?;
+            store::jobs::insert_job(c, "recent", &job_of(1, None), 100.0)?;
+            store::job_control::fail_job(c, "recent", "stop", 500.0)
         })
         .unwrap();
-    let prune =
-        |max_jobs| store.write_blocking(move |c| queries::prune_finished(c, 200.0, max_jobs));
+    let prune = |max_jobs| {
+        store.write_blocking(move |c| store::retention::prune_finished(c, 200.0, max_jobs))
+    };
     let count = |id: &'static str| {
         store
-            .write_blocking(move |c| Ok(queries::list_items(c, id, None, 1, 0)?.1))
+            .write_blocking(move |c| Ok(store::items::list_items(c, id, None, 1, 0)?.1))
             .unwrap()
     };
     let exists = |id: &'static str| {
         store
-            .write_blocking(move |c| Ok(queries::get_job(c, id)?.is_some()))
+            .write_blocking(move |c| Ok(store::jobs::get_job(c, id)?.is_some()))
             .unwrap()
     };
 
@@ -213,23 +214,23 @@ async fn retention_prunes_in_small_transactions_and_spares_open_jobs_and_pending
     assert_eq!(count("big"), 0);
     let p = prune(10).unwrap();
     assert_eq!((p.jobs, p.items, p.more), (3, 9, false));
-    assert_eq!(prune(10).unwrap(), queries::Pruned::default());
+    assert_eq!(prune(10).unwrap(), store::retention::Pruned::default());
 
     // Spared: the open job, the job whose webhook is pending, the recent one.
     assert!(exists("open") && exists("hooked") && exists("recent"));
     assert_eq!(count("open"), 3);
     // Once its webhook settles, the hooked job goes too, delivery and all.
     let d = store
-        .write_blocking(|c| queries::webhook_delivery(c, "hooked"))
+        .write_blocking(|c| store::outbox::webhook_delivery(c, "hooked"))
         .unwrap()
         .unwrap();
     store
         .write_blocking(move |c| {
-            queries::record_webhook_attempt(
+            store::outbox::record_webhook_attempt(
                 c,
                 d.id,
                 d.next_attempt_at.unwrap(),
-                &queries::WebhookAttempt::GaveUp {
+                &store::outbox::WebhookAttempt::GaveUp {
                     error: "unreachable".into(),
                 },
                 300.0,
@@ -240,7 +241,7 @@ async fn retention_prunes_in_small_transactions_and_spares_open_jobs_and_pending
     assert_eq!((p.jobs, p.items), (1, 1));
     assert!(!exists("hooked"));
     assert!(store
-        .write_blocking(|c| queries::webhook_delivery(c, "hooked"))
+        .write_blocking(|c| store::outbox::webhook_delivery(c, "hooked"))
         .unwrap()
         .is_none());
     assert!(exists("open") && exists("recent"));
@@ -259,29 +260,29 @@ async fn retention_prunes_expired_jobs_but_spares_a_dependency_of_an_open_job() 
     };
     store
         .write_blocking(move |c| {
-            queries::insert_job(c, "expired", &job_of(2, None), 100.0)?;
-            queries::fail_job(c, "expired", "deadline", 110.0)?;
+            store::jobs::insert_job(c, "expired", &job_of(2, None), 100.0)?;
+            store::job_control::fail_job(c, "expired", "deadline", 110.0)?;
             diesel::sql_query("UPDATE jobs SET status = 'expired' WHERE id = 'expired'")
                 .execute(c)?;
             // Named by an open job: kept while that job may still look it up.
-            queries::insert_job(c, "needed", &job_of(1, None), 100.0)?;
-            queries::fail_job(c, "needed", "stop", 110.0)?;
-            queries::insert_job(c, "waiter", &depending(&["other", "needed"]), 100.0)?;
+            store::jobs::insert_job(c, "needed", &job_of(1, None), 100.0)?;
+            store::job_control::fail_job(c, "needed", "stop", 110.0)?;
+            store::jobs::insert_job(c, "waiter", &depending(&["other", "needed"]), 100.0)?;
             // Named only by a finished job: free to go.
-            queries::insert_job(c, "unneeded", &job_of(1, None), 100.0)?;
-            queries::fail_job(c, "unneeded", "stop", 110.0)?;
-            queries::insert_job(c, "done_waiter", &depending(&["unneeded"]), 100.0)?;
-            queries::fail_job(c, "done_waiter", "stop", 500.0)?;
+            store::jobs::insert_job(c, "unneeded", &job_of(1, None), 100.0)?;
+            store::job_control::fail_job(c, "unneeded", "stop", 110.0)?;
+            store::jobs::insert_job(c, "done_waiter", &depending(&["unneeded"]), 100.0)?;
+            store::job_control::fail_job(c, "done_waiter", "stop", 500.0)?;
             Ok(())
         })
         .unwrap();
     let p = store
-        .write_blocking(|c| queries::prune_finished(c, 200.0, 10))
+        .write_blocking(|c| store::retention::prune_finished(c, 200.0, 10))
         .unwrap();
     assert_eq!((p.jobs, p.items, p.more), (2, 3, false), "{p:?}");
     let exists = |id: &'static str| {
         store
-            .write_blocking(move |c| Ok(queries::get_job(c, id)?.is_some()))
+            .write_blocking(move |c| Ok(store::jobs::get_job(c, id)?.is_some()))
             .unwrap()
     };
     assert!(!exists("expired"), "an expired job was kept");
@@ -290,10 +291,10 @@ async fn retention_prunes_expired_jobs_but_spares_a_dependency_of_an_open_job() 
     assert!(exists("waiter") && exists("done_waiter"));
     // Once the waiter is finished, its dependency goes too.
     store
-        .write_blocking(|c| queries::fail_job(c, "waiter", "stop", 150.0))
+        .write_blocking(|c| store::job_control::fail_job(c, "waiter", "stop", 150.0))
         .unwrap();
     let p = store
-        .write_blocking(|c| queries::prune_finished(c, 200.0, 10))
+        .write_blocking(|c| store::retention::prune_finished(c, 200.0, 10))
         .unwrap();
     assert_eq!(p.jobs, 2, "{p:?}");
     assert!(!exists("needed") && !exists("waiter"));

@@ -606,8 +606,8 @@ fn stored_schedule(
     id: &str,
     job: Value,
     next_run_at: f64,
-) -> batchforge::store::queries::ScheduleRecord {
-    batchforge::store::queries::ScheduleRecord {
+) -> batchforge::store::schedules::ScheduleRecord {
+    batchforge::store::schedules::ScheduleRecord {
         id: id.into(),
         name: None,
         cron: "0 0 * * *".into(),
@@ -663,24 +663,31 @@ async fn submissions_may_not_take_a_schedule_tick_key() {
 
 #[actix_web::test]
 async fn a_paused_or_deleted_schedule_is_neither_due_nor_advanced() {
-    use batchforge::store::queries;
+    use batchforge::store;
     let dir = tempfile::tempdir().unwrap();
     let _db = TestDb::create(dir.path(), "jobs.db");
     let store = open_store(dir.path());
     let (paused_due, paused_advanced, resumed_due, deleted_due) = store
         .write_blocking(|c| {
-            queries::insert_schedule(c, &stored_schedule("sched-p", noop_job(), 1000.0))?;
-            assert!(queries::schedule_still_due(c, "sched-p", 1000.0)?);
-            assert!(!queries::schedule_still_due(c, "sched-p", 999.0)?);
+            store::schedules::insert_schedule(c, &stored_schedule("sched-p", noop_job(), 1000.0))?;
+            assert!(store::schedules::schedule_still_due(c, "sched-p", 1000.0)?);
+            assert!(!store::schedules::schedule_still_due(c, "sched-p", 999.0)?);
             // Paused between the read of the due schedules and the submission.
-            queries::pause_schedule(c, "sched-p", 1001.0)?;
-            let paused_due = queries::schedule_still_due(c, "sched-p", 1000.0)?;
-            let paused_advanced =
-                queries::advance_schedule(c, "sched-p", 1000.0, 2000.0, 1000.0, Some("job"), None)?;
-            queries::resume_schedule(c, "sched-p", 1000.0)?;
-            let resumed_due = queries::schedule_still_due(c, "sched-p", 1000.0)?;
-            queries::delete_schedule(c, "sched-p")?;
-            let deleted_due = queries::schedule_still_due(c, "sched-p", 1000.0)?;
+            store::schedules::pause_schedule(c, "sched-p", 1001.0)?;
+            let paused_due = store::schedules::schedule_still_due(c, "sched-p", 1000.0)?;
+            let paused_advanced = store::schedules::advance_schedule(
+                c,
+                "sched-p",
+                1000.0,
+                2000.0,
+                1000.0,
+                Some("job"),
+                None,
+            )?;
+            store::schedules::resume_schedule(c, "sched-p", 1000.0)?;
+            let resumed_due = store::schedules::schedule_still_due(c, "sched-p", 1000.0)?;
+            store::schedules::delete_schedule(c, "sched-p")?;
+            let deleted_due = store::schedules::schedule_still_due(c, "sched-p", 1000.0)?;
             Ok((paused_due, paused_advanced, resumed_due, deleted_due))
         })
         .unwrap();
@@ -692,7 +699,7 @@ async fn a_paused_or_deleted_schedule_is_neither_due_nor_advanced() {
 
 #[actix_web::test]
 async fn a_tick_that_fails_for_a_passing_reason_stays_due_and_a_bad_template_is_skipped() {
-    use batchforge::store::queries;
+    use batchforge::store;
     let dir = tempfile::tempdir().unwrap();
     let _db = TestDb::create(dir.path(), "jobs.db");
     let node = start_node(dir.path()).await;
@@ -701,7 +708,7 @@ async fn a_tick_that_fails_for_a_passing_reason_stays_due_and_a_bad_template_is_
     store
         .write_blocking(move |c| {
             // Its kind is not registered on this node (yet): not a reason to lose the tick.
-            queries::insert_schedule(
+            store::schedules::insert_schedule(
                 c,
                 &stored_schedule(
                     "sched-nokind",
@@ -710,7 +717,7 @@ async fn a_tick_that_fails_for_a_passing_reason_stays_due_and_a_bad_template_is_
                 ),
             )?;
             // A template that can never be submitted: skipped for good.
-            queries::insert_schedule(
+            store::schedules::insert_schedule(
                 c,
                 &stored_schedule("sched-bad", json!({"type": "noop", "items": []}), due),
             )

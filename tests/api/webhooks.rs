@@ -4,7 +4,7 @@ use crate::helpers::{spawn_app_configured, wait_for, AppOptions, TestApp, TestDb
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use awc::http::StatusCode;
 use batchforge::model::{JobSchedule, NewItem, NewJob};
-use batchforge::store::queries::{self, WebhookDelivery};
+use batchforge::store::{self, outbox::WebhookDelivery};
 use batchforge::store::{DatabaseUrl, Store};
 use batchforge::EngineConfig;
 use hmac::{Hmac, KeyInit, Mac};
@@ -131,7 +131,7 @@ fn open_store(app: &TestApp) -> Store {
 async fn delivery(store: &Store, job_id: &str) -> Option<WebhookDelivery> {
     let id = job_id.to_string();
     store
-        .read(move |c| queries::webhook_delivery(c, &id))
+        .read(move |c| store::outbox::webhook_delivery(c, &id))
         .await
         .unwrap()
 }
@@ -417,12 +417,12 @@ async fn a_webhook_committed_before_a_crash_is_delivered_after_the_restart() {
     store
         .write_blocking(move |c| {
             let job = failing_job(&url);
-            queries::insert_job(c, "batch_validation-crashed00001", &job, 1000.0)?;
-            queries::fail_job(c, "batch_validation-crashed00001", "boom", 1001.0)
+            store::jobs::insert_job(c, "batch_validation-crashed00001", &job, 1000.0)?;
+            store::job_control::fail_job(c, "batch_validation-crashed00001", "boom", 1001.0)
         })
         .unwrap();
     let pending = store
-        .read(|c| queries::webhook_delivery(c, "batch_validation-crashed00001"))
+        .read(|c| store::outbox::webhook_delivery(c, "batch_validation-crashed00001"))
         .await
         .unwrap()
         .expect("the outbox row is written with the transition");
@@ -494,8 +494,8 @@ async fn a_backlog_of_webhooks_is_sent_faster_than_one_lease_per_poll_interval()
             for n in 0..JOBS {
                 let job = failing_job(&url);
                 let id = format!("batch_validation-backlog{n:05}");
-                queries::insert_job(c, &id, &job, 1000.0)?;
-                queries::fail_job(c, &id, "boom", 1001.0)?;
+                store::jobs::insert_job(c, &id, &job, 1000.0)?;
+                store::job_control::fail_job(c, &id, "boom", 1001.0)?;
             }
             Ok(())
         })
@@ -532,31 +532,31 @@ async fn a_late_dispatcher_cannot_overwrite_the_outcome_of_a_later_lease() {
     let (first, second, late, current, settled) = store
         .write_blocking(|c| {
             let job = failing_job("https://example.com/h");
-            queries::insert_job(c, "batch_validation-leased000001", &job, 1000.0)?;
-            queries::fail_job(c, "batch_validation-leased000001", "boom", 1001.0)?;
+            store::jobs::insert_job(c, "batch_validation-leased000001", &job, 1000.0)?;
+            store::job_control::fail_job(c, "batch_validation-leased000001", "boom", 1001.0)?;
             // Dispatcher A leases it until 1040; its POST hangs past the lease.
-            let first = queries::lease_webhooks(c, 1010.0, 30.0, 16)?;
+            let first = store::outbox::lease_webhooks(c, 1010.0, 30.0, 16)?;
             // Dispatcher B takes it again once the lease ran out, and it is delivered.
-            let second = queries::lease_webhooks(c, 1050.0, 30.0, 16)?;
-            let current = queries::record_webhook_attempt(
+            let second = store::outbox::lease_webhooks(c, 1050.0, 30.0, 16)?;
+            let current = store::outbox::record_webhook_attempt(
                 c,
                 second[0].id,
                 second[0].lease_until,
-                &queries::WebhookAttempt::Delivered,
+                &store::outbox::WebhookAttempt::Delivered,
                 1051.0,
             )?;
             // A's outcome arrives late: it must not turn the delivery back into a retry.
-            let late = queries::record_webhook_attempt(
+            let late = store::outbox::record_webhook_attempt(
                 c,
                 first[0].id,
                 first[0].lease_until,
-                &queries::WebhookAttempt::Retry {
+                &store::outbox::WebhookAttempt::Retry {
                     at: 1100.0,
                     error: "timed out".into(),
                 },
                 1052.0,
             )?;
-            let settled = queries::webhook_delivery(c, "batch_validation-leased000001")?;
+            let settled = store::outbox::webhook_delivery(c, "batch_validation-leased000001")?;
             Ok((first, second, late, current, settled))
         })
         .unwrap();

@@ -7,7 +7,7 @@ use super::Supervisor;
 use crate::actors::messages::{EngineError, JobContext, ProgressUpdate};
 use crate::model::{now, AdmittedJob, JobRecord, NewJob};
 use crate::processor::ProgressReporter;
-use crate::store::queries;
+use crate::store;
 use crate::submission::{check_job, AdmissionRules};
 use actix::prelude::*;
 use std::collections::VecDeque;
@@ -148,7 +148,7 @@ impl Supervisor {
             let id = job.id.clone();
             let ended: Arc<str> = Arc::from(job.id.as_str());
             self.store
-                .write(move |conn| queries::fail_job(conn, &id, &error, now()))
+                .write(move |conn| store::job_control::fail_job(conn, &id, &error, now()))
                 .into_actor(self)
                 .map(move |res, act, _| match res {
                     // Event streams opened meanwhile saw the job queued: tell them it ended.

@@ -12,7 +12,7 @@ use crate::model::{
     new_job_id, now, AdmittedJob, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus,
 };
 use crate::store::commit::{self as transaction, Batch, ClaimAsk, Committed, Inserted};
-use crate::store::queries::Release;
+use crate::store::items::Release;
 use crate::store::StoreError;
 use actix::prelude::*;
 use serde_json::json;

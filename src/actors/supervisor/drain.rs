@@ -4,7 +4,7 @@
 
 use super::Supervisor;
 use crate::model::now;
-use crate::store::queries;
+use crate::store;
 use actix::prelude::*;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -26,7 +26,7 @@ pub(super) enum Phase {
 pub(super) struct Drain {
     pub(super) phase: Phase,
     /// Items claimed or stopped during shutdown, to be put back in the queue.
-    pub(super) to_release: Vec<queries::Release>,
+    pub(super) to_release: Vec<store::items::Release>,
     /// Answered once everything in flight is settled in the store.
     waiters: Vec<oneshot::Sender<()>>,
 }
@@ -91,8 +91,8 @@ impl Supervisor {
             let node = self.node_id.clone();
             self.store
                 .write(move |conn| {
-                    queries::lock_jobs(conn, items.iter().map(|(id, _, _)| id.as_str()))?;
-                    queries::release_items(conn, &items, &node, now())
+                    store::jobs::lock_jobs(conn, items.iter().map(|(id, _, _)| id.as_str()))?;
+                    store::items::release_items(conn, &items, &node, now())
                 })
                 .into_actor(self)
                 .map(|res, act, ctx| {

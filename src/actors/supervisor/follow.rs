@@ -5,7 +5,7 @@
 use super::Supervisor;
 use crate::actors::messages::ClusterSync;
 use crate::model::{now, JobRecord, JobStatus};
-use crate::store::queries;
+use crate::store;
 use crate::store::{Conn, StoreError};
 use actix::prelude::*;
 use std::collections::HashSet;
@@ -113,7 +113,7 @@ fn read_changes(
     };
     let mut asked = pending.jobs;
     if pending.all {
-        let open = queries::open_job_states(conn)?;
+        let open = store::jobs::open_job_states(conn)?;
         let open_ids: HashSet<&str> = open.iter().map(|(id, _)| id.as_str()).collect();
         synced.ended = known
             .iter()
@@ -129,12 +129,12 @@ fn read_changes(
         }
     }
     for id in asked {
-        if let Some(record) = queries::get_job(conn, &id)? {
+        if let Some(record) = store::jobs::get_job(conn, &id)? {
             synced.records.push(record);
         }
     }
     if pending.kinds || pending.all {
-        synced.paused_kinds = Some(queries::paused_kinds(conn)?);
+        synced.paused_kinds = Some(store::job_control::paused_kinds(conn)?);
     }
     Ok(synced)
 }

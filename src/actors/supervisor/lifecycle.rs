@@ -7,7 +7,7 @@ use super::commit::cancelled_outcome;
 use super::Supervisor;
 use crate::actors::messages::{EngineError, KindInfo, ProgressUpdate};
 use crate::model::{now, ClaimedItem, FinishedItem, ItemStatus, JobStatus};
-use crate::store::queries::{self, CancelOutcome};
+use crate::store::{self, job_control::CancelOutcome};
 use actix::prelude::*;
 use std::sync::Arc;
 
@@ -203,7 +203,7 @@ impl Supervisor {
             .read(move |conn| {
                 let mut found = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let status = queries::get_job_status(conn, &id)?;
+                    let status = store::jobs::get_job_status(conn, &id)?;
                     found.push((id, status));
                 }
                 Ok(found)
@@ -313,10 +313,10 @@ impl Supervisor {
         self.store
             .write(move |conn| {
                 let outcome = match deadline {
-                    Some(_) => queries::expire_job(conn, &id, &reason, now())?,
-                    None => queries::cancel_job_because(conn, &id, &reason, now())?,
+                    Some(_) => store::job_control::expire_job(conn, &id, &reason, now())?,
+                    None => store::job_control::cancel_job_because(conn, &id, &reason, now())?,
                 };
-                queries::notify(conn, &format!("job:{id}:{node}"))?;
+                store::notice::notify(conn, &format!("job:{id}:{node}"))?;
                 Ok(outcome)
             })
             .into_actor(self)
@@ -351,9 +351,9 @@ impl Supervisor {
         Box::pin(
             self.store
                 .write(move |conn| {
-                    let outcome = queries::cancel_job(conn, &id, now())?;
+                    let outcome = store::job_control::cancel_job(conn, &id, now())?;
                     // Nodes running items of it stop them.
-                    queries::notify(conn, &format!("job:{id}:{node}"))?;
+                    store::notice::notify(conn, &format!("job:{id}:{node}"))?;
                     Ok(outcome)
                 })
                 .into_actor(self)
@@ -399,20 +399,20 @@ impl Supervisor {
         &mut self,
         job_id: String,
         paused: bool,
-    ) -> ResponseActFuture<Self, Result<queries::PauseOutcome, EngineError>> {
+    ) -> ResponseActFuture<Self, Result<store::job_control::PauseOutcome, EngineError>> {
         let id = job_id.clone();
         let node = self.node_id.clone();
         Box::pin(
             self.store
                 .write(move |conn| {
-                    let outcome = queries::set_job_paused(conn, &id, paused, now())?;
-                    queries::notify(conn, &format!("job:{id}:{node}"))?;
+                    let outcome = store::job_control::set_job_paused(conn, &id, paused, now())?;
+                    store::notice::notify(conn, &format!("job:{id}:{node}"))?;
                     Ok(outcome)
                 })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let outcome = res?;
-                    if let queries::PauseOutcome::Done(_) = &outcome {
+                    if let store::job_control::PauseOutcome::Done(_) = &outcome {
                         act.touch(&job_id);
                         if let Some(job) = act.rotation.jobs.get_mut(job_id.as_str()) {
                             job.paused = paused;
@@ -467,8 +467,8 @@ impl Supervisor {
         Box::pin(
             self.store
                 .write(move |conn| {
-                    queries::set_kind_paused(conn, &k, paused, now())?;
-                    queries::notify(conn, &format!("kinds::{node}"))
+                    store::job_control::set_kind_paused(conn, &k, paused, now())?;
+                    store::notice::notify(conn, &format!("kinds::{node}"))
                 })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
@@ -488,7 +488,7 @@ impl Supervisor {
         &mut self,
         job_id: String,
         statuses: Vec<ItemStatus>,
-    ) -> ResponseActFuture<Self, Result<queries::RetryOutcome, EngineError>> {
+    ) -> ResponseActFuture<Self, Result<store::job_control::RetryOutcome, EngineError>> {
         if self.drain.stopping() {
             return Box::pin(fut::ready(Err(EngineError::ShuttingDown)));
         }
@@ -503,14 +503,14 @@ impl Supervisor {
         Box::pin(
             self.store
                 .write(move |conn| {
-                    let outcome = queries::retry_job(conn, &id, &statuses)?;
-                    queries::notify(conn, &format!("job:{id}:{node}"))?;
+                    let outcome = store::job_control::retry_job(conn, &id, &statuses)?;
+                    store::notice::notify(conn, &format!("job:{id}:{node}"))?;
                     Ok(outcome)
                 })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let outcome = res?;
-                    if let queries::RetryOutcome::Requeued { items, job } = &outcome {
+                    if let store::job_control::RetryOutcome::Requeued { items, job } = &outcome {
                         act.touch(&job_id);
                         if act.rotation.kinds.contains_key(&job.kind)
                             && !act.rotation.jobs.contains_key(job_id.as_str())

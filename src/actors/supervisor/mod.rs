@@ -34,8 +34,8 @@ use crate::actors::worker::Worker;
 use crate::metrics::Metrics;
 use crate::model::{now, JobRecord};
 use crate::processor::Processor;
-use crate::store::queries::{self, CancelOutcome};
 use crate::store::Store;
+use crate::store::{self, job_control::CancelOutcome};
 use actix::prelude::*;
 use commit::Pipeline;
 use drain::Drain;
@@ -266,7 +266,7 @@ impl Handler<CancelJob> for Supervisor {
 }
 
 impl Handler<PauseJob> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<queries::PauseOutcome, EngineError>>;
+    type Result = ResponseActFuture<Self, Result<store::job_control::PauseOutcome, EngineError>>;
 
     fn handle(&mut self, msg: PauseJob, _: &mut Self::Context) -> Self::Result {
         self.pause_job(msg.job_id, msg.paused)
@@ -274,7 +274,7 @@ impl Handler<PauseJob> for Supervisor {
 }
 
 impl Handler<RetryJob> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<queries::RetryOutcome, EngineError>>;
+    type Result = ResponseActFuture<Self, Result<store::job_control::RetryOutcome, EngineError>>;
 
     fn handle(&mut self, msg: RetryJob, _: &mut Self::Context) -> Self::Result {
         self.retry_job(msg.job_id, msg.statuses)

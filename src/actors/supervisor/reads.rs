@@ -7,7 +7,7 @@ use crate::actors::messages::*;
 use crate::actors::tracker::Tracker;
 use crate::metrics::Snapshot;
 use crate::model::{JobRecord, JobStatus, QueueStats};
-use crate::store::queries;
+use crate::store;
 use actix::prelude::*;
 use std::collections::HashMap;
 
@@ -19,7 +19,10 @@ impl Handler<GetJob> for Supervisor {
         let tracker = self.tracker.clone();
         Box::pin(async move {
             let id = msg.job_id;
-            let Some(record) = store.read(move |conn| queries::get_job(conn, &id)).await? else {
+            let Some(record) = store
+                .read(move |conn| store::jobs::get_job(conn, &id))
+                .await?
+            else {
                 return Ok(None);
             };
             let mut views = with_live(&tracker, vec![record]).await;
@@ -37,7 +40,13 @@ impl Handler<ListJobs> for Supervisor {
         Box::pin(async move {
             let (records, total) = store
                 .read(move |conn| {
-                    queries::list_jobs(conn, msg.status, msg.kind.as_deref(), msg.limit, msg.offset)
+                    store::jobs::list_jobs(
+                        conn,
+                        msg.status,
+                        msg.kind.as_deref(),
+                        msg.limit,
+                        msg.offset,
+                    )
                 })
                 .await?;
             Ok(JobPage {
@@ -81,11 +90,16 @@ impl Handler<ListItems> for Supervisor {
         Box::pin(async move {
             let page = store
                 .read(move |conn| {
-                    if queries::get_job_status(conn, &msg.job_id)?.is_none() {
+                    if store::jobs::get_job_status(conn, &msg.job_id)?.is_none() {
                         return Ok(None);
                     }
-                    let (items, total) =
-                        queries::list_items(conn, &msg.job_id, msg.status, msg.limit, msg.offset)?;
+                    let (items, total) = store::items::list_items(
+                        conn,
+                        &msg.job_id,
+                        msg.status,
+                        msg.limit,
+                        msg.offset,
+                    )?;
                     Ok(Some(ItemPage { items, total }))
                 })
                 .await?;
@@ -95,18 +109,23 @@ impl Handler<ListItems> for Supervisor {
 }
 
 impl Handler<ReadResults> for Supervisor {
-    type Result = ResponseFuture<Result<Option<Vec<queries::ResultRow>>, EngineError>>;
+    type Result = ResponseFuture<Result<Option<Vec<store::results::ResultRow>>, EngineError>>;
 
     fn handle(&mut self, msg: ReadResults, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(async move {
             Ok(store
                 .read(move |conn| {
-                    if queries::get_job_status(conn, &msg.job_id)?.is_none() {
+                    if store::jobs::get_job_status(conn, &msg.job_id)?.is_none() {
                         return Ok(None);
                     }
-                    queries::result_rows_after(conn, &msg.job_id, msg.after, msg.limit as i64)
-                        .map(Some)
+                    store::results::result_rows_after(
+                        conn,
+                        &msg.job_id,
+                        msg.after,
+                        msg.limit as i64,
+                    )
+                    .map(Some)
                 })
                 .await?)
         })
@@ -138,8 +157,8 @@ impl Handler<GetMetrics> for Supervisor {
             let (stats, unfinished) = store
                 .read(|conn| {
                     Ok((
-                        queries::queue_stats(conn)?,
-                        queries::unfinished_items(conn)?,
+                        store::stats::queue_stats(conn)?,
+                        store::stats::unfinished_items(conn)?,
                     ))
                 })
                 .await?;
@@ -180,7 +199,7 @@ impl Handler<GetStats> for Supervisor {
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
-        Box::pin(async move { Ok(store.read(queries::queue_stats).await?) })
+        Box::pin(async move { Ok(store.read(store::stats::queue_stats).await?) })
     }
 }
 
@@ -189,6 +208,6 @@ impl Handler<Ping> for Supervisor {
 
     fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
-        Box::pin(async move { Ok(store.read(queries::ping).await?) })
+        Box::pin(async move { Ok(store.read(store::stats::ping).await?) })
     }
 }

@@ -14,7 +14,7 @@
 use super::groups::{GroupSlot, Groups};
 use crate::actors::messages::{Counts, JobContext};
 use crate::model::{ClaimedItem, RetryPolicy};
-use crate::store::queries;
+use crate::store;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -352,7 +352,7 @@ impl Rotation {
 
     /// Takes a job's claimed-but-not-started items back; the caller puts them back in the
     /// queue with the next write.
-    pub(super) fn unready(&mut self, job_id: &str) -> Vec<queries::Release> {
+    pub(super) fn unready(&mut self, job_id: &str) -> Vec<store::items::Release> {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return Vec::new();
         };
