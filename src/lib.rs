@@ -9,8 +9,8 @@
 //! - [`model`]: jobs, items, statuses, outcomes: the domain types.
 //! - [`store`]: the only module that touches Diesel: every state transition is a plain
 //!   function over a connection, in one file per table or aggregate.
-//! - [`actors`]: the Supervisor (owns the queue), one Worker per kind, the Tracker (live
-//!   progress); their protocol is [`actors::messages`].
+//! - [`queue`]: the Supervisor (owns the queue), one Worker per kind, the Tracker (live
+//!   progress); their protocol is [`queue::messages`].
 //! - [`processor`]: the public [`processor::Processor`] trait; [`processors`] the built-in
 //!   kinds (`batch_validation`, `batch_tests`, `batch_mcp`, `batch_agent_tasks`).
 //! - [`sandbox`]: every process the engine starts for a job (spawning, the guardian) and
@@ -23,28 +23,23 @@
 //! - [`submission`]: request bodies, JSONL and cron templates turned into jobs, and the
 //!   admission check every job passes before it is stored.
 //! - [`api`]: the REST surface; [`app`]: the HTTP application used by the binary and tests.
-//! - [`webhooks`]: `callback_url` deliveries from a durable outbox; [`retention`]: pruning
-//!   finished jobs.
+//! - [`services`]: the background tasks beside the queue: cron schedules, the cluster's
+//!   heartbeats and rescue, webhook deliveries from a durable outbox, retention.
 
-pub mod actors;
 pub mod agent;
 pub mod api;
 pub mod app;
-pub mod bench;
-pub mod client;
-pub mod cluster;
 pub mod engine;
 pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod processor;
 pub mod processors;
-pub mod retention;
+pub mod queue;
 pub mod sandbox;
-pub mod schedules;
+pub mod services;
 pub mod store;
 pub mod submission;
-pub mod webhooks;
 
 pub use app::{Application, ServeConfig};
 pub use engine::{Engine, EngineBuilder, EngineConfig, StartError};

@@ -1,5 +1,7 @@
 //! The `batchforge` binary: a thin command line over the library.
 
+mod cli;
+
 use batchforge::{Application, EngineConfig, ServeConfig};
 use clap::{Parser, Subcommand};
 use std::collections::HashMap;
@@ -12,7 +14,7 @@ use std::time::Duration;
 #[command(name = "batchforge", version, about)]
 struct Cli {
     #[command(flatten)]
-    client: batchforge::client::ClientArgs,
+    client: cli::client::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,11 +24,11 @@ enum Command {
     /// Run the engine and its REST API.
     Serve(Box<ServeArgs>),
     /// Measure the engine: runs `batchforge serve` children and prints a table per scenario.
-    Bench(batchforge::bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Serve batchforge's sandboxed filesystem tools over MCP on stdin/stdout.
     McpServer(batchforge::mcp::server::ServerArgs),
     #[command(flatten)]
-    Client(batchforge::client::ClientCommand),
+    Client(cli::client::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -133,15 +135,15 @@ struct ServeArgs {
     allowed_hosts: Vec<String>,
     /// Delete finished jobs (with their items) this long after they finished: 7d, 12h,
     /// 30m, 45s. Default: keep them.
-    #[arg(long, env = "BATCHFORGE_RETENTION", value_parser = batchforge::retention::parse_duration)]
+    #[arg(long, env = "BATCHFORGE_RETENTION", value_parser = batchforge::services::retention::parse_duration)]
     retention: Option<Duration>,
     /// PostgreSQL: how often this node heartbeats, renews the leases of its running
     /// items and looks for dead nodes (2s, 500ms… as 0.5s).
-    #[arg(long, env = "BATCHFORGE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = batchforge::retention::parse_duration)]
+    #[arg(long, env = "BATCHFORGE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = batchforge::services::retention::parse_duration)]
     heartbeat_interval: Duration,
     /// PostgreSQL: a node silent this long is dead and its running items are rescued by
     /// the others. At least twice the heartbeat interval.
-    #[arg(long, env = "BATCHFORGE_NODE_TIMEOUT", default_value = "10s", value_parser = batchforge::retention::parse_duration)]
+    #[arg(long, env = "BATCHFORGE_NODE_TIMEOUT", default_value = "10s", value_parser = batchforge::services::retention::parse_duration)]
     node_timeout: Duration,
 }
 
@@ -172,7 +174,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
         Command::Serve(args) => serve(*args, cli.client.token),
-        Command::Client(command) => batchforge::client::run(cli.client, command),
+        Command::Client(command) => cli::client::run(cli.client, command),
         Command::McpServer(args) => match batchforge::mcp::server::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -180,7 +182,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        Command::Bench(args) => match batchforge::bench::run(args) {
+        Command::Bench(args) => match cli::bench::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -321,13 +323,13 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
             builtin_processors: true,
             mcp,
             agent,
-            webhooks: batchforge::webhooks::WebhookConfig {
+            webhooks: batchforge::services::webhooks::WebhookConfig {
                 secret: args.webhook_secret,
                 allow_private: args.webhook_allow_private,
                 ..Default::default()
             },
             retention: args.retention,
-            cluster: batchforge::cluster::ClusterConfig {
+            cluster: batchforge::services::cluster::ClusterConfig {
                 heartbeat_interval: args.heartbeat_interval,
                 node_timeout: args.node_timeout,
             },

@@ -1,8 +1,8 @@
 //! The HTTP error boundary: one enum, one JSON shape (`{"detail": …}`, the seed's FastAPI
 //! form, plus `field` when one field is at fault).
 
-use crate::actors::messages::EngineError;
 use crate::model::FieldError;
+use crate::queue::messages::EngineError;
 use crate::submission::SubmissionError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};

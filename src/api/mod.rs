@@ -10,12 +10,12 @@ pub mod schedules;
 pub mod secrets;
 mod submit;
 
-use crate::actors::messages::{
-    EngineError, GetJob, GetMetrics, KindInfo, ListItems, ListJobs, Ping, ReadResults, Subscribe,
-};
-use crate::actors::tracker::{TrackerEvent, TrackerEventKind};
 use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
+use crate::queue::messages::{
+    EngineError, GetJob, GetMetrics, KindInfo, ListItems, ListJobs, Ping, ReadResults, Subscribe,
+};
+use crate::queue::tracker::{TrackerEvent, TrackerEventKind};
 use crate::store::job_control::CancelOutcome;
 use crate::store::results::ResultRow;
 use crate::submission::{parse_body, retry_statuses, RetryRequest, MAX_BODY_BYTES};
@@ -321,7 +321,7 @@ async fn retry_job(engine: web::Data<Engine>, id: web::Path<String>, body: Bytes
     match engine.retry(&id, statuses).await? {
         RetryOutcome::Requeued { items, job } => Ok(HttpResponse::Ok().json(RetryResponse {
             requeued: items,
-            job: JobResponse::from(crate::actors::messages::JobView {
+            job: JobResponse::from(crate::queue::messages::JobView {
                 record: *job,
                 live: None,
                 replayed: false,
@@ -344,7 +344,7 @@ async fn set_paused(engine: &Engine, id: String, paused: bool) -> Reply {
     use crate::store::job_control::PauseOutcome;
     match engine.set_paused(&id, paused).await? {
         PauseOutcome::Done(record) => Ok(HttpResponse::Ok().json(JobResponse::from(
-            crate::actors::messages::JobView {
+            crate::queue::messages::JobView {
                 record: *record,
                 live: None,
                 replayed: false,
@@ -726,5 +726,5 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::from(crate::actors::messages::EngineError::from(e))
+    ApiError::from(crate::queue::messages::EngineError::from(e))
 }

@@ -7,9 +7,9 @@ use super::responses::{
     CancelResponse, HealthResponse, ItemList, ItemResponse, JobList, JobResponse, KindList,
     ResultLine, RetryResponse, StatsResponse,
 };
-use crate::actors::messages::KindInfo;
-use crate::actors::tracker::Progress;
 use crate::model::{ItemStatus, JobStatus, QueueStats};
+use crate::queue::messages::KindInfo;
+use crate::queue::tracker::Progress;
 use crate::submission::{
     AgentTask, AgentTasksRequest, GenericJobRequest, McpOperation, McpOperationType, McpRequest,
     PathTarget, RetryRequest, TestsRequest, ValidationRequest,

@@ -1,8 +1,8 @@
 //! Response bodies, in the seed's shapes.
 
-use crate::actors::messages::JobView;
-use crate::actors::tracker::Progress;
 use crate::model::{ItemRecord, JobStatus};
+use crate::queue::messages::JobView;
+use crate::queue::tracker::Progress;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -209,7 +209,7 @@ pub struct ResultLine {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KindList {
     /// Every registered kind, by name.
-    pub kinds: Vec<crate::actors::messages::KindInfo>,
+    pub kinds: Vec<crate::queue::messages::KindInfo>,
 }
 
 /// `POST /batch/jobs/{id}/retry`.

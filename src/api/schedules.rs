@@ -1,8 +1,8 @@
-//! `/batch/schedules`: cron schedules that submit a job per tick (see [`crate::schedules`]).
+//! `/batch/schedules`: cron schedules that submit a job per tick (see [`crate::services::cron`]).
 
 use super::error::{ApiError, ErrorBody};
 use crate::engine::Engine;
-use crate::schedules::NewSchedule;
+use crate::services::cron::NewSchedule;
 use crate::store::schedules::ScheduleRecord;
 use crate::submission::{parse_body, GenericJobRequest};
 use actix_web::web::{self, Bytes};

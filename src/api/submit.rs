@@ -4,8 +4,8 @@
 use super::error::{ApiError, ErrorBody};
 use super::responses::JobResponse;
 use super::Reply;
-use crate::actors::messages::EngineError;
 use crate::engine::Engine;
+use crate::queue::messages::EngineError;
 use crate::submission::*;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -16,7 +16,7 @@ async fn submit(engine: &Engine, job: crate::model::NewJob) -> Reply {
 
 /// A submission's answer: the job, marked `Idempotent-Replayed: true` when its
 /// idempotency key returned a job created before.
-fn job_reply(view: crate::actors::messages::JobView) -> Reply {
+fn job_reply(view: crate::queue::messages::JobView) -> Reply {
     let mut reply = HttpResponse::Ok();
     if view.replayed {
         reply.insert_header(("idempotent-replayed", "true"));

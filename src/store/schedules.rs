@@ -1,5 +1,5 @@
 //! The `schedules` table: cron schedules and where their ticks stand (see
-//! `crate::schedules`). Every tick transition is guarded by the `next_run_at` its caller
+//! `crate::services::cron`). Every tick transition is guarded by the `next_run_at` its caller
 //! read, so two schedulers never both advance one tick.
 
 use super::schema::schedules;

@@ -61,9 +61,10 @@ fn build_job(
 ) -> Result<NewJob, SubmissionError> {
     let schedule = take_schedule(&mut raw)?;
     // Kept in the options: the webhook outbox reads it from there when the job finishes.
-    if let Some(url) = raw.get(crate::webhooks::CALLBACK_URL_FIELD) {
-        crate::webhooks::check_callback_url(url)
-            .map_err(|m| SubmissionError::invalid(crate::webhooks::CALLBACK_URL_FIELD, m))?;
+    if let Some(url) = raw.get(crate::services::webhooks::CALLBACK_URL_FIELD) {
+        crate::services::webhooks::check_callback_url(url).map_err(|m| {
+            SubmissionError::invalid(crate::services::webhooks::CALLBACK_URL_FIELD, m)
+        })?;
     }
     raw.remove(items_field);
     raw.remove("metadata");

@@ -275,7 +275,7 @@ pub struct ScheduleFields {
     #[schema(value_type = Option<String>, max_length = 255, example = "nightly-2026-11-26")]
     pub idempotency_key: Option<Value>,
     /// An http or https URL that gets a `job.finished` POST when the job finishes (kept in
-    /// the job's options; checked in `build_job`, see `crate::webhooks`).
+    /// the job's options; checked in `build_job`, see `crate::services::webhooks`).
     #[schema(value_type = Option<String>, max_length = 2048, example = "https://ci.example.com/hooks/batchforge")]
     pub callback_url: Option<Value>,
     /// Ids of jobs that must complete before this one starts; if one fails or is

@@ -204,7 +204,7 @@ async fn a_retry_waiting_out_its_delay_across_a_restart_still_runs() {
     let page = || {
         first
             .supervisor()
-            .send(batchforge::actors::messages::ListItems {
+            .send(batchforge::queue::messages::ListItems {
                 job_id: id.clone(),
                 status: None,
                 limit: 10,

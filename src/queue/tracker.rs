@@ -6,14 +6,14 @@
 //! at most ten a second per job, one event per finished item, and a job's end. The database
 //! stays the truth for counters; the Tracker adds what is not worth storing.
 
-use crate::actors::messages::{Counts, GetProgress, ProgressUpdate, Subscribe};
 use crate::model::now;
+use crate::queue::messages::{Counts, GetProgress, ProgressUpdate, Subscribe};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 // The snapshot and event types are part of the protocol; re-exported where readers look.
-pub use crate::actors::messages::{percentage, Progress, TrackerEvent, TrackerEventKind};
+pub use crate::queue::messages::{percentage, Progress, TrackerEvent, TrackerEventKind};
 
 struct Live {
     counts: Counts,

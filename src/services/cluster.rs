@@ -16,9 +16,9 @@
 //! SQLite has one engine per database: none of this runs there, and a restart recovers
 //! every item left running (`recover_abandoned_items`).
 
-use crate::actors::messages::ClusterSync;
-use crate::actors::supervisor::Supervisor;
 use crate::model::now;
+use crate::queue::messages::ClusterSync;
+use crate::queue::supervisor::Supervisor;
 use crate::store::notice::Listener;
 use crate::store::{self, nodes::NodeRecord, recovery::Recovery};
 use crate::store::{Store, StoreError};
@@ -207,7 +207,7 @@ pub fn spawn_heartbeat(
                 .await;
             match beat {
                 Ok(true) => {}
-                Ok(false) => supervisor.do_send(crate::actors::messages::NodeLost),
+                Ok(false) => supervisor.do_send(crate::queue::messages::NodeLost),
                 Err(e) => {
                     log::warn!("heartbeat failed: {e}");
                     healthy_since = None;

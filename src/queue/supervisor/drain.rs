@@ -39,7 +39,7 @@ impl Drain {
 }
 
 impl Supervisor {
-    /// Begins the shutdown (see [`crate::actors::messages::Shutdown`]); the receiver hears
+    /// Begins the shutdown (see [`crate::queue::messages::Shutdown`]); the receiver hears
     /// when it is done.
     pub(super) fn shutdown(
         &mut self,

@@ -4,9 +4,9 @@
 
 use super::rotation::ActiveJob;
 use super::Supervisor;
-use crate::actors::messages::{EngineError, JobContext, ProgressUpdate};
 use crate::model::{now, AdmittedJob, JobRecord, NewJob};
 use crate::processor::ProgressReporter;
+use crate::queue::messages::{EngineError, JobContext, ProgressUpdate};
 use crate::store;
 use crate::submission::{check_job, AdmissionRules};
 use actix::prelude::*;

@@ -4,10 +4,10 @@
 //! limit allow, so the Worker needs no semaphore of its own: it starts what it is given and
 //! reports each outcome back.
 
-use crate::actors::messages::{ItemFinished, RunItems};
 use crate::metrics::Metrics;
 use crate::model::{now, ClaimedItem, FinishedItem, ItemOutcome};
 use crate::processor::{Item, ItemContext, Processor};
+use crate::queue::messages::{ItemFinished, RunItems};
 use actix::prelude::*;
 use futures_util::FutureExt;
 use serde_json::json;

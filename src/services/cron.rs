@@ -27,12 +27,12 @@
 //! fall-back repeats runs once (at its first pass); interval patterns (`0 * * * *`) run
 //! once per real hour.
 
-use crate::actors::messages::EngineError;
-use crate::actors::supervisor::ValidateJob;
-use crate::engine::Engine;
 use crate::model::{now, FieldError, NewJob};
+use crate::queue::messages::EngineError;
+use crate::queue::messages::SubmitJob;
 use crate::store::Store;
 use crate::store::{self, schedules::ScheduleRecord};
+use actix::Recipient;
 use chrono::TimeZone;
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
@@ -141,7 +141,7 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
     })
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> EngineError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> EngineError {
     FieldError::new(field, message).into()
 }
 
@@ -206,9 +206,10 @@ impl Scheduler {
         }
     }
 
-    /// Starts the engine's ticker task on the current actix arbiter.
-    pub(crate) fn start(engine: &Engine) {
-        actix::spawn(run(engine.clone()));
+    /// Starts the engine's ticker task on the current actix arbiter; due ticks are
+    /// submitted through `submit` (the Supervisor), like any other job.
+    pub(crate) fn start(&self, submit: Recipient<SubmitJob>) {
+        actix::spawn(run(self.clone(), submit));
     }
 
     /// Stops the ticker (at shutdown); a tick being submitted finishes first.
@@ -216,185 +217,12 @@ impl Scheduler {
         self.inner.stop.cancel();
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.inner.wake.notify_one();
     }
 
-    fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.inner.store
-    }
-}
-
-impl Engine {
-    /// Checks a job as a submission would (every admission check:
-    /// [`crate::submission::check_job`]) without storing it.
-    pub async fn validate_job(&self, job: &NewJob) -> Result<(), EngineError> {
-        self.supervisor().send(ValidateJob(job.clone())).await?
-    }
-
-    /// Creates a schedule after checking its expression, time zone and job; answers it
-    /// with `true` when it was created, `false` when a schedule of the same name and
-    /// definition already existed.
-    pub async fn create_schedule(
-        &self,
-        new: NewSchedule,
-    ) -> Result<(ScheduleRecord, bool), EngineError> {
-        let name = match new.name {
-            None => None,
-            Some(n) if n.trim().is_empty() => {
-                return Err(invalid("name", "must not be empty when given"))
-            }
-            Some(n) if n.len() > MAX_NAME_LEN => {
-                return Err(invalid(
-                    "name",
-                    format!("must be at most {MAX_NAME_LEN} bytes"),
-                ))
-            }
-            Some(n) => Some(n),
-        };
-        let timezone = new
-            .timezone
-            .map(|t| t.trim().to_string())
-            .unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
-        let cron = new.cron.trim().to_string();
-        let schedule = CronSchedule::parse(&cron, &timezone)?;
-        let job = job_from_template(&new.job, "", None)?;
-        match self.validate_job(&job).await {
-            Err(EngineError::NoProcessor(kind)) => {
-                return Err(invalid(
-                    "job.type",
-                    format!("no processor of kind '{kind}' is registered in this engine"),
-                ))
-            }
-            Err(EngineError::Invalid { field, message }) => {
-                return Err(invalid(format!("job.{field}"), message))
-            }
-            other => other?,
-        }
-        let created_at = now();
-        let Some(next) = schedule
-            .next_after_blocking(created_at.floor() as i64)
-            .await?
-        else {
-            return Err(invalid(
-                "cron",
-                format!("'{cron}' matches no time from now on"),
-            ));
-        };
-        let record = ScheduleRecord {
-            id: new_schedule_id(),
-            name,
-            cron,
-            timezone,
-            job: new.job.to_string(),
-            paused_at: None,
-            next_run_at: next as f64,
-            last_run_at: None,
-            last_job_id: None,
-            last_error: None,
-            created_at,
-        };
-        let template = new.job;
-        let answer = self
-            .schedules
-            .store()
-            .write(move |conn| {
-                if let Some(name) = &record.name {
-                    if let Some(existing) = store::schedules::schedule_by_name(conn, name)? {
-                        let same = existing.cron == record.cron
-                            && existing.timezone == record.timezone
-                            && serde_json::from_str::<Value>(&existing.job).ok() == Some(template);
-                        return Ok(if same {
-                            Ok((existing, false))
-                        } else {
-                            Err(existing)
-                        });
-                    }
-                }
-                store::schedules::insert_schedule(conn, &record)?;
-                Ok(Ok((record, true)))
-            })
-            .await?;
-        match answer {
-            Ok(answer) => {
-                self.schedules.wake();
-                Ok(answer)
-            }
-            Err(existing) => Err(EngineError::Conflict(format!(
-                "a schedule named '{}' already exists ({}) with another definition; delete it \
-                 or choose another name",
-                existing.name.unwrap_or_default(),
-                existing.id
-            ))),
-        }
-    }
-
-    /// Every schedule, oldest first.
-    pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
-        Ok(self
-            .schedules
-            .store()
-            .read(store::schedules::list_schedules)
-            .await?)
-    }
-
-    /// One schedule; `None` when unknown.
-    pub async fn schedule(&self, id: &str) -> Result<Option<ScheduleRecord>, EngineError> {
-        let id = id.to_string();
-        Ok(self
-            .schedules
-            .store()
-            .read(move |conn| store::schedules::get_schedule(conn, &id))
-            .await?)
-    }
-
-    /// Pauses a schedule (no tick fires while paused) or resumes it: its next tick is then
-    /// the first one after now, the ticks it missed while paused are not run. `None` when
-    /// unknown.
-    pub async fn set_schedule_paused(
-        &self,
-        id: &str,
-        paused: bool,
-    ) -> Result<Option<ScheduleRecord>, EngineError> {
-        let store = self.schedules.store();
-        let id = id.to_string();
-        if paused {
-            return Ok(store
-                .write(move |conn| store::schedules::pause_schedule(conn, &id, now()))
-                .await?);
-        }
-        let for_read = id.clone();
-        let Some(current) = store
-            .read(move |conn| store::schedules::get_schedule(conn, &for_read))
-            .await?
-        else {
-            return Ok(None);
-        };
-        if current.paused_at.is_none() {
-            return Ok(Some(current));
-        }
-        let schedule = CronSchedule::parse(&current.cron, &current.timezone)?;
-        let Some(next) = schedule.next_after_blocking(now().floor() as i64).await? else {
-            return Err(EngineError::Conflict(format!(
-                "schedule '{id}' cannot resume: '{}' matches no time from now on",
-                current.cron
-            )));
-        };
-        let resumed = store
-            .write(move |conn| store::schedules::resume_schedule(conn, &id, next as f64))
-            .await?;
-        self.schedules.wake();
-        Ok(resumed)
-    }
-
-    /// Deletes a schedule (the jobs it created stay). Returns whether it existed.
-    pub async fn delete_schedule(&self, id: &str) -> Result<bool, EngineError> {
-        let id = id.to_string();
-        Ok(self
-            .schedules
-            .store()
-            .write(move |conn| store::schedules::delete_schedule(conn, &id))
-            .await?)
     }
 }
 
@@ -433,8 +261,7 @@ fn waiting(backoff: &Backoff, t: f64) -> Vec<String> {
 }
 
 /// The ticker: fires due ticks until the engine stops.
-async fn run(engine: Engine) {
-    let scheduler = engine.schedules.clone();
+async fn run(scheduler: Scheduler, submit: Recipient<SubmitJob>) {
     let store = scheduler.store().clone();
     let stop = scheduler.inner.stop.clone();
     let mut backoff = Backoff::new();
@@ -442,7 +269,7 @@ async fn run(engine: Engine) {
         if stop.is_cancelled() {
             return;
         }
-        let wait = match pass(&engine, &store, &mut backoff).await {
+        let wait = match pass(&submit, &store, &mut backoff).await {
             Pass::Stop => return,
             Pass::Failed => MAX_SLEEP,
             Pass::Done { full: true } => Duration::ZERO,
@@ -481,7 +308,7 @@ async fn run(engine: Engine) {
 }
 
 /// Fires every due schedule once, but those waiting out a failure.
-async fn pass(engine: &Engine, store: &Store, backoff: &mut Backoff) -> Pass {
+async fn pass(submit: &Recipient<SubmitJob>, store: &Store, backoff: &mut Backoff) -> Pass {
     let t = now();
     // Forget failures long past (a schedule deleted while it was failing).
     backoff.retain(|_, (until, _)| *until > t - 2.0 * MAX_RETRY_DELAY);
@@ -499,7 +326,7 @@ async fn pass(engine: &Engine, store: &Store, backoff: &mut Backoff) -> Pass {
     let full = due.len() as i64 == DUE_BATCH;
     for schedule in due {
         let id = schedule.id.clone();
-        match fire(engine, store, schedule, t).await {
+        match fire(submit, store, schedule, t).await {
             Ok(Fired::Done) => {
                 backoff.remove(&id);
             }
@@ -518,7 +345,12 @@ async fn pass(engine: &Engine, store: &Store, backoff: &mut Backoff) -> Pass {
 /// A tick whose job is wrong for good (its template no longer passes the checks) is
 /// skipped with the reason in `last_error`; one that failed for a reason that may pass
 /// stays due ([`Fired::RetryLater`]).
-async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Result<Fired, Pass> {
+async fn fire(
+    submit: &Recipient<SubmitJob>,
+    store: &Store,
+    s: ScheduleRecord,
+    t: f64,
+) -> Result<Fired, Pass> {
     let expected = s.next_run_at;
     let id = s.id.clone();
     let schedule = match CronSchedule::parse(&s.cron, &s.timezone) {
@@ -557,7 +389,10 @@ async fn fire(engine: &Engine, store: &Store, s: ScheduleRecord, t: f64) -> Resu
                 })
                 .await
             {
-                Ok(true) => engine.submit(job).await,
+                Ok(true) => submit
+                    .send(SubmitJob(job))
+                    .await
+                    .unwrap_or_else(|e| Err(e.into())),
                 Ok(false) => {
                     log::debug!(
                         "schedule {id}: tick {tick} no longer due (paused, deleted or fired)"

@@ -7,10 +7,10 @@
 use super::groups::SlotAsk;
 use super::rotation::Claim;
 use super::Supervisor;
-use crate::actors::messages::{EngineError, JobView, ProgressUpdate};
 use crate::model::{
     new_job_id, now, AdmittedJob, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus,
 };
+use crate::queue::messages::{EngineError, JobView, ProgressUpdate};
 use crate::store::commit::{self as transaction, Batch, ClaimAsk, Committed, Inserted};
 use crate::store::items::Release;
 use crate::store::StoreError;

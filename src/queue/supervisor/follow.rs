@@ -3,8 +3,8 @@
 //! rescue, or caught by a fallback poll; the Supervisor reads it and follows here.
 
 use super::Supervisor;
-use crate::actors::messages::ClusterSync;
 use crate::model::{now, JobRecord, JobStatus};
+use crate::queue::messages::ClusterSync;
 use crate::store;
 use crate::store::{Conn, StoreError};
 use actix::prelude::*;
@@ -154,7 +154,7 @@ impl Supervisor {
         self.sync(ctx);
     }
 
-    /// This node was declared dead (see [`crate::actors::messages::NodeLost`]).
+    /// This node was declared dead (see [`crate::queue::messages::NodeLost`]).
     pub(super) fn node_lost(&mut self, ctx: &mut Context<Self>) {
         let ids: Vec<Arc<str>> = self.rotation.jobs.keys().cloned().collect();
         for id in ids {

@@ -4,7 +4,7 @@
 //! it had, 2 when the command could not do its work (bad usage, unreachable server, an
 //! error answer), so it drops into CI pipelines.
 
-use crate::model::JobStatus;
+use batchforge::model::JobStatus;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::io::Write;

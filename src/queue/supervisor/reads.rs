@@ -3,10 +3,10 @@
 //! they run as plain futures beside the actor's own work.
 
 use super::Supervisor;
-use crate::actors::messages::*;
-use crate::actors::tracker::Tracker;
 use crate::metrics::Snapshot;
 use crate::model::{JobRecord, JobStatus, QueueStats};
+use crate::queue::messages::*;
+use crate::queue::tracker::Tracker;
 use crate::store;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -181,7 +181,7 @@ impl Handler<GetMetrics> for Supervisor {
 }
 
 impl Handler<Subscribe> for Supervisor {
-    type Result = ResponseFuture<tokio::sync::mpsc::Receiver<crate::actors::tracker::TrackerEvent>>;
+    type Result = ResponseFuture<tokio::sync::mpsc::Receiver<crate::queue::tracker::TrackerEvent>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
         let tracker = self.tracker.clone();

@@ -1,4 +1,5 @@
-//! The actor topology.
+//! The queue: the actors that own it (Supervisor, one Worker per kind, Tracker) and their
+//! protocol. Their topology:
 //!
 //! ```text
 //! HTTP handler ──msg──▶ Supervisor ──(blocking pool)──▶ Store

@@ -6,9 +6,9 @@
 //! event loop. Queues that must be "already there" are written straight into the database
 //! through the library's store API before the child starts.
 
-use crate::model::{new_job_id, now, NewItem, NewJob};
-use crate::processors::noop;
-use crate::store::{self, databases, DatabaseUrl, Store, StoreError};
+use batchforge::model::{new_job_id, now, NewItem, NewJob};
+use batchforge::processors::noop;
+use batchforge::store::{self, databases, DatabaseUrl, Store, StoreError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

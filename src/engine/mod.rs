@@ -1,13 +1,15 @@
 //! Starting the engine: store, recovery, actors. The handle, [`Engine`], is what the HTTP
 //! layer and embedding applications talk to.
 
-use crate::actors::messages::*;
-use crate::actors::supervisor::{Supervisor, SupervisorConfig};
-use crate::actors::tracker::Tracker;
+mod schedules;
+
 use crate::mcp::{McpConfig, McpRegistry};
 use crate::model::{now, NewJob, QueueStats};
 use crate::processor::Processor;
 use crate::processors::{agent, mcp, test_suite, validation};
+use crate::queue::messages::*;
+use crate::queue::supervisor::{Supervisor, SupervisorConfig};
+use crate::queue::tracker::Tracker;
 use crate::store::{self, job_control::CancelOutcome};
 use crate::store::{DatabaseUrl, Store, StoreError};
 use actix::prelude::*;
@@ -39,13 +41,13 @@ pub struct EngineConfig {
     /// The LLM endpoint and limits of `batch_agent_tasks`.
     pub agent: crate::agent::AgentConfig,
     /// Delivery of `callback_url` webhooks (signing secret, timeout, backoff).
-    pub webhooks: crate::webhooks::WebhookConfig,
+    pub webhooks: crate::services::webhooks::WebhookConfig,
     /// Delete finished jobs this long after they finished; `None` keeps them.
     pub retention: Option<Duration>,
     /// How often retention looks for jobs to delete.
     pub retention_interval: Duration,
     /// Heartbeats and failure detection of nodes sharing a PostgreSQL queue.
-    pub cluster: crate::cluster::ClusterConfig,
+    pub cluster: crate::services::cluster::ClusterConfig,
 }
 
 impl Default for EngineConfig {
@@ -59,10 +61,10 @@ impl Default for EngineConfig {
             builtin_processors: true,
             mcp: McpConfig::default(),
             agent: crate::agent::AgentConfig::default(),
-            webhooks: crate::webhooks::WebhookConfig::default(),
+            webhooks: crate::services::webhooks::WebhookConfig::default(),
             retention: None,
-            retention_interval: crate::retention::DEFAULT_INTERVAL,
-            cluster: crate::cluster::ClusterConfig::default(),
+            retention_interval: crate::services::retention::DEFAULT_INTERVAL,
+            cluster: crate::services::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -190,14 +192,14 @@ impl EngineBuilder {
                     for (group, limit) in &groups {
                         store::groups::ensure_group_slots(conn, group, *limit)?;
                     }
-                    crate::cluster::rescue(conn, &node, node_timeout, false)?.1
+                    crate::services::cluster::rescue(conn, &node, node_timeout, false)?.1
                 } else {
                     store::recovery::recover_abandoned_items(conn, t)?
                 };
                 store::nodes::register_node(
                     conn,
                     &node,
-                    &crate::cluster::host_identity(),
+                    &crate::services::cluster::host_identity(),
                     std::process::id(),
                     t,
                 )?;
@@ -241,27 +243,27 @@ impl EngineBuilder {
         .start();
         let background = tokio_util::sync::CancellationToken::new();
         if let Some(pg) = store.postgres_url() {
-            crate::cluster::spawn_heartbeat(
+            crate::services::cluster::spawn_heartbeat(
                 store.clone(),
                 node_id.clone(),
                 config.cluster.clone(),
                 supervisor.clone(),
                 background.clone(),
             );
-            crate::cluster::spawn_listener(
+            crate::services::cluster::spawn_listener(
                 pg.to_string(),
                 node_id.clone(),
                 supervisor.clone(),
                 background.clone(),
             );
         }
-        crate::webhooks::spawn_dispatcher(
+        crate::services::webhooks::spawn_dispatcher(
             store.clone(),
             config.webhooks.clone(),
             background.clone(),
         );
         if let Some(retention) = config.retention {
-            crate::retention::spawn_pruner(
+            crate::services::retention::spawn_pruner(
                 store.clone(),
                 retention,
                 config.retention_interval,
@@ -274,14 +276,16 @@ impl EngineBuilder {
             node_id,
             workspace: Arc::new(workspace),
             background,
-            schedules: crate::schedules::Scheduler::new(store.clone()),
+            schedules: crate::services::cron::Scheduler::new(store.clone()),
         };
-        crate::schedules::Scheduler::start(&engine);
+        engine
+            .schedules
+            .start(engine.supervisor().clone().recipient());
         Ok(engine)
     }
 }
 
-use crate::cluster::hostname;
+use crate::services::cluster::hostname;
 
 /// A running engine. Cheap to clone; every method is one message to the Supervisor.
 #[derive(Clone)]
@@ -292,8 +296,8 @@ pub struct Engine {
     workspace: Arc<PathBuf>,
     /// Stops the webhook dispatcher and the retention pruner.
     background: tokio_util::sync::CancellationToken,
-    /// The cron schedules' store and ticker (`crate::schedules`).
-    pub(crate) schedules: crate::schedules::Scheduler,
+    /// The cron schedules' store and ticker (`crate::services::cron`).
+    pub(crate) schedules: crate::services::cron::Scheduler,
 }
 
 impl Engine {
@@ -343,7 +347,7 @@ impl Engine {
         paused: bool,
     ) -> Result<crate::store::job_control::PauseOutcome, EngineError> {
         self.supervisor
-            .send(crate::actors::messages::PauseJob {
+            .send(crate::queue::messages::PauseJob {
                 job_id: job_id.to_string(),
                 paused,
             })
@@ -358,7 +362,7 @@ impl Engine {
         statuses: Vec<crate::model::ItemStatus>,
     ) -> Result<crate::store::job_control::RetryOutcome, EngineError> {
         self.supervisor
-            .send(crate::actors::messages::RetryJob {
+            .send(crate::queue::messages::RetryJob {
                 job_id: job_id.to_string(),
                 statuses,
             })
@@ -370,9 +374,9 @@ impl Engine {
         &self,
         kind: &str,
         paused: bool,
-    ) -> Result<crate::actors::messages::KindInfo, EngineError> {
+    ) -> Result<crate::queue::messages::KindInfo, EngineError> {
         self.supervisor
-            .send(crate::actors::messages::PauseKind {
+            .send(crate::queue::messages::PauseKind {
                 kind: kind.to_string(),
                 paused,
             })
@@ -380,10 +384,10 @@ impl Engine {
     }
 
     /// The registered kinds, their limits, running items and whether they are paused.
-    pub async fn kinds(&self) -> Result<Vec<crate::actors::messages::KindInfo>, EngineError> {
+    pub async fn kinds(&self) -> Result<Vec<crate::queue::messages::KindInfo>, EngineError> {
         Ok(self
             .supervisor
-            .send(crate::actors::messages::ListKinds)
+            .send(crate::queue::messages::ListKinds)
             .await?)
     }
 

@@ -25,15 +25,15 @@ mod lifecycle;
 mod reads;
 mod rotation;
 
-pub use crate::actors::messages::ValidateJob;
+pub use crate::queue::messages::ValidateJob;
 pub use rotation::{effective_priority, AGING_SECS};
 
-use crate::actors::messages::*;
-use crate::actors::tracker::Tracker;
-use crate::actors::worker::Worker;
 use crate::metrics::Metrics;
 use crate::model::{now, JobRecord};
 use crate::processor::Processor;
+use crate::queue::messages::*;
+use crate::queue::tracker::Tracker;
+use crate::queue::worker::Worker;
 use crate::store::Store;
 use crate::store::{self, job_control::CancelOutcome};
 use actix::prelude::*;

@@ -12,8 +12,8 @@
 //! after a huge one gets the next free slot instead of waiting for the huge one to drain.
 
 use super::groups::{GroupSlot, Groups};
-use crate::actors::messages::{Counts, JobContext};
 use crate::model::{ClaimedItem, RetryPolicy};
+use crate::queue::messages::{Counts, JobContext};
 use crate::store;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 
 use super::commit::cancelled_outcome;
 use super::Supervisor;
-use crate::actors::messages::{EngineError, KindInfo, ProgressUpdate};
 use crate::model::{now, ClaimedItem, FinishedItem, ItemStatus, JobStatus};
+use crate::queue::messages::{EngineError, KindInfo, ProgressUpdate};
 use crate::store::{self, job_control::CancelOutcome};
 use actix::prelude::*;
 use std::sync::Arc;
