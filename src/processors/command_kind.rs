@@ -1,6 +1,7 @@
 //! The processor shape shared by `batch_validation` and `batch_tests`: run one command per
 //! item with the item's path as the last argument, and judge the exit code.
 
+use crate::model::summary::SummaryAlias;
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
 use crate::sandbox::confine::Root;
@@ -28,6 +29,8 @@ pub struct CommandProcessor {
     pub(super) default_command: &'static str,
     /// Which exit codes count as passing.
     pub(super) passes: fn(i32) -> bool,
+    /// The original's names for this kind's summary counts.
+    pub(super) summary_aliases: &'static [SummaryAlias],
     pub(super) concurrency: usize,
 }
 
@@ -75,6 +78,10 @@ impl Processor for CommandProcessor {
 
     fn default_concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    fn summary_aliases(&self) -> &'static [SummaryAlias] {
+        self.summary_aliases
     }
 
     fn validate_options(&self, options: &Value) -> Result<(), FieldError> {

@@ -32,6 +32,17 @@ impl Tally {
         self.processed += 1;
     }
 
+    /// How many items of this tally ended in `status` (0 for the open ones).
+    pub(super) fn count(&self, status: ItemStatus) -> i32 {
+        match status {
+            ItemStatus::Succeeded => self.succeeded,
+            ItemStatus::Failed => self.failed,
+            ItemStatus::Skipped => self.skipped,
+            ItemStatus::Cancelled => self.cancelled,
+            ItemStatus::Queued | ItemStatus::Running => 0,
+        }
+    }
+
     /// Adds this tally to one job's counters (through [`apply_tallies`], the one way
     /// counters move).
     pub(super) fn apply(self, conn: &mut Conn, job_id: &str) -> Result<(), StoreError> {

@@ -87,7 +87,8 @@ pub fn result_rows_after(
         .load(conn)?)
 }
 
-/// Builds `{summary, results, elapsed_seconds}` by splicing the items' stored JSON in
+/// Builds `{summary, results, elapsed_seconds}` (the summary with its kind's aliases,
+/// [`crate::model::summary`]) by splicing the items' stored JSON in
 /// submission order, without parsing each result again.
 pub(super) fn build_result(
     conn: &mut Conn,
@@ -138,13 +139,21 @@ pub(super) fn build_result(
         }
     }
     results.push(']');
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "total": total,
         "successful": tally.succeeded,
         "failed": tally.failed,
         "skipped": tally.skipped,
         "cancelled": tally.cancelled,
     });
+    // The kind's own names for these counts (`passed` for tests), beside batchforge's.
+    let kind: String = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::kind)
+        .first(conn)?;
+    for (key, status) in crate::model::summary::aliases(&kind) {
+        summary[*key] = tally.count(*status).into();
+    }
     let omitted = if kept < total {
         format!(r#","results_omitted":{}"#, total - kept)
     } else {
