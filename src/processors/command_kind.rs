@@ -1,6 +1,8 @@
 //! The processor shape shared by `batch_validation` and `batch_tests`: run one command per
-//! item with the item's path as the last argument, and judge the exit code.
+//! item with the item's target appended (as [`super::targets`] reads it), and judge the
+//! exit code.
 
+use super::targets::{target_words, TargetKind};
 use crate::model::summary::SummaryAlias;
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
@@ -106,6 +108,7 @@ impl Processor for CommandProcessor {
                 ),
             ));
         }
+        TargetKind::from_options(options)?;
         crate::model::options::seconds(options, "timeout_seconds", MAX_TIMEOUT_SECONDS)?;
         match options.get("max_output_bytes") {
             None | Some(Value::Null) => {}
@@ -140,8 +143,10 @@ impl Processor for CommandProcessor {
             result.insert("error".into(), json!(message));
             ItemOutcome::failed(Value::Object(result), message)
         };
-        let relative = match Root::new(&self.root).resolve_existing(&path) {
-            Ok(p) => p,
+        // Checked at submission; a job stored before the option existed reads as `path`.
+        let kind = TargetKind::from_options(&ctx.options).unwrap_or(TargetKind::Path);
+        let words = match target_words(Root::new(&self.root), &path, kind) {
+            Ok(w) => w,
             Err(e) => return error(result, e),
         };
         let command = self.command(&ctx.options);
@@ -149,13 +154,7 @@ impl Processor for CommandProcessor {
             Ok(a) => a,
             Err(e) => return error(result, format!("{}: {e}", self.command_option)),
         };
-        // `./` keeps a file named like an option (`-rf`) from being read as one.
-        let arg = relative.to_string_lossy().into_owned();
-        argv.push(if arg.starts_with('-') {
-            format!("./{arg}")
-        } else {
-            arg
-        });
+        argv.extend(words);
         ctx.progress.current(format!("{} {}", item.key, path));
         let spec = CommandSpec {
             argv,

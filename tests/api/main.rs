@@ -24,4 +24,5 @@ mod retention;
 mod retries;
 mod schedules;
 mod scheduling;
+mod targets;
 mod webhooks;
