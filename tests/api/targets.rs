@@ -307,3 +307,25 @@ async fn the_originals_example_flow_reads_its_own_summary_keys() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stats["stats"]["total"], 3, "{stats}");
 }
+
+#[actix_web::test]
+async fn a_jsonl_submission_takes_target_kind_in_its_query_string() {
+    let app = spawn_app().await;
+    let resp = crate::helpers::client()
+        .post(format!(
+            "{}/batch/tests?test_command=echo&target_kind=argument",
+            app.address
+        ))
+        .insert_header(("content-type", "application/x-ndjson"))
+        .send_body("{\"custom_id\": \"cargo\", \"path\": \"-p my-crate\"}\n")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (_, list) = app.get("/batch/jobs").await;
+    let id = list["jobs"][0]["job_id"].as_str().unwrap().to_string();
+    let job = app.wait_finished(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["options"]["target_kind"], "argument");
+    let r = by_id(&job, "module_id", "cargo");
+    assert_eq!(r["stdout"], "-p my-crate\n", "{r}");
+    assert_eq!(job["result"]["summary"]["passed"], 1);
+}
