@@ -34,6 +34,13 @@ pub trait Processor: Send + Sync + 'static {
         false
     }
 
+    /// Keys this kind adds to its jobs' result summary besides batchforge's own, each with
+    /// the item status it counts: `batch_tests` adds `("passed", Succeeded)`, the name the
+    /// Python original's test processor used. None by default.
+    fn summary_aliases(&self) -> &'static [crate::model::summary::SummaryAlias] {
+        &[]
+    }
+
     /// Checks a job's options at submission, before anything is stored. The error names
     /// the offending option.
     fn validate_options(&self, _options: &Value) -> Result<(), FieldError> {

@@ -153,6 +153,9 @@ impl EngineBuilder {
                 )));
             }
         }
+        for p in &processors {
+            crate::model::summary::declare(p.kind(), p.summary_aliases());
+        }
         let limited = processors
             .into_iter()
             .map(|p| {

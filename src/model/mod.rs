@@ -1,13 +1,14 @@
 //! Domain types shared by the store, the actors, the processors and the API.
 //!
-//! One file per concern: [`status`] (the state enums), [`job`], [`item`], and
-//! [`options`] (the engine's job options, typed). Everything is re-exported here, so
-//! `crate::model::X` names any of them.
+//! One file per concern: [`status`] (the state enums), [`job`], [`item`],
+//! [`options`] (the engine's job options, typed) and [`summary`] (the summary keys kinds
+//! add). Everything but `summary` is re-exported here, so `crate::model::X` names them.
 
 pub mod item;
 pub mod job;
 pub mod options;
 pub mod status;
+pub mod summary;
 
 pub use item::*;
 pub use job::*;

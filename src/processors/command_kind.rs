@@ -1,6 +1,9 @@
 //! The processor shape shared by `batch_validation` and `batch_tests`: run one command per
-//! item with the item's path as the last argument, and judge the exit code.
+//! item with the item's target appended (as [`super::targets`] reads it), and judge the
+//! exit code.
 
+use super::targets::{target_words, TargetKind};
+use crate::model::summary::SummaryAlias;
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
 use crate::sandbox::confine::Root;
@@ -28,6 +31,8 @@ pub struct CommandProcessor {
     pub(super) default_command: &'static str,
     /// Which exit codes count as passing.
     pub(super) passes: fn(i32) -> bool,
+    /// The original's names for this kind's summary counts.
+    pub(super) summary_aliases: &'static [SummaryAlias],
     pub(super) concurrency: usize,
 }
 
@@ -77,6 +82,10 @@ impl Processor for CommandProcessor {
         self.concurrency
     }
 
+    fn summary_aliases(&self) -> &'static [SummaryAlias] {
+        self.summary_aliases
+    }
+
     fn validate_options(&self, options: &Value) -> Result<(), FieldError> {
         let field = self.command_option;
         let command = match options.get(field) {
@@ -99,6 +108,7 @@ impl Processor for CommandProcessor {
                 ),
             ));
         }
+        TargetKind::from_options(options)?;
         crate::model::options::seconds(options, "timeout_seconds", MAX_TIMEOUT_SECONDS)?;
         match options.get("max_output_bytes") {
             None | Some(Value::Null) => {}
@@ -133,8 +143,10 @@ impl Processor for CommandProcessor {
             result.insert("error".into(), json!(message));
             ItemOutcome::failed(Value::Object(result), message)
         };
-        let relative = match Root::new(&self.root).resolve_existing(&path) {
-            Ok(p) => p,
+        // Checked at submission; a job stored before the option existed reads as `path`.
+        let kind = TargetKind::from_options(&ctx.options).unwrap_or(TargetKind::Path);
+        let words = match target_words(Root::new(&self.root), &path, kind) {
+            Ok(w) => w,
             Err(e) => return error(result, e),
         };
         let command = self.command(&ctx.options);
@@ -142,13 +154,7 @@ impl Processor for CommandProcessor {
             Ok(a) => a,
             Err(e) => return error(result, format!("{}: {e}", self.command_option)),
         };
-        // `./` keeps a file named like an option (`-rf`) from being read as one.
-        let arg = relative.to_string_lossy().into_owned();
-        argv.push(if arg.starts_with('-') {
-            format!("./{arg}")
-        } else {
-            arg
-        });
+        argv.extend(words);
         ctx.progress.current(format!("{} {}", item.key, path));
         let spec = CommandSpec {
             argv,

@@ -10,3 +10,4 @@ pub mod validation;
 pub use command_kind::CommandProcessor;
 
 mod command_kind;
+pub mod targets;

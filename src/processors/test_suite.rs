@@ -1,7 +1,8 @@
 //! `batch_tests`: runs a test command (default `pytest -v`) on each module.
-//! Only exit 0 passes.
+//! Only exit 0 passes. Its summary also counts passing items as `passed`, the original's name.
 
 use super::command_kind::{default_command_concurrency, CommandProcessor};
+use crate::model::ItemStatus;
 use std::path::Path;
 
 /// The kind name.
@@ -22,6 +23,7 @@ pub fn processor(workspace: &Path) -> std::io::Result<CommandProcessor> {
         command_option: "test_command",
         default_command: DEFAULT_TEST_COMMAND,
         passes,
+        summary_aliases: &[("passed", ItemStatus::Succeeded)],
         concurrency: default_command_concurrency(),
     })
 }

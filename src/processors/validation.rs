@@ -22,6 +22,7 @@ pub fn processor(workspace: &Path) -> std::io::Result<CommandProcessor> {
         command_option: "check_command",
         default_command: DEFAULT_CHECK_COMMAND,
         passes,
+        summary_aliases: &[],
         concurrency: default_command_concurrency(),
     })
 }

@@ -1,11 +1,13 @@
 //! Path confinement: the one place that decides whether a path a job, a tool call or a
 //! command line names stays inside its workspace root.
 //!
-//! Three callers ask three different questions, and [`Root`] answers each with its own
+//! Four callers ask four different questions, and [`Root`] answers each with its own
 //! method over the same lexical rules ([`normalize`]) and symlink resolution:
-//! - [`Root::resolve_existing`]: something that must exist (an item's target, a file to
-//!   read, a directory to list, a command's cwd). The kernel's own answer
-//!   (`canonicalize`) is the truth; a missing path is an error.
+//! - [`Root::resolve_existing`]: something that must exist (a file to read, a directory
+//!   to list, a command's cwd). The kernel's own answer (`canonicalize`) is the truth; a
+//!   missing path is an error.
+//! - [`Root::resolve_inside`]: an item's target, which must stay inside but may be
+//!   missing (the command reports a missing file itself, as the original's did).
 //! - [`Root::resolve_new_file`]: a file about to be written, which may not exist yet.
 //!   Existing components are followed as the kernel would, missing ones are plain names,
 //!   a dangling symlink is refused (the write would land wherever it points), and missing
@@ -96,6 +98,36 @@ impl<'a> Root<'a> {
             Ok(rel) if rel.as_os_str().is_empty() => Ok(PathBuf::from(".")),
             Ok(rel) => Ok(rel.to_path_buf()),
             Err(_) => Err(format!("path '{path}' is outside the workspace root")),
+        }
+    }
+
+    /// Resolves a user-given path that must lie inside the root but need not exist (an
+    /// item's target: a missing file is the command's business). Refuses what
+    /// [`Root::resolve_existing`] refuses; a missing path is followed through the
+    /// symlinks of its existing components (dangling ones lexically, as [`real_path`]
+    /// does), so a missing name under a link that leads out is refused too. Returns the
+    /// path relative to the root (`.` for the root itself).
+    pub fn resolve_inside(&self, path: &str) -> Result<PathBuf, String> {
+        check_text(path)?;
+        let joined = self.path.join(path);
+        let outside = || format!("path '{path}' is outside the workspace root");
+        let resolved = match joined.canonicalize() {
+            Ok(p) => p,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                if !normalize(&joined).is_some_and(|n| self.contains(&n)) {
+                    return Err(outside());
+                }
+                real_path(&joined)
+            }
+            Err(e) => return Err(format!("path '{path}': {e}")),
+        };
+        match resolved.strip_prefix(self.path) {
+            Ok(rel) if rel.as_os_str().is_empty() => Ok(PathBuf::from(".")),
+            Ok(rel) => Ok(rel.to_path_buf()),
+            Err(_) => Err(outside()),
         }
     }
 

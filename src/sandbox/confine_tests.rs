@@ -205,3 +205,51 @@ fn real_paths_follow_symlinks_also_dangling_ones() {
     );
     assert_eq!(real_path(&base.join("gone/../d")), base.join("d"));
 }
+
+#[test]
+fn a_target_may_be_missing_but_must_stay_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    let root = root.canonicalize().unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("gone"), root.join("dangling")).unwrap();
+    std::os::unix::fs::symlink(root.join("src"), root.join("alias")).unwrap();
+    let inside = |p: &str| Root::new(&root).resolve_inside(p);
+    assert_eq!(
+        inside("src/absent.py").unwrap(),
+        PathBuf::from("src/absent.py")
+    );
+    assert_eq!(
+        inside("src/../absent.py").unwrap(),
+        PathBuf::from("absent.py")
+    );
+    assert_eq!(
+        inside("alias/absent.py").unwrap(),
+        PathBuf::from("src/absent.py")
+    );
+    assert_eq!(inside("src").unwrap(), PathBuf::from("src"));
+    let abs = root.join("absent.py");
+    assert_eq!(
+        inside(abs.to_str().unwrap()).unwrap(),
+        PathBuf::from("absent.py")
+    );
+    for escape in [
+        "../x.py",
+        "src/../../x.py",
+        "/etc/passwd",
+        "/nowhere/x",
+        "out/passwd",
+        "out/absent",
+        "dangling",
+        "dangling/x",
+    ] {
+        let e = inside(escape).unwrap_err();
+        assert_eq!(
+            e,
+            format!("path '{escape}' is outside the workspace root"),
+            "{escape}"
+        );
+    }
+    assert!(inside("").is_err());
+}

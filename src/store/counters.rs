@@ -32,6 +32,34 @@ impl Tally {
         self.processed += 1;
     }
 
+    /// How many items of this tally ended in `status` (0 for the open ones).
+    pub(super) fn count(&self, status: ItemStatus) -> i32 {
+        match status {
+            ItemStatus::Succeeded => self.succeeded,
+            ItemStatus::Failed => self.failed,
+            ItemStatus::Skipped => self.skipped,
+            ItemStatus::Cancelled => self.cancelled,
+            ItemStatus::Queued | ItemStatus::Running => 0,
+        }
+    }
+
+    /// A job's `summary` from its counts: batchforge's keys, then the aliases its kind
+    /// declared ([`crate::model::summary`]). The one shape of the job's result and of
+    /// its webhook.
+    pub(super) fn summary(&self, kind: &str, total: u64) -> serde_json::Value {
+        let mut summary = serde_json::json!({
+            "total": total,
+            "successful": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "cancelled": self.cancelled,
+        });
+        for (key, status) in crate::model::summary::aliases(kind) {
+            summary[*key] = self.count(*status).into();
+        }
+        summary
+    }
+
     /// Adds this tally to one job's counters (through [`apply_tallies`], the one way
     /// counters move).
     pub(super) fn apply(self, conn: &mut Conn, job_id: &str) -> Result<(), StoreError> {

@@ -81,18 +81,21 @@ pub fn enqueue_webhook(conn: &mut Conn, job_id: &str, now: f64) -> Result<bool, 
     else {
         return Ok(false);
     };
+    // The same summary as the job's result, its kind's aliases included.
+    let summary = super::counters::Tally {
+        processed: 0,
+        succeeded,
+        failed,
+        skipped,
+        cancelled,
+    }
+    .summary(&kind, total.max(0) as u64);
     let payload = serde_json::json!({
         "event": "job.finished",
         "job_id": job_id,
         "type": kind,
         "status": status,
-        "summary": {
-            "total": total,
-            "successful": succeeded,
-            "failed": failed,
-            "skipped": skipped,
-            "cancelled": cancelled,
-        },
+        "summary": summary,
         "error": error,
         "created_at": created,
         "started_at": started,

@@ -87,7 +87,8 @@ pub fn result_rows_after(
         .load(conn)?)
 }
 
-/// Builds `{summary, results, elapsed_seconds}` by splicing the items' stored JSON in
+/// Builds `{summary, results, elapsed_seconds}` (the summary with its kind's aliases,
+/// [`crate::model::summary`]) by splicing the items' stored JSON in
 /// submission order, without parsing each result again.
 pub(super) fn build_result(
     conn: &mut Conn,
@@ -138,13 +139,12 @@ pub(super) fn build_result(
         }
     }
     results.push(']');
-    let summary = serde_json::json!({
-        "total": total,
-        "successful": tally.succeeded,
-        "failed": tally.failed,
-        "skipped": tally.skipped,
-        "cancelled": tally.cancelled,
-    });
+    // The kind's own names for these counts (`passed` for tests), beside batchforge's.
+    let kind: String = jobs::table
+        .filter(jobs::id.eq(job_id))
+        .select(jobs::kind)
+        .first(conn)?;
+    let summary = tally.summary(&kind, total);
     let omitted = if kept < total {
         format!(r#","results_omitted":{}"#, total - kept)
     } else {
@@ -189,6 +189,32 @@ mod tests {
         assert_eq!(result["summary"]["skipped"], 1);
         assert_eq!(result["results"], json!([{"i": 0}, {"i": 1}]));
         assert_eq!(result["elapsed_seconds"], 20.0);
+    }
+
+    #[test]
+    fn a_result_summary_carries_the_aliases_its_kind_declared() {
+        let mut c = conn();
+        let mut aliased = job(2);
+        aliased.kind = "results_alias_kind".into();
+        crate::model::summary::declare(
+            "results_alias_kind",
+            &[
+                ("passed", ItemStatus::Succeeded),
+                ("broke", ItemStatus::Failed),
+            ],
+        );
+        insert_job(&mut c, "j", &aliased, 1.0).unwrap();
+        claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let ok = finished("j", 0, 1, ItemOutcome::succeeded(json!({})));
+        let bad = finished("j", 1, 1, ItemOutcome::failed(json!({}), "no"));
+        record_finished(&mut c, &[ok, bad], "n", 20.0).unwrap();
+        let stored = get_job(&mut c, "j").unwrap().unwrap();
+        let result: serde_json::Value = serde_json::from_str(stored.result.unwrap().get()).unwrap();
+        assert_eq!(
+            result["summary"],
+            json!({"total": 2, "successful": 1, "passed": 1, "failed": 1, "broke": 1,
+                   "skipped": 0, "cancelled": 0})
+        );
     }
 
     #[test]

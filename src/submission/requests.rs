@@ -12,7 +12,8 @@ pub struct PathTarget {
     /// The user's id.
     #[schema(min_length = 1, pattern = "\\S")]
     pub id: String,
-    /// Path inside the workspace.
+    /// Path inside the workspace, or a pytest node id (`file::test`); with the job's
+    /// `target_kind: "argument"`, words for the command (`-p NAME`).
     #[schema(min_length = 1, pattern = "\\S")]
     pub path: String,
 }
@@ -26,10 +27,16 @@ pub struct ValidationRequest {
     /// The targets to check.
     #[schema(min_items = 1, max_items = 1000000)]
     pub targets: Vec<PathTarget>,
-    /// The command run per target, split into argv (no shell) with the target's path
-    /// appended; exit 0 (or 5, "no tests") passes. Default `pytest -q`.
+    /// The command run per target, split into argv (no shell) with the target
+    /// appended (see `target_kind`); exit 0 (or 5, "no tests") passes. Default `pytest -q`.
     #[schema(value_type = Option<String>, example = "python3 -m py_compile")]
     pub check_command: Option<Value>,
+    /// How each target's `path` is appended: `path` (default) confines it to the workspace
+    /// (a missing file is handed to the command; a pytest node id `file::test` is confined
+    /// by its file part and passed whole); `argument` splits it into words passed as they
+    /// are, refusing only words that are absolute or hold `..` and lead out.
+    #[schema(value_type = Option<String>, example = "path")]
+    pub target_kind: Option<Value>,
     /// Seconds one item may run before its whole process group is killed (default 600,
     /// at most 86400).
     #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 86400, example = 120)]
@@ -57,10 +64,16 @@ pub struct TestsRequest {
     /// The modules to test.
     #[schema(min_items = 1, max_items = 1000000)]
     pub modules: Vec<PathTarget>,
-    /// The command run per module, split into argv (no shell) with the module's path
-    /// appended; exit 0 passes. Default `pytest -v`.
+    /// The command run per module, split into argv (no shell) with the module
+    /// appended (see `target_kind`); exit 0 passes. Default `pytest -v`.
     #[schema(value_type = Option<String>, example = "pytest -v")]
     pub test_command: Option<Value>,
+    /// How each module's `path` is appended: `path` (default) confines it to the workspace
+    /// (a missing file is handed to the command; a pytest node id `file::test` is confined
+    /// by its file part and passed whole); `argument` splits it into words passed as they
+    /// are, refusing only words that are absolute or hold `..` and lead out.
+    #[schema(value_type = Option<String>, example = "path")]
+    pub target_kind: Option<Value>,
     /// Seconds one item may run before its whole process group is killed (default 600,
     /// at most 86400).
     #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 86400, example = 120)]

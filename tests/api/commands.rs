@@ -59,10 +59,11 @@ async fn paths_outside_the_workspace_fail_only_their_own_item() {
         );
         assert_eq!(r["stdout"], "", "nothing may be read outside the root: {r}");
     }
-    assert!(results[3]["error"]
-        .as_str()
-        .unwrap()
-        .contains("does not exist"));
+    // A missing file inside the workspace is the command's business (issue 14): `cat`
+    // runs and fails on it, as the original's shell command did.
+    assert_eq!(results[3]["status"], "failed", "{}", results[3]);
+    assert_eq!(results[3]["exit_code"], 1, "{}", results[3]);
+    assert!(results[3]["stderr"].as_str().unwrap().contains("nope.py"));
     assert_eq!(results[4]["status"], "passed");
     assert_eq!(job["result"]["summary"]["failed"], 4);
     assert_eq!(job["result"]["summary"]["successful"], 1);

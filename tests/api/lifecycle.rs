@@ -347,8 +347,9 @@ async fn jobs_list_filters_by_status_and_type_newest_first() {
 
 #[actix_web::test]
 async fn many_short_jobs_in_a_row_never_stall_their_kind() {
-    // One fast-failing item per job: each job is finalized while the next claim for it may
-    // still be in flight. The claim room must come back every time.
+    // One fast-failing item per job (a refused escape: nothing is spawned): each job is
+    // finalized while the next claim for it may still be in flight. The claim room must
+    // come back every time.
     let app = spawn_app_with(
         AppOptions {
             kind_concurrency: [("batch_validation".to_string(), 2)].into(),
@@ -360,7 +361,7 @@ async fn many_short_jobs_in_a_row_never_stall_their_kind() {
         let id = app
             .submit(
                 "/batch/validation",
-                &json!({"targets": [{"id": "x", "path": "missing.py"}], "check_command": "true", "parallel": 1}),
+                &json!({"targets": [{"id": "x", "path": "../missing.py"}], "check_command": "true", "parallel": 1}),
             )
             .await;
         let job = app.wait_finished(&id, Duration::from_secs(10)).await;

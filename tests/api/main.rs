@@ -25,4 +25,5 @@ mod retries;
 mod schedules;
 mod scheduling;
 mod security;
+mod targets;
 mod webhooks;

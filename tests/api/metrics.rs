@@ -41,7 +41,7 @@ async fn metrics_count_jobs_items_durations_depth_and_store_writes() {
     let id = app
         .submit(
             "/batch/validation",
-            &json!({"targets": [{"id": "a", "path": "ok"}, {"id": "b", "path": "ok"}, {"id": "c", "path": "missing"}], "check_command": "true"}),
+            &json!({"targets": [{"id": "a", "path": "ok"}, {"id": "b", "path": "ok"}, {"id": "c", "path": "../missing"}], "check_command": "true"}),
         )
         .await;
     app.wait_finished(&id, Duration::from_secs(30)).await;

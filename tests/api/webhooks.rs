@@ -391,6 +391,28 @@ async fn bad_callback_urls_are_refused_with_422_and_nothing_is_stored() {
     assert_eq!(list["total"], 0, "{list}");
 }
 
+#[actix_web::test]
+async fn a_tests_webhook_carries_the_same_summary_as_the_result_passed_included() {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn(fast(None, 8)).await;
+    app.write_file("full.txt", "data\n");
+    app.write_file("empty.txt", "");
+    let id = app
+        .submit(
+            "/batch/tests",
+            &json!({"modules": [{"id": "full", "path": "full.txt"}, {"id": "empty", "path": "empty.txt"}],
+                    "test_command": "test -s", "callback_url": receiver.url}),
+        )
+        .await;
+    let job = app.wait_finished(&id, Duration::from_secs(20)).await;
+    let body = receiver.wait_requests(1).await[0].json();
+    assert_eq!(body["summary"], job["result"]["summary"]);
+    assert_eq!(
+        body["summary"],
+        json!({"total": 2, "passed": 1, "successful": 1, "failed": 1, "skipped": 0, "cancelled": 0})
+    );
+}
+
 /// A one-item validation job with a callback, as the store-level tests insert and fail.
 fn failing_job(callback_url: &str) -> NewJob {
     NewJob {
