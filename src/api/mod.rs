@@ -3,6 +3,7 @@
 
 pub mod dashboard;
 pub mod error;
+mod extract;
 pub mod openapi;
 pub mod responses;
 pub mod schedules;
@@ -16,10 +17,12 @@ use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
 use crate::store::queries::CancelOutcome;
 use crate::store::queries::ResultRow;
+use crate::submission::fields::check_text;
 use crate::submission::{parse_body, retry_statuses, RetryRequest, MAX_BODY_BYTES};
 use actix_web::web::{self, Bytes, ServiceConfig};
 use actix_web::{HttpRequest, HttpResponse};
 use error::{ApiError, ErrorBody};
+use extract::{Body, Segment};
 use openapi::openapi_json;
 use responses::*;
 use schedules::{
@@ -132,6 +135,8 @@ impl Query {
             .map_err(|e| ApiError::invalid("query", format!("cannot parse query string: {e}")))?;
         let mut map = HashMap::new();
         for (k, v) in pairs {
+            // Filters reach SQL as text, which cannot hold a NUL character on PostgreSQL.
+            check_text(&k, &k).and_then(|()| check_text(&k, &v))?;
             if !allowed.contains(&k.as_str()) {
                 return Err(ApiError::invalid(
                     k.clone(),
@@ -219,7 +224,7 @@ async fn list_jobs(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-async fn get_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn get_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     let msg = GetJob { job_id: id.clone() };
     match engine.supervisor().send(msg).await.map_err(mailbox)?? {
@@ -238,7 +243,7 @@ async fn get_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         (status = 409, description = "The job already finished", body = ErrorBody),
     )
 )]
-async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn cancel_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     match engine.cancel(&id).await? {
         CancelOutcome::Cancelled { .. } => Ok(HttpResponse::Ok().json(CancelResponse {
@@ -262,7 +267,7 @@ async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         (status = 409, description = "The job already finished", body = ErrorBody),
     )
 )]
-async fn pause_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn pause_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     set_paused(&engine, id.into_inner(), true).await
 }
 
@@ -276,7 +281,7 @@ async fn pause_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         (status = 409, description = "The job already finished", body = ErrorBody),
     )
 )]
-async fn resume_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn resume_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     set_paused(&engine, id.into_inner(), false).await
 }
 
@@ -292,10 +297,11 @@ async fn resume_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         (status = 422, description = "A bad `status`", body = ErrorBody),
     )
 )]
-async fn retry_job(engine: web::Data<Engine>, id: web::Path<String>, body: Bytes) -> Reply {
+async fn retry_job(engine: web::Data<Engine>, id: Segment, Body(body): Body) -> Reply {
     use crate::store::queries::RetryOutcome;
     let id = id.into_inner();
-    let statuses = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, or `null` (the documented body is optional and nullable): the default.
+    let statuses = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
         vec![ItemStatus::Failed]
     } else {
         let (req, _): (RetryRequest, _) = parse_body(&body)?;
@@ -361,7 +367,7 @@ async fn list_kinds(engine: web::Data<Engine>) -> Reply {
         (status = 404, description = "No such kind", body = ErrorBody),
     )
 )]
-async fn pause_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply {
+async fn pause_kind(engine: web::Data<Engine>, kind: Segment) -> Reply {
     set_kind_paused(&engine, kind.into_inner(), true).await
 }
 
@@ -374,7 +380,7 @@ async fn pause_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply
         (status = 404, description = "No such kind", body = ErrorBody),
     )
 )]
-async fn resume_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply {
+async fn resume_kind(engine: web::Data<Engine>, kind: Segment) -> Reply {
     set_kind_paused(&engine, kind.into_inner(), false).await
 }
 
@@ -403,7 +409,7 @@ async fn set_kind_paused(engine: &Engine, kind: String, paused: bool) -> Reply {
         (status = 422, description = "A bad query parameter; `field` names it", body = ErrorBody),
     )
 )]
-async fn list_items(engine: web::Data<Engine>, id: web::Path<String>, req: HttpRequest) -> Reply {
+async fn list_items(engine: web::Data<Engine>, id: Segment, req: HttpRequest) -> Reply {
     let id = id.into_inner();
     let q = Query::parse(&req, &["status", "limit", "offset"])?;
     let limit = q.number("limit", 100, 1, MAX_PAGE)? as u32;
@@ -465,7 +471,7 @@ fn push_result_line(out: &mut String, (idx, key, status, result, error): &Result
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn results_jsonl(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     let Some(first) = read_results(&engine, &id, -1).await? else {
         return Err(ApiError::NotFound(format!("job '{id}' not found")));
@@ -568,7 +574,7 @@ struct JobStream {
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-async fn job_events(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn job_events(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     // Subscribe before reading the job, so an end that happens in between is not missed.
     let rx = engine

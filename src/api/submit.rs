@@ -2,6 +2,7 @@
 //! turned into a job by [`crate::submission`], then handed to the engine.
 
 use super::error::{ApiError, ErrorBody};
+use super::extract::Body;
 use super::responses::JobResponse;
 use super::Reply;
 use crate::actors::messages::EngineError;
@@ -60,7 +61,7 @@ fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes,
 pub(super) async fn submit_validation(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission::<ValidationRequest>(&req, body, "targets")?;
     let job = path_job(
@@ -92,7 +93,7 @@ pub(super) async fn submit_validation(
 pub(super) async fn submit_tests(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission::<TestsRequest>(&req, body, "modules")?;
     let job = path_job(
@@ -124,7 +125,7 @@ pub(super) async fn submit_tests(
 pub(super) async fn submit_agent_tasks(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission(&req, body, "tasks")?;
     submit(&engine, agent_job(req, raw)?).await
@@ -145,7 +146,11 @@ pub(super) async fn submit_agent_tasks(
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
 )]
-pub(super) async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+pub(super) async fn submit_mcp(
+    engine: web::Data<Engine>,
+    req: HttpRequest,
+    Body(body): Body,
+) -> Reply {
     let (req, raw) = submission(&req, body, "operations")?;
     submit(&engine, mcp_job(req, raw)?).await
 }
@@ -167,7 +172,7 @@ pub(super) async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body
 pub(super) async fn submit_generic(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission(&req, body, "items")?;
     match engine.submit(generic_job(req, raw)?).await {

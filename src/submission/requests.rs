@@ -253,6 +253,7 @@ pub struct GenericJobRequest {
 
 /// `POST /batch/jobs/{id}/retry`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"status": ["failed", "cancelled"]}))]
 pub struct RetryRequest {
     /// Which items to requeue: `failed` (the default), `cancelled`, `skipped`.
