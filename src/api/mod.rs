@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod error;
 mod extract;
 pub mod openapi;
+mod openapi_fix;
 pub mod responses;
 pub mod schedules;
 mod submit;
@@ -159,7 +160,8 @@ impl Query {
     }
 
     fn number(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
-        let Some(raw) = self.get(name) else {
+        // An empty value is not a number: refused like any other (the document says integer).
+        let Some(raw) = self.0.get(name).map(String::as_str) else {
             return Ok(default);
         };
         match raw.parse::<u64>() {
@@ -292,6 +294,7 @@ async fn resume_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     request_body(content = Option<RetryRequest>, content_type = "application/json"),
     responses(
         (status = 200, description = "The items went back to the queue", body = RetryResponse),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job has not finished, or has no item to retry", body = ErrorBody),
         (status = 422, description = "A bad `status`", body = ErrorBody),

@@ -53,7 +53,9 @@ fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes,
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
@@ -85,7 +87,9 @@ pub(super) async fn submit_validation(
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
@@ -117,7 +121,9 @@ pub(super) async fn submit_tests(
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
@@ -141,7 +147,9 @@ pub(super) async fn submit_agent_tasks(
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
@@ -165,7 +173,9 @@ pub(super) async fn submit_mcp(
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
 )]

@@ -314,13 +314,6 @@ pub fn mcp_job(req: McpRequest, mut raw: Map<String, Value>) -> Result<NewJob, S
                 ),
             ));
         }
-        // A call's arguments are the tool's named parameters: an object (as documented).
-        if op.op == "call" && !matches!(op.arguments, None | Some(Value::Null | Value::Object(_))) {
-            return Err(SubmissionError::invalid(
-                format!("operations[{i}].arguments"),
-                "must be an object of the tool's named arguments",
-            ));
-        }
         // The fields each operation type needs (`path`, `content`, `command`, `tool`).
         crate::mcp::ops::Operation::parse(&payload).map_err(|e| match e.field.as_str() {
             "" => SubmissionError::invalid(format!("operations[{i}]"), e.message),

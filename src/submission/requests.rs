@@ -148,6 +148,9 @@ pub struct AgentTasksRequest {
     /// Retries of an LLM request that could not connect or got a 5xx (default 3).
     #[schema(value_type = Option<u64>, minimum = 0, maximum = 10)]
     pub llm_retries: Option<Value>,
+    /// Bytes of each command's stdout and stderr kept for the model and the result.
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 16777216)]
+    pub max_output_bytes: Option<Value>,
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
