@@ -73,9 +73,19 @@ fn tighten(doc: &mut Value) {
     if let Some(paths) = doc["paths"].as_object_mut() {
         for op in paths.values_mut().filter_map(Value::as_object_mut) {
             for op in op.values_mut() {
+                let has_path_parameter = op["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["in"] == "path"));
                 let Some(responses) = op["responses"].as_object_mut() else {
                     continue;
                 };
+                // `api::extract::Segment` refuses a path parameter the store cannot hold.
+                if has_path_parameter {
+                    responses.entry("422").or_insert_with(|| json!({
+                        "description": "A path parameter holds a NUL character; `field` names it",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                    }));
+                }
                 for response in responses.values_mut() {
                     if let Some(sse) = response["content"].get_mut("text/event-stream") {
                         sse["schema"] = json!({
@@ -117,6 +127,12 @@ fn one_object(schema: &mut Value, scheduling: &Value, closed: bool) {
         }
         if let Some(r) = part["required"].as_array() {
             required.extend(r.iter().cloned());
+        }
+    }
+    // Times are RFC 3339 text or Unix seconds (see `crate::model::parse_timestamp`).
+    for time in ["run_at", "deadline"] {
+        if let Some(p) = properties.get_mut(time) {
+            p["type"] = json!(["string", "number", "null"]);
         }
     }
     for field in COMPAT_FIELDS {
