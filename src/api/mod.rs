@@ -195,7 +195,7 @@ const MAX_PAGE: u64 = 1000;
         ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
         ("job_type" = Option<String>, Query, description = "Only jobs of this kind", example = "batch_validation"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 100)"),
-        ("offset" = Option<u64>, Query, minimum = 0, description = "Jobs to skip (default 0)"),
+        ("offset" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Jobs to skip (default 0)"),
     ),
     responses(
         (status = 200, description = "A page of jobs", body = JobList),
@@ -404,7 +404,7 @@ async fn set_kind_paused(engine: &Engine, kind: String, paused: bool) -> Reply {
         ("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b"),
         ("status" = Option<ItemStatus>, Query, description = "Only items in this status"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 100)"),
-        ("offset" = Option<u64>, Query, minimum = 0, description = "Items to skip (default 0)"),
+        ("offset" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Items to skip (default 0)"),
     ),
     responses(
         (status = 200, description = "A page of items", body = ItemList),

@@ -76,6 +76,16 @@ fn tighten(doc: &mut Value) {
                 let has_path_parameter = op["parameters"]
                     .as_array()
                     .is_some_and(|ps| ps.iter().any(|p| p["in"] == "path"));
+                // Text parameters reach the store, which cannot hold a NUL character.
+                // (`get_mut`, not indexing: an index would insert a `null` where nothing was.)
+                if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    for p in params
+                        .iter_mut()
+                        .filter(|p| p["schema"]["type"] == "string")
+                    {
+                        p["schema"]["pattern"] = json!("^[^\\u0000]*$");
+                    }
+                }
                 let Some(responses) = op["responses"].as_object_mut() else {
                     continue;
                 };
@@ -87,7 +97,8 @@ fn tighten(doc: &mut Value) {
                     }));
                 }
                 for response in responses.values_mut() {
-                    if let Some(sse) = response["content"].get_mut("text/event-stream") {
+                    let content = response.get_mut("content");
+                    if let Some(sse) = content.and_then(|c| c.get_mut("text/event-stream")) {
                         sse["schema"] = json!({
                             "type": "string",
                             "format": "event-stream",
