@@ -329,6 +329,21 @@ async fn the_document_matches_what_the_server_accepts_and_refuses() {
             "{path}"
         );
     }
+    // No operation carries a `null` where the format wants a list or an object.
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(
+                !op.get("parameters").is_some_and(Value::is_null),
+                "{method} {path}"
+            );
+            for (status, r) in op["responses"].as_object().unwrap() {
+                assert!(
+                    !r.get("content").is_some_and(Value::is_null),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
     assert_eq!(
         app.get("/batch/jobs").await.1["total"],
         0,
