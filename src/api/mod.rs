@@ -3,8 +3,10 @@
 
 pub mod dashboard;
 pub mod error;
+mod extract;
 pub mod guard;
 pub mod openapi;
+mod openapi_fix;
 pub mod responses;
 pub mod schedules;
 pub mod secrets;
@@ -18,10 +20,12 @@ use crate::queue::messages::{
 use crate::queue::tracker::{TrackerEvent, TrackerEventKind};
 use crate::store::job_control::CancelOutcome;
 use crate::store::results::ResultRow;
+use crate::submission::fields::check_text;
 use crate::submission::{parse_body, retry_statuses, RetryRequest, MAX_BODY_BYTES};
 use actix_web::web::{self, Bytes, ServiceConfig};
 use actix_web::{HttpRequest, HttpResponse};
 use error::{ApiError, ErrorBody};
+use extract::{Body, Segment};
 use openapi::openapi_json;
 use responses::*;
 use schedules::{
@@ -149,6 +153,8 @@ impl Query {
             .map_err(|e| ApiError::invalid("query", format!("cannot parse query string: {e}")))?;
         let mut map = HashMap::new();
         for (k, v) in pairs {
+            // Filters reach SQL as text, which cannot hold a NUL character on PostgreSQL.
+            check_text(&k, &k).and_then(|()| check_text(&k, &v))?;
             if !allowed.contains(&k.as_str()) {
                 return Err(ApiError::invalid(
                     k.clone(),
@@ -171,7 +177,8 @@ impl Query {
     }
 
     fn number(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
-        let Some(raw) = self.get(name) else {
+        // An empty value is not a number: refused like any other (the document says integer).
+        let Some(raw) = self.0.get(name).map(String::as_str) else {
             return Ok(default);
         };
         match raw.parse::<u64>() {
@@ -205,7 +212,7 @@ const MAX_PAGE: u64 = 1000;
         ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
         ("job_type" = Option<String>, Query, description = "Only jobs of this kind", example = "batch_validation"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 100)"),
-        ("offset" = Option<u64>, Query, minimum = 0, description = "Jobs to skip (default 0)"),
+        ("offset" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Jobs to skip (default 0)"),
     ),
     responses(
         (status = 200, description = "A page of jobs", body = JobList),
@@ -236,7 +243,7 @@ async fn list_jobs(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-async fn get_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn get_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     let msg = GetJob { job_id: id.clone() };
     match engine.supervisor().send(msg).await.map_err(mailbox)?? {
@@ -255,7 +262,7 @@ async fn get_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         (status = 409, description = "The job already finished", body = ErrorBody),
     )
 )]
-async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn cancel_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     match engine.cancel(&id).await? {
         CancelOutcome::Cancelled { .. } => Ok(HttpResponse::Ok().json(CancelResponse {
@@ -279,7 +286,7 @@ async fn cancel_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         (status = 409, description = "The job already finished", body = ErrorBody),
     )
 )]
-async fn pause_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn pause_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     set_paused(&engine, id.into_inner(), true).await
 }
 
@@ -293,7 +300,7 @@ async fn pause_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
         (status = 409, description = "The job already finished", body = ErrorBody),
     )
 )]
-async fn resume_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn resume_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     set_paused(&engine, id.into_inner(), false).await
 }
 
@@ -304,15 +311,17 @@ async fn resume_job(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
     request_body(content = Option<RetryRequest>, content_type = "application/json"),
     responses(
         (status = 200, description = "The items went back to the queue", body = RetryResponse),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job has not finished, or has no item to retry", body = ErrorBody),
         (status = 422, description = "A bad `status`", body = ErrorBody),
     )
 )]
-async fn retry_job(engine: web::Data<Engine>, id: web::Path<String>, body: Bytes) -> Reply {
+async fn retry_job(engine: web::Data<Engine>, id: Segment, Body(body): Body) -> Reply {
     use crate::store::job_control::RetryOutcome;
     let id = id.into_inner();
-    let statuses = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, or `null` (the documented body is optional and nullable): the default.
+    let statuses = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
         vec![ItemStatus::Failed]
     } else {
         let (req, _): (RetryRequest, _) = parse_body(&body)?;
@@ -378,7 +387,7 @@ async fn list_kinds(engine: web::Data<Engine>) -> Reply {
         (status = 404, description = "No such kind", body = ErrorBody),
     )
 )]
-async fn pause_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply {
+async fn pause_kind(engine: web::Data<Engine>, kind: Segment) -> Reply {
     set_kind_paused(&engine, kind.into_inner(), true).await
 }
 
@@ -391,7 +400,7 @@ async fn pause_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply
         (status = 404, description = "No such kind", body = ErrorBody),
     )
 )]
-async fn resume_kind(engine: web::Data<Engine>, kind: web::Path<String>) -> Reply {
+async fn resume_kind(engine: web::Data<Engine>, kind: Segment) -> Reply {
     set_kind_paused(&engine, kind.into_inner(), false).await
 }
 
@@ -412,7 +421,7 @@ async fn set_kind_paused(engine: &Engine, kind: String, paused: bool) -> Reply {
         ("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b"),
         ("status" = Option<ItemStatus>, Query, description = "Only items in this status"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 100)"),
-        ("offset" = Option<u64>, Query, minimum = 0, description = "Items to skip (default 0)"),
+        ("offset" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Items to skip (default 0)"),
     ),
     responses(
         (status = 200, description = "A page of items", body = ItemList),
@@ -420,7 +429,7 @@ async fn set_kind_paused(engine: &Engine, kind: String, paused: bool) -> Reply {
         (status = 422, description = "A bad query parameter; `field` names it", body = ErrorBody),
     )
 )]
-async fn list_items(engine: web::Data<Engine>, id: web::Path<String>, req: HttpRequest) -> Reply {
+async fn list_items(engine: web::Data<Engine>, id: Segment, req: HttpRequest) -> Reply {
     let id = id.into_inner();
     let q = Query::parse(&req, &["status", "limit", "offset"])?;
     let limit = q.number("limit", 100, 1, MAX_PAGE)? as u32;
@@ -482,7 +491,7 @@ fn push_result_line(out: &mut String, (idx, key, status, result, error): &Result
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-async fn results_jsonl(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn results_jsonl(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     let Some(first) = read_results(&engine, &id, -1).await? else {
         return Err(ApiError::NotFound(format!("job '{id}' not found")));
@@ -585,7 +594,7 @@ struct JobStream {
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-async fn job_events(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+async fn job_events(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     // Subscribe before reading the job, so an end that happens in between is not missed.
     let rx = engine

@@ -102,10 +102,17 @@ field is at fault.",
 )]
 pub struct ApiDoc;
 
-/// The document, built once.
+/// The document as generated from the types, built once.
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// The document as served at `/openapi.json`: [`document`] with what the types cannot
+/// say written in (see `openapi_fix`), built once.
+pub fn served() -> &'static serde_json::Value {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    DOC.get_or_init(|| super::openapi_fix::tightened(document()))
 }
 
 /// `GET /openapi.json`. When the API is mounted under a prefix (an embedding app's
@@ -118,10 +125,10 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 pub(super) async fn openapi_json(req: HttpRequest) -> HttpResponse {
     let prefix = req.path().strip_suffix("/openapi.json").unwrap_or("");
     if prefix.is_empty() {
-        return HttpResponse::Ok().json(document());
+        return HttpResponse::Ok().json(served());
     }
-    let mut doc = document().clone();
-    doc.servers = Some(vec![utoipa::openapi::Server::new(prefix)]);
+    let mut doc = served().clone();
+    doc["servers"] = serde_json::json!([{"url": prefix}]);
     HttpResponse::Ok().json(doc)
 }
 

@@ -1,11 +1,13 @@
 //! `/batch/schedules`: cron schedules that submit a job per tick (see [`crate::services::cron`]).
 
 use super::error::{ApiError, ErrorBody};
+use super::extract::{Body, Segment};
 use crate::engine::Engine;
 use crate::services::cron::NewSchedule;
 use crate::store::schedules::ScheduleRecord;
+use crate::submission::fields::check_text;
 use crate::submission::{parse_body, GenericJobRequest};
-use actix_web::web::{self, Bytes};
+use actix_web::web;
 use actix_web::HttpResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,19 +128,12 @@ fn not_found(id: &str) -> ApiError {
         (status = 422, description = "A field is wrong (`cron`, `timezone`, `job.items` …); `field` names it", body = ErrorBody),
     )
 )]
-pub(super) async fn create_schedule(engine: web::Data<Engine>, body: Bytes) -> Reply {
-    let (req, _): (ScheduleRequest, _) =
-        parse_body(&body).map_err(|e| match ApiError::from(e) {
-            // Name the unknown field itself rather than the body.
-            ApiError::Invalid { field, message } if field == "body" => {
-                let unknown = message
-                    .strip_prefix("unknown field `")
-                    .and_then(|m| m.split('`').next())
-                    .map(str::to_string);
-                ApiError::invalid(unknown.unwrap_or(field), message)
-            }
-            other => other,
-        })?;
+pub(super) async fn create_schedule(engine: web::Data<Engine>, Body(body): Body) -> Reply {
+    let (req, _): (ScheduleRequest, _) = parse_body(&body)?;
+    // Stored as text columns, which cannot hold a NUL character on PostgreSQL.
+    check_text("name", req.name.as_deref().unwrap_or(""))?;
+    check_text("cron", &req.cron)?;
+    check_text("timezone", req.timezone.as_deref().unwrap_or(""))?;
     let (schedule, created) = engine
         .create_schedule(NewSchedule {
             name: req.name,
@@ -182,7 +177,7 @@ pub(super) async fn list_schedules(engine: web::Data<Engine>) -> Reply {
         (status = 404, description = "No such schedule", body = ErrorBody),
     )
 )]
-pub(super) async fn get_schedule(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+pub(super) async fn get_schedule(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     match engine.schedule(&id).await? {
         Some(s) => Ok(HttpResponse::Ok().json(ScheduleResponse::from(s))),
@@ -199,7 +194,7 @@ pub(super) async fn get_schedule(engine: web::Data<Engine>, id: web::Path<String
         (status = 404, description = "No such schedule", body = ErrorBody),
     )
 )]
-pub(super) async fn pause_schedule(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+pub(super) async fn pause_schedule(engine: web::Data<Engine>, id: Segment) -> Reply {
     set_paused(&engine, id.into_inner(), true).await
 }
 
@@ -213,7 +208,7 @@ pub(super) async fn pause_schedule(engine: web::Data<Engine>, id: web::Path<Stri
         (status = 409, description = "The expression matches no time from now on", body = ErrorBody),
     )
 )]
-pub(super) async fn resume_schedule(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+pub(super) async fn resume_schedule(engine: web::Data<Engine>, id: Segment) -> Reply {
     set_paused(&engine, id.into_inner(), false).await
 }
 
@@ -233,7 +228,7 @@ async fn set_paused(engine: &Engine, id: String, paused: bool) -> Reply {
         (status = 404, description = "No such schedule", body = ErrorBody),
     )
 )]
-pub(super) async fn delete_schedule(engine: web::Data<Engine>, id: web::Path<String>) -> Reply {
+pub(super) async fn delete_schedule(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     if engine.delete_schedule(&id).await? {
         Ok(HttpResponse::Ok().json(ScheduleDeleted { id, deleted: true }))

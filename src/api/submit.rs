@@ -2,6 +2,7 @@
 //! turned into a job by [`crate::submission`], then handed to the engine.
 
 use super::error::{ApiError, ErrorBody};
+use super::extract::Body;
 use super::responses::JobResponse;
 use super::Reply;
 use crate::engine::Engine;
@@ -52,7 +53,9 @@ fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes,
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
@@ -60,7 +63,7 @@ fn json_body(req: &HttpRequest, body: Bytes, items_field: &str) -> Result<Bytes,
 pub(super) async fn submit_validation(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission::<ValidationRequest>(&req, body, "targets")?;
     let job = path_job(
@@ -84,7 +87,9 @@ pub(super) async fn submit_validation(
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
@@ -92,7 +97,7 @@ pub(super) async fn submit_validation(
 pub(super) async fn submit_tests(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission::<TestsRequest>(&req, body, "modules")?;
     let job = path_job(
@@ -116,7 +121,9 @@ pub(super) async fn submit_tests(
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
@@ -124,7 +131,7 @@ pub(super) async fn submit_tests(
 pub(super) async fn submit_agent_tasks(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission(&req, body, "tasks")?;
     submit(&engine, agent_job(req, raw)?).await
@@ -140,12 +147,18 @@ pub(super) async fn submit_agent_tasks(
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
 )]
-pub(super) async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body: Bytes) -> Reply {
+pub(super) async fn submit_mcp(
+    engine: web::Data<Engine>,
+    req: HttpRequest,
+    Body(body): Body,
+) -> Reply {
     let (req, raw) = submission(&req, body, "operations")?;
     submit(&engine, mcp_job(req, raw)?).await
 }
@@ -160,14 +173,16 @@ pub(super) async fn submit_mcp(engine: web::Data<Engine>, req: HttpRequest, body
     responses(
         (status = 200, description = "The job, stored and queued", body = JobResponse),
         (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
-        (status = 422, description = "A field is wrong; `field` names it", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
         (status = 503, description = "The engine is shutting down", body = ErrorBody),
     )
 )]
 pub(super) async fn submit_generic(
     engine: web::Data<Engine>,
     req: HttpRequest,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission(&req, body, "items")?;
     match engine.submit(generic_job(req, raw)?).await {

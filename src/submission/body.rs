@@ -28,6 +28,7 @@ pub fn parse_body<T: DeserializeOwned>(
         let path = e.path().to_string();
         let message = e.inner().to_string();
         // serde reports a missing field at its parent's path; name the field itself.
+        // (An unknown field of a body that denies them is reported at its own path.)
         let field = match message
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next())

@@ -2,6 +2,7 @@
 //! metadata, the scheduling fields; the rest of the body becomes the job's options.
 
 use super::body::json_type;
+use super::fields::{check_fields, check_text, kind_options, nul_at, Known};
 use super::requests::{AgentTasksRequest, GenericJobRequest, McpRequest, PathTarget, RetryRequest};
 use super::{SubmissionError, MAX_ITEMS, MAX_PARALLEL};
 use crate::model::{ItemStatus, JobSchedule, NewItem, NewJob, PRIORITY_RANGE};
@@ -41,7 +42,13 @@ fn check_count(field: &str, n: usize, noun: &str) -> Result<(), SubmissionError>
 fn check_metadata(metadata: Option<Value>) -> Result<Value, SubmissionError> {
     match metadata {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
-        Some(m @ Value::Object(_)) => Ok(m),
+        Some(m @ Value::Object(_)) => match nul_at(&m, "metadata") {
+            Some(field) => Err(SubmissionError::invalid(
+                field,
+                "NUL characters (\\u0000) are not allowed in metadata",
+            )),
+            None => Ok(m),
+        },
         Some(other) => Err(SubmissionError::invalid(
             "metadata",
             format!("must be an object, got {}", json_type(&other)),
@@ -143,6 +150,12 @@ pub fn take_schedule(raw: &mut Map<String, Value>) -> Result<JobSchedule, Submis
     }
     match raw.remove("idempotency_key") {
         None | Some(Value::Null) => {}
+        Some(Value::String(k)) if k.contains('\0') => {
+            return Err(SubmissionError::invalid(
+                "idempotency_key",
+                "NUL characters (\\u0000) are not allowed in an idempotency key",
+            ))
+        }
         Some(Value::String(k)) if k.starts_with(TICK_KEY_PREFIX) => {
             return Err(SubmissionError::invalid(
                 "idempotency_key",
@@ -219,6 +232,8 @@ pub fn path_job(
     metadata: Option<Value>,
     raw: Map<String, Value>,
 ) -> Result<NewJob, SubmissionError> {
+    let options = kind_options(kind).unwrap_or_default();
+    check_fields(&raw, Known::Exactly(&[items_field], options))?;
     check_count(items_field, targets.len(), "entry")?;
     let parallel = check_parallel(parallel, 5)?;
     let metadata = check_metadata(metadata)?;
@@ -246,6 +261,10 @@ pub fn agent_job(
     req: AgentTasksRequest,
     raw: Map<String, Value>,
 ) -> Result<NewJob, SubmissionError> {
+    check_fields(
+        &raw,
+        Known::Exactly(&["tasks"], super::fields::AGENT_OPTIONS),
+    )?;
     check_count("tasks", req.tasks.len(), "task")?;
     let parallel = check_parallel(req.parallel, 3)?;
     let metadata = check_metadata(req.metadata)?;
@@ -273,6 +292,10 @@ pub const MCP_OPERATIONS: [&str; 5] = ["read", "write", "list", "command", "call
 
 /// Builds a `batch_mcp` job; each operation's whole object is its payload.
 pub fn mcp_job(req: McpRequest, mut raw: Map<String, Value>) -> Result<NewJob, SubmissionError> {
+    check_fields(
+        &raw,
+        Known::Exactly(&["operations"], super::fields::MCP_OPTIONS),
+    )?;
     check_count("operations", req.operations.len(), "operation")?;
     let parallel = check_parallel(req.parallel, 5)?;
     let metadata = check_metadata(req.metadata)?;
@@ -318,6 +341,12 @@ pub fn generic_job(
     raw: Map<String, Value>,
 ) -> Result<NewJob, SubmissionError> {
     non_empty("type".into(), &req.kind)?;
+    check_text("type", &req.kind)?;
+    let own = ["type", "items"];
+    match kind_options(&req.kind) {
+        Some(options) => check_fields(&raw, Known::Exactly(&own, options))?,
+        None => check_fields(&raw, Known::Open(&own))?,
+    }
     check_count("items", req.items.len(), "item")?;
     let parallel = check_parallel(req.parallel, 5)?;
     let metadata = check_metadata(req.metadata)?;

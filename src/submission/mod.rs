@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod fields;
 pub mod jobs;
 pub mod requests;
 pub mod template;

@@ -161,6 +161,9 @@ pub struct AgentTasksRequest {
     /// Retries of an LLM request that could not connect or got a 5xx (default 3).
     #[schema(value_type = Option<u64>, minimum = 0, maximum = 10)]
     pub llm_retries: Option<Value>,
+    /// Bytes of each command's stdout and stderr kept for the model and the result.
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 16777216)]
+    pub max_output_bytes: Option<Value>,
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
@@ -266,6 +269,7 @@ pub struct GenericJobRequest {
 
 /// `POST /batch/jobs/{id}/retry`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"status": ["failed", "cancelled"]}))]
 pub struct RetryRequest {
     /// Which items to requeue: `failed` (the default), `cancelled`, `skipped`.

@@ -176,7 +176,7 @@ async fn nul_characters_in_options_or_ids_are_refused_on_either_backend() {
     let (status, body) = app
         .post(
             "/batch/validation",
-            &json!({"targets": [{"id": "a", "path": "f"}], "check_command": "true", "note": "a\u{0}b"}),
+            &json!({"targets": [{"id": "a", "path": "f"}], "check_command": "true", "concurrency_group": "a\u{0}b"}),
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");

@@ -14,6 +14,7 @@ mod cluster;
 mod commands;
 mod crash;
 mod dashboard;
+mod edge_input;
 mod embedding;
 mod events;
 mod lifecycle;

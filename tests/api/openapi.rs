@@ -214,3 +214,143 @@ fn assert_conforms(value: &Value, schema: &str, schemas: &Value) {
         );
     }
 }
+
+/// Issue 18, item 8: the document says what the server refuses and accepts.
+#[actix_web::test]
+async fn the_document_matches_what_the_server_accepts_and_refuses() {
+    use batchforge::submission::fields::*;
+    let app = spawn_app().await;
+    let spec = spec(&app).await;
+    let schemas = &spec["components"]["schemas"];
+    for path in [
+        "/batch/validation",
+        "/batch/tests",
+        "/batch/mcp-operations",
+        "/batch/agent-tasks",
+        "/batch/jobs",
+    ] {
+        let responses = &spec["paths"][path]["post"]["responses"];
+        for status in ["409", "413", "422"] {
+            assert!(
+                responses[status].is_object(),
+                "{path} documents no {status}"
+            );
+        }
+    }
+    assert!(spec["paths"]["/batch/jobs/{id}/retry"]["post"]["responses"]["400"].is_object());
+
+    // Each submission body is one closed object whose fields are exactly the known ones.
+    for (name, own, options) in [
+        ("ValidationRequest", "targets", VALIDATION_OPTIONS),
+        ("TestsRequest", "modules", TESTS_OPTIONS),
+        ("AgentTasksRequest", "tasks", AGENT_OPTIONS),
+        ("McpRequest", "operations", MCP_OPTIONS),
+    ] {
+        let schema = &schemas[name];
+        assert_eq!(schema["additionalProperties"], false, "{name}");
+        let mut documented: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut known: Vec<&str> = ENGINE_FIELDS
+            .iter()
+            .chain(COMPAT_FIELDS)
+            .chain(options)
+            .copied()
+            .chain([own])
+            .collect();
+        documented.sort_unstable();
+        known.sort_unstable();
+        known.dedup();
+        assert_eq!(
+            documented, known,
+            "{name}: documented fields ≠ accepted fields"
+        );
+    }
+    assert_eq!(schemas["GenericJobRequest"]["additionalProperties"], true);
+
+    // A schedule's job documents no run_at/idempotency_key, which the server refuses.
+    let job = &schemas["ScheduleRequest"]["properties"]["job"]["$ref"];
+    assert_eq!(job, "#/components/schemas/ScheduleJob");
+    for refused in ["run_at", "idempotency_key"] {
+        assert!(schemas["ScheduleJob"]["properties"][refused].is_null());
+    }
+    app.write_file("README.md", "hello\n");
+    let (status, body) = app
+        .post("/batch/schedules", &schemas["ScheduleRequest"]["example"])
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // A retry's status: null is documented and accepted.
+    let status_schema = &schemas["RetryRequest"]["properties"]["status"];
+    assert!(status_schema["oneOf"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"type": "null"})));
+
+    // Each MCP operation type documents its required fields; the server agrees.
+    let variants = schemas["McpOperation"]["oneOf"].as_array().unwrap();
+    let variant = |op: &str| {
+        variants
+            .iter()
+            .find(|v| v["properties"]["type"]["enum"] == json!([op]))
+            .unwrap_or_else(|| panic!("no {op} variant"))
+            .clone()
+    };
+    assert_eq!(
+        variant("write")["required"],
+        json!(["type", "path", "content"])
+    );
+    assert_eq!(variant("write")["properties"]["content"]["type"], "string");
+    assert_eq!(
+        variant("call")["properties"]["arguments"]["type"],
+        json!(["object", "null"])
+    );
+    for (op, field) in [
+        (
+            json!({"type": "write", "path": "a", "content": null}),
+            "operations[0].content",
+        ),
+        (
+            json!({"type": "call", "tool": "t", "arguments": [null, null]}),
+            "operations[0].arguments",
+        ),
+    ] {
+        let (status, body) = app
+            .post("/batch/mcp-operations", &json!({"operations": [op]}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{op}: {body}");
+        assert_eq!(body["field"], field, "{op}: {body}");
+    }
+
+    // Event streams are described as such.
+    for path in ["/batch/jobs/{id}/events", "/batch/events"] {
+        let content = &spec["paths"][path]["get"]["responses"]["200"]["content"];
+        assert_eq!(
+            content["text/event-stream"]["schema"]["format"], "event-stream",
+            "{path}"
+        );
+    }
+    // No operation carries a `null` where the format wants a list or an object.
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(
+                !op.get("parameters").is_some_and(Value::is_null),
+                "{method} {path}"
+            );
+            for (status, r) in op["responses"].as_object().unwrap() {
+                assert!(
+                    !r.get("content").is_some_and(Value::is_null),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        app.get("/batch/jobs").await.1["total"],
+        0,
+        "nothing was submitted"
+    );
+}

@@ -779,7 +779,7 @@ async fn a_template_the_ticks_would_refuse_is_refused_at_creation() {
             job(json!({"item_timeout_seconds": 0})),
             "job.item_timeout_seconds",
         ),
-        (job(json!({"note": "a\u{0}b"})), "job.options"),
+        (job(json!({"deadline": "a\u{0}b"})), "job.options"),
         (
             json!({"cron": "* * * * *", "job": {"type": "noop", "items": [{"id": "a\u{0}"}]}}),
             "job.items[0].id",
