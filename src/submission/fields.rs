@@ -39,9 +39,19 @@ pub const ENGINE_FIELDS: &[&str] = &[
 pub const COMPAT_FIELDS: &[&str] = &["chunk_size"];
 
 /// Options of `batch_validation` (read by its processor).
-pub const VALIDATION_OPTIONS: &[&str] = &["check_command", "timeout_seconds", "max_output_bytes"];
+pub const VALIDATION_OPTIONS: &[&str] = &[
+    "check_command",
+    "timeout_seconds",
+    "max_output_bytes",
+    "target_kind",
+];
 /// Options of `batch_tests` (read by its processor).
-pub const TESTS_OPTIONS: &[&str] = &["test_command", "timeout_seconds", "max_output_bytes"];
+pub const TESTS_OPTIONS: &[&str] = &[
+    "test_command",
+    "timeout_seconds",
+    "max_output_bytes",
+    "target_kind",
+];
 /// Options of `batch_agent_tasks` (read by `AgentOptions::parse`).
 pub const AGENT_OPTIONS: &[&str] = &[
     "coder_model",

@@ -180,7 +180,7 @@ async fn a_nul_in_any_path_or_query_parameter_or_stored_text_is_refused_and_noth
         // The same key through the header: HTTP itself forbids the byte; never a 5xx.
         let body = body.to_string();
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
              Idempotency-Key: k\0k\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
@@ -388,7 +388,7 @@ async fn unknown_fields_are_refused_by_name_with_the_field_meant_and_nothing_sto
 async fn an_oversized_body_answers_413_in_json_and_a_null_retry_body_is_the_default() {
     let app = spawn_app().await;
     let request =
-        "POST /batch/validation HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST /batch/validation HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
                    Content-Length: 300000000\r\n\r\n{\"targets\": [";
     let address = app.address.clone();
     let (code, answer) =

@@ -656,18 +656,19 @@ async fn the_dashboard_in_a_browser_works_with_a_token() {
 
 #[actix_web::test]
 async fn secrets_among_a_jobs_options_are_masked_in_answers_and_events() {
-    let app = spawn_secured(SecurityConfig::default()).await;
+    // An embedder's kind: its options are its own (the built-in kinds refuse unknown ones).
+    let app = spawn_app_with(AppOptions::default(), |b| b.processor(Echo)).await;
     let a = &app.address;
     let secret = "tok-abc-123-do-not-show";
     let body = json!({
-        "targets": [{"id": "a", "path": "."}],
-        "check_command": "true",
+        "type": "echo",
+        "items": [{"id": "a"}],
         "deploy_token": secret,
         "llm_api_key": secret,
         "max_tokens": 5,
     })
     .to_string();
-    let answer = call_as(None, "POST", &format!("{a}/batch/validation"), Some(&body)).await;
+    let answer = call_as(None, "POST", &format!("{a}/batch/jobs"), Some(&body)).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     let job = answer.json();
     assert_eq!(job["options"]["deploy_token"], "***", "{job}");
@@ -702,4 +703,22 @@ async fn secrets_among_a_jobs_options_are_masked_in_answers_and_events() {
         !events.contains(secret) && events.contains("***"),
         "{events}"
     );
+}
+
+/// A kind that succeeds with its item's input, whatever its options.
+struct Echo;
+
+#[async_trait::async_trait(?Send)]
+impl batchforge::Processor for Echo {
+    fn kind(&self) -> &str {
+        "echo"
+    }
+
+    async fn process(
+        &self,
+        item: batchforge::Item,
+        _: batchforge::ItemContext,
+    ) -> batchforge::ItemOutcome {
+        batchforge::ItemOutcome::succeeded(json!({"id": item.key}))
+    }
 }

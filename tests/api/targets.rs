@@ -211,15 +211,15 @@ async fn argument_targets_pass_as_words_and_escaping_paths_stay_refused() {
 #[actix_web::test]
 async fn a_bad_target_kind_is_refused_naming_it_and_stores_nothing() {
     let app = spawn_app().await;
-    for (endpoint, field, value) in [
-        ("/batch/tests", "modules", json!("word")),
-        ("/batch/validation", "targets", json!(true)),
+    for (endpoint, field, command, value) in [
+        ("/batch/tests", "modules", "test_command", json!("word")),
+        ("/batch/validation", "targets", "check_command", json!(true)),
     ] {
         let (status, body) = app
             .post(
                 endpoint,
-                &json!({field: [{"id": "a", "path": "f"}], "check_command": "true",
-                        "test_command": "true", "target_kind": value}),
+                &json!({field: [{"id": "a", "path": "f"}], command: "true",
+                        "target_kind": value}),
             )
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
