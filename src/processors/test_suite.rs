@@ -23,6 +23,7 @@ pub fn processor(workspace: &Path) -> std::io::Result<CommandProcessor> {
         default_command: DEFAULT_TEST_COMMAND,
         passes,
         concurrency: default_command_concurrency(),
+        sandbox: Default::default(),
     })
 }
 

@@ -22,6 +22,7 @@ mod metrics;
 mod openapi;
 mod retention;
 mod retries;
+mod sandbox;
 mod schedules;
 mod scheduling;
 mod webhooks;
