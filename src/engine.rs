@@ -144,7 +144,8 @@ impl EngineBuilder {
             processors.push(Arc::new(mcp::McpProcessor::new(servers)));
             processors.push(Arc::new(
                 agent::AgentProcessor::new(&workspace, config.agent.clone())
-                    .map_err(StartError::Config)?,
+                    .map_err(StartError::Config)?
+                    .with_sandbox(sandbox.clone()),
             ));
         }
         for p in custom {

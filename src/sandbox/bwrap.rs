@@ -49,6 +49,7 @@ pub const OWN_PROCESSES: usize = 2;
 enum Mount {
     Tmpfs,
     NullFile,
+    ReadOnly,
     Bind,
 }
 
@@ -88,6 +89,9 @@ pub fn args(sandbox: &ItemSandbox, cwd: &Path) -> Vec<OsString> {
             mounts.push((path, Mount::NullFile));
         }
     }
+    for r in &sandbox.readable {
+        mounts.push((r.clone(), Mount::ReadOnly));
+    }
     for w in &sandbox.writable {
         mounts.push((w.clone(), Mount::Bind));
     }
@@ -117,8 +121,9 @@ pub fn args(sandbox: &ItemSandbox, cwd: &Path) -> Vec<OsString> {
             p.components().count(),
             match m {
                 Mount::Tmpfs => 0,
-                Mount::Bind => 1,
-                Mount::NullFile => 2,
+                Mount::ReadOnly => 1,
+                Mount::Bind => 2,
+                Mount::NullFile => 3,
             },
         )
     });
@@ -130,6 +135,11 @@ pub fn args(sandbox: &ItemSandbox, cwd: &Path) -> Vec<OsString> {
             }
             Mount::NullFile => {
                 a.extend(["--ro-bind".into(), "/dev/null".into(), path.into()]);
+            }
+            Mount::ReadOnly => {
+                a.push("--ro-bind".into());
+                a.push(path.clone().into());
+                a.push(path.into());
             }
             Mount::Bind => {
                 a.push("--bind".into());

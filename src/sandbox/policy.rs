@@ -116,6 +116,8 @@ pub struct ItemSandbox {
     pub limits: Limits,
     /// Paths bound read-write (the workspace or the agent task's worktree).
     pub writable: Vec<PathBuf>,
+    /// Paths bound read-only over hidden ones (a worktree's repository).
+    pub readable: Vec<PathBuf>,
     /// Paths hidden behind an empty tmpfs (directories) or `/dev/null` (files).
     pub hidden: Vec<PathBuf>,
 }
@@ -262,8 +264,34 @@ impl Sandbox {
             env: job_env(options).unwrap_or_default(),
             limits,
             writable: vec![writable.to_path_buf()],
+            readable: Vec::new(),
             hidden: self.hidden.clone(),
         }
+    }
+}
+
+impl ItemSandbox {
+    /// When `dir` is a git worktree (its `.git` a file naming its git directory), lets
+    /// its commands use git: the repository's git directory read-only, and of it only
+    /// the worktree's own directory (its HEAD and index) and the object store writable,
+    /// so that a commit works but the user's branches, tags and config cannot change.
+    pub fn share_git_worktree(&mut self, dir: &Path) {
+        let Ok(text) = std::fs::read_to_string(dir.join(".git")) else {
+            return;
+        };
+        let Some(gitdir) = text.trim().strip_prefix("gitdir:").map(str::trim) else {
+            return;
+        };
+        let gitdir = dir.join(gitdir);
+        let common = std::fs::read_to_string(gitdir.join("commondir"))
+            .map(|c| gitdir.join(c.trim()))
+            .unwrap_or_else(|_| gitdir.join("../.."));
+        let (Ok(gitdir), Ok(common)) = (gitdir.canonicalize(), common.canonicalize()) else {
+            return;
+        };
+        self.readable.push(common.clone());
+        self.writable.push(gitdir);
+        self.writable.push(common.join("objects"));
     }
 }
 

@@ -356,3 +356,122 @@ async fn a_job_may_only_tighten_the_sandbox() {
         "{answer}"
     );
 }
+
+#[actix_web::test]
+async fn an_agents_test_file_cannot_delete_home_or_reach_the_network() {
+    if !bwrap_usable() {
+        return;
+    }
+    use crate::fake_llm::{call, Chat, FakeLlm, Reply};
+    let scratch = tempfile::tempdir().unwrap();
+    let agent = batchforge::agent::AgentConfig {
+        scratch_dir: Some(scratch.path().to_path_buf()),
+        ..Default::default()
+    };
+    let app = spawn_app_configured(
+        AppOptions::default(),
+        Vec::new(),
+        agent,
+        |c| c.sandbox.mode = SandboxMode::Bwrap,
+        |b| b,
+    )
+    .await;
+    app.write_file("README.md", "# project\n");
+    for args in [
+        &["init", "--quiet"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@l",
+            "commit",
+            "--quiet",
+            "-m",
+            "initial",
+        ],
+    ] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&app.workspace)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let canary = real_home().join(format!("batchforge-canary-{tag}"));
+    std::fs::create_dir(&canary).unwrap();
+    std::fs::write(canary.join("keep"), "keep").unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(canary.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    // What a model might write: a "test" that wipes the home directory (here only the
+    // canary in it, so a broken sandbox cannot wipe the machine's) and phones home.
+    let test_file = format!(
+        "import os, shutil, socket\n\
+         shutil.rmtree(os.environ['HOME'], ignore_errors=True)\n\
+         try:\n    shutil.rmtree({canary:?}); print('deleted')\n\
+         except OSError as e:\n    print('delete failed:', e.__class__.__name__)\n\
+         try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\n\
+         except OSError as e:\n    print('connect failed:', e.__class__.__name__)\n",
+        canary = canary.to_str().unwrap()
+    );
+    let llm = FakeLlm::start(move |chat: &Chat| match chat.replies() {
+        0 => Reply::Calls(vec![
+            (
+                "write_file",
+                json!({"path": "test_evil.py", "content": test_file}),
+            ),
+            ("run_command", json!({"command": "python3 test_evil.py"})),
+        ]),
+        _ => call("finish", json!({})),
+    });
+    let id = app
+        .submit(
+            "/batch/agent-tasks",
+            &json!({
+                "tasks": [{"id": "evil", "description": "Write a test"}],
+                "llm_url": llm.url, "check_command": "python3 test_evil.py"
+            }),
+        )
+        .await;
+    let job = app.wait_finished(&id, Duration::from_secs(60)).await;
+    let r = &job["result"]["results"][0];
+    let tool_output = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool" && m["name"] == "run_command")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let check_output = r["validator"]["output"].as_str().unwrap_or_default();
+    for out in [tool_output.as_str(), check_output] {
+        assert!(out.contains("delete failed"), "{out} in {r}");
+        assert!(out.contains("connect failed"), "{out} in {r}");
+    }
+    assert!(
+        canary.join("keep").exists(),
+        "the home directory is untouched"
+    );
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no connection may reach the test's server"
+    );
+    // The user's checkout is as it was: the test file exists only in the patch.
+    assert!(!app.workspace.join("test_evil.py").exists());
+    assert!(
+        r["patch"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("test_evil.py"),
+        "{r}"
+    );
+}
