@@ -139,8 +139,12 @@ impl EngineBuilder {
                     .map_err(io)?
                     .with_sandbox(sandbox.clone()),
             ));
+            let mcp_config = McpConfig {
+                sandbox_args: sandbox.server_args(),
+                ..config.mcp.clone()
+            };
             let servers =
-                McpRegistry::resolve(&config.mcp, &workspace).map_err(StartError::Config)?;
+                McpRegistry::resolve(&mcp_config, &workspace).map_err(StartError::Config)?;
             processors.push(Arc::new(mcp::McpProcessor::new(servers)));
             processors.push(Arc::new(
                 agent::AgentProcessor::new(&workspace, config.agent.clone())

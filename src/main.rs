@@ -217,6 +217,7 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
         default_server: args.mcp_default,
         server_binary: None,
         read_only: args.mcp_read_only,
+        sandbox_args: Vec::new(),
     };
     if let Some(file) = &args.mcp_config {
         let parsed = std::fs::read_to_string(file)

@@ -181,6 +181,29 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// The flags of `batchforge mcp-server` that run its `run_command` in this sandbox
+    /// with the default limits: the built-in server is one long-lived process shared by
+    /// jobs, so a job's own sandbox options do not reach it.
+    pub fn server_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(b) = &self.bwrap {
+            a.extend(["--sandbox-bwrap".into(), b.to_string_lossy().into_owned()]);
+        }
+        for h in &self.hidden {
+            a.extend(["--sandbox-hide".into(), h.to_string_lossy().into_owned()]);
+        }
+        let mut d = self.defaults;
+        for (name, _) in LIMIT_OPTIONS {
+            if let Some(n) = *limit_mut(&mut d, name) {
+                a.extend([
+                    format!("--sandbox-{}", name.replace('_', "-")),
+                    n.to_string(),
+                ]);
+            }
+        }
+        a
+    }
+
     /// The mode in force: `bwrap` or `none`.
     pub fn mode(&self) -> &'static str {
         if self.bwrap.is_some() {

@@ -360,7 +360,8 @@ where
     }
 }
 
-/// Live (non-zombie) processes whose command line contains `marker`.
+/// Live (non-zombie) processes whose command line contains `marker`, bubblewrap's own
+/// left out.
 pub fn processes_with(marker: &str) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -374,6 +375,12 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
             continue;
         };
         if !String::from_utf8_lossy(&cmdline).contains(marker) {
+            continue;
+        }
+        // bubblewrap's own processes carry the sandboxed command in their arguments:
+        // only the command itself counts.
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "bwrap" {
             continue;
         }
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();

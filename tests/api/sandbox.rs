@@ -475,3 +475,32 @@ async fn an_agents_test_file_cannot_delete_home_or_reach_the_network() {
         "{r}"
     );
 }
+
+#[actix_web::test]
+async fn the_builtin_mcp_servers_commands_run_in_the_sandbox() {
+    let Some(app) = bwrap_app().await else { return };
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let home = real_home().join(format!("batchforge-mcp-{tag}"));
+    let _cleanup = Planted(home.clone());
+    let id = app
+        .submit(
+            "/batch/mcp-operations",
+            &json!({"operations": [
+                {"id": "write", "type": "command",
+                 "command": format!("sh -c 'touch {} /etc/batchforge-{tag}; touch made-{tag}'", home.display())},
+                {"id": "db", "type": "command",
+                 "command": format!("ls -a {}", app.dir.path().display())},
+            ]}),
+        )
+        .await;
+    let job = app.wait_finished(&id, Duration::from_secs(60)).await;
+    let results = job["result"]["results"].as_array().unwrap();
+    assert!(!home.exists(), "{results:?}");
+    assert!(!PathBuf::from(format!("/etc/batchforge-{tag}")).exists());
+    assert!(
+        app.workspace.join(format!("made-{tag}")).exists(),
+        "{results:?}"
+    );
+    let listing = results[1].to_string();
+    assert!(!listing.contains("jobs.db"), "{listing}");
+}
