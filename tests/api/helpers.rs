@@ -407,8 +407,18 @@ pub async fn spawn_serve(
     args: &[&std::ffi::OsStr],
     log: std::fs::File,
 ) -> (tokio::process::Child, String) {
+    spawn_serve_in_env(args, log, &[]).await
+}
+
+/// [`spawn_serve`] with `env` set in the child's environment.
+pub async fn spawn_serve_in_env(
+    args: &[&std::ffi::OsStr],
+    log: std::fs::File,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
+        .envs(env.iter().copied())
         .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
         .args(args)

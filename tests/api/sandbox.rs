@@ -504,3 +504,45 @@ async fn the_builtin_mcp_servers_commands_run_in_the_sandbox() {
     let listing = results[1].to_string();
     assert!(!listing.contains("jobs.db"), "{listing}");
 }
+
+#[actix_web::test]
+async fn serve_probes_bubblewrap_refusing_a_forced_bwrap_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    // A PATH without bwrap: `auto` falls back to none with a warning, `bwrap` refuses.
+    let empty = dir.path().join("bin");
+    std::fs::create_dir(&empty).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--sandbox", "bwrap"])
+        .args(["--database-url", &db])
+        .arg("--workspace")
+        .arg(&ws)
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--sandbox bwrap: bubblewrap is unusable: no 'bwrap' on PATH"),
+        "{stderr}"
+    );
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let (_child, address) = {
+        let args = [
+            std::ffi::OsStr::new("--sandbox"),
+            std::ffi::OsStr::new("auto"),
+            std::ffi::OsStr::new("--database-url"),
+            std::ffi::OsStr::new(&db),
+            std::ffi::OsStr::new("--workspace"),
+            ws.as_os_str(),
+        ];
+        spawn_serve_in_env(&args, log, &[("PATH", empty.as_os_str())]).await
+    };
+    let (status, health) = send(&client(), "GET", &format!("{address}/health"), None).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["sandbox"], "none", "{health}");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("bubblewrap is unusable"), "{log}");
+}
