@@ -78,7 +78,7 @@ pub(super) async fn pairing(args: &BenchArgs, dir: &Path) -> Result<()> {
         return Ok(());
     }
     let mut rows = Vec::new();
-    for (label, command) in [("true", "true"), ("50ms", "sleep 0.05")] {
+    for (label, command) in [("true", "true"), ("50ms", "sh -c 'sleep 0.05'")] {
         let none = batch(dir, "none", label, command, n).await?;
         let bwrap = batch(dir, "bwrap", label, command, n).await?;
         // Each of the PARALLEL slots runs n / PARALLEL items one after the other.
@@ -100,7 +100,7 @@ pub(super) async fn pairing(args: &BenchArgs, dir: &Path) -> Result<()> {
     table(
         "Sandbox cost",
         &format!(
-            "{n} validation items per run at parallel = concurrency = {PARALLEL}, `--sandbox none` then `--sandbox bwrap`, one fresh server each; `true`, then `sleep 0.05` (50 ms of work)"
+            "{n} validation items per run at parallel = concurrency = {PARALLEL}, `--sandbox none` then `--sandbox bwrap`, one fresh server each; `true`, then `sh -c 'sleep 0.05'` (50 ms of work; the item's path is its $0)"
         ),
         &rows
             .iter()
