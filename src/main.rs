@@ -145,6 +145,53 @@ struct ServeArgs {
     /// the others. At least twice the heartbeat interval.
     #[arg(long, env = "BATCHFORGE_NODE_TIMEOUT", default_value = "10s", value_parser = batchforge::services::retention::parse_duration)]
     node_timeout: Duration,
+    /// How commands are isolated: none (the default), auto (bubblewrap when a probe at
+    /// start works, else none with a warning), bwrap (or refuse to start).
+    #[arg(long, env = "BATCHFORGE_SANDBOX", default_value = "none")]
+    sandbox: batchforge::sandbox::SandboxMode,
+    /// Default `memory_mb` of every command whose job sets none: address space in MiB (RLIMIT_AS).
+    #[arg(long = "sandbox-memory-mb", env = "BATCHFORGE_SANDBOX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_memory_mb: Option<u64>,
+    /// The most `memory_mb` a job may ask for (a job asking more is refused).
+    #[arg(long = "sandbox-limit-memory-mb", env = "BATCHFORGE_SANDBOX_LIMIT_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_limit_memory_mb: Option<u64>,
+    /// Default `cpu_seconds` of every command whose job sets none: CPU seconds (RLIMIT_CPU).
+    #[arg(long = "sandbox-cpu-seconds", env = "BATCHFORGE_SANDBOX_CPU_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_cpu_seconds: Option<u64>,
+    /// The most `cpu_seconds` a job may ask for (a job asking more is refused).
+    #[arg(long = "sandbox-limit-cpu-seconds", env = "BATCHFORGE_SANDBOX_LIMIT_CPU_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_limit_cpu_seconds: Option<u64>,
+    /// Default `max_processes` of every command whose job sets none: processes at once.
+    #[arg(long = "sandbox-max-processes", env = "BATCHFORGE_SANDBOX_MAX_PROCESSES", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_max_processes: Option<u64>,
+    /// The most `max_processes` a job may ask for (a job asking more is refused).
+    #[arg(long = "sandbox-limit-max-processes", env = "BATCHFORGE_SANDBOX_LIMIT_MAX_PROCESSES", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_limit_max_processes: Option<u64>,
+    /// Default `max_file_mb` of every command whose job sets none: largest file written, in MiB (RLIMIT_FSIZE).
+    #[arg(long = "sandbox-max-file-mb", env = "BATCHFORGE_SANDBOX_MAX_FILE_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_max_file_mb: Option<u64>,
+    /// The most `max_file_mb` a job may ask for (a job asking more is refused).
+    #[arg(long = "sandbox-limit-max-file-mb", env = "BATCHFORGE_SANDBOX_LIMIT_MAX_FILE_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    sandbox_limit_max_file_mb: Option<u64>,
+}
+
+/// The `--sandbox-*` limit flags: `(default, maximum)` for each limit.
+fn sandbox_limits(args: &ServeArgs) -> (batchforge::sandbox::Limits, batchforge::sandbox::Limits) {
+    use batchforge::sandbox::Limits;
+    (
+        Limits {
+            memory_mb: args.sandbox_memory_mb,
+            cpu_seconds: args.sandbox_cpu_seconds,
+            max_processes: args.sandbox_max_processes,
+            max_file_mb: args.sandbox_max_file_mb,
+        },
+        Limits {
+            memory_mb: args.sandbox_limit_memory_mb,
+            cpu_seconds: args.sandbox_limit_cpu_seconds,
+            max_processes: args.sandbox_limit_max_processes,
+            max_file_mb: args.sandbox_limit_max_file_mb,
+        },
+    )
 }
 
 fn parse_llm_api(s: &str) -> Result<batchforge::agent::LlmApi, String> {
@@ -245,6 +292,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let (sandbox_defaults, sandbox_maxima) = sandbox_limits(&args);
     if !(args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0) {
         eprintln!("error: --shutdown-grace must be a non-negative number of seconds");
         return std::process::ExitCode::from(2);
@@ -258,6 +306,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
         default_server: args.mcp_default,
         server_binary: None,
         read_only: args.mcp_read_only,
+        sandbox_args: Vec::new(),
     };
     if let Some(file) = &args.mcp_config {
         let parsed = std::fs::read_to_string(file)
@@ -332,6 +381,12 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
             cluster: batchforge::services::cluster::ClusterConfig {
                 heartbeat_interval: args.heartbeat_interval,
                 node_timeout: args.node_timeout,
+            },
+            sandbox: batchforge::sandbox::SandboxConfig {
+                mode: args.sandbox,
+                defaults: sandbox_defaults,
+                maxima: sandbox_maxima,
+                hidden: Vec::new(),
             },
             ..EngineConfig::default()
         },

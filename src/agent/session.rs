@@ -19,7 +19,7 @@ use super::llm::{ChatRequest, LlmClient, LlmError, Message, Role, ToolCall, Tool
 use super::parse::{parse_tool_calls, TextCalls};
 use super::tools::{format_output, Workbench, FINISH};
 use crate::processor::ProgressReporter;
-use crate::sandbox::spawn::{run_command_with_env, CommandSpec};
+use crate::sandbox::spawn::{run_sandboxed, CommandSpec};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -571,7 +571,7 @@ impl<'a> Session<'a> {
             timeout: s.command_timeout,
             max_output_bytes: s.max_output_bytes,
         };
-        let out = run_command_with_env(&spec, self.bench.env(), self.cancel)
+        let out = run_sandboxed(&spec, self.bench.env(), self.bench.sandbox(), self.cancel)
             .await
             .map_err(|e| {
                 Ending::CheckFailedToStart(format!(
@@ -582,7 +582,9 @@ impl<'a> Session<'a> {
         if out.cancelled {
             return Err(Ending::Cancelled);
         }
-        let status = if out.timed_out {
+        let status = if let Some(limit) = &out.limit {
+            format!("{limit}; killed")
+        } else if out.timed_out {
             format!("timed out after {:.0}s", s.command_timeout.as_secs_f64())
         } else {
             match (out.exit_code, out.signal) {

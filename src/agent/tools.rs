@@ -11,7 +11,8 @@
 use super::llm::{ToolCall, ToolSpec};
 use crate::mcp::args::{optional_str, required_str, Blank};
 use crate::sandbox::confine::Root;
-use crate::sandbox::spawn::{run_command_with_env, tool_command, CommandEnv};
+use crate::sandbox::spawn::{run_sandboxed, tool_command, CommandEnv};
+use crate::sandbox::ItemSandbox;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,8 @@ pub struct Workbench {
     max_output_bytes: usize,
     /// The environment of `run_command`.
     env: CommandEnv,
+    /// The sandbox `run_command` and the check run in (the task's worktree writable).
+    sandbox: ItemSandbox,
     /// Files written through `write_file`, relative to the root.
     written: BTreeSet<String>,
 }
@@ -139,6 +142,7 @@ impl Workbench {
             command_timeout,
             max_output_bytes,
             env: CommandEnv::default(),
+            sandbox: ItemSandbox::default(),
             written: BTreeSet::new(),
         }
     }
@@ -153,6 +157,17 @@ impl Workbench {
     /// The environment commands run in.
     pub fn env(&self) -> &CommandEnv {
         &self.env
+    }
+
+    /// The same, with commands run in `sandbox`.
+    pub fn with_sandbox(mut self, sandbox: ItemSandbox) -> Self {
+        self.sandbox = sandbox;
+        self
+    }
+
+    /// The sandbox commands run in.
+    pub fn sandbox(&self) -> &ItemSandbox {
+        &self.sandbox
     }
 
     /// The workspace root.
@@ -296,10 +311,12 @@ impl Workbench {
             self.max_output_bytes,
             "commands run without a shell: no pipes, redirection or builtins",
         )?;
-        let out = run_command_with_env(&spec, &self.env, cancel)
+        let out = run_sandboxed(&spec, &self.env, &self.sandbox, cancel)
             .await
             .map_err(|e| format!("cannot start '{}': {e}", spec.argv[0]))?;
-        let status = if out.cancelled {
+        let status = if let Some(limit) = &out.limit {
+            format!("{limit}; killed")
+        } else if out.cancelled {
             "cancelled; process group killed".to_string()
         } else if out.timed_out {
             format!(

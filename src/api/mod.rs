@@ -375,6 +375,7 @@ async fn set_paused(engine: &Engine, id: String, paused: bool) -> Reply {
 async fn list_kinds(engine: web::Data<Engine>) -> Reply {
     Ok(HttpResponse::Ok().json(KindList {
         kinds: engine.kinds().await?,
+        sandbox: engine.sandbox_mode().into(),
     }))
 }
 
@@ -722,6 +723,7 @@ async fn health(engine: web::Data<Engine>) -> Reply {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         node_id: engine.node_id().to_string(),
+        sandbox: engine.sandbox_mode().into(),
     }))
 }
 

@@ -179,6 +179,8 @@ pub struct HealthResponse {
     pub version: String,
     /// This engine node's id.
     pub node_id: String,
+    /// The sandbox commands run in: `bwrap` or `none`.
+    pub sandbox: String,
 }
 
 /// `GET /batch/stats`.
@@ -210,6 +212,8 @@ pub struct ResultLine {
 pub struct KindList {
     /// Every registered kind, by name.
     pub kinds: Vec<crate::queue::messages::KindInfo>,
+    /// The sandbox the kinds' commands run in: `bwrap` or `none`.
+    pub sandbox: String,
 }
 
 /// `POST /batch/jobs/{id}/retry`.

@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// Validation items in the commands scenario.
     #[arg(long, default_value_t = 5_000)]
     pub commands: usize,
+    /// Items per run of the commands scenario's sandbox pairing (`--sandbox none` against
+    /// `bwrap`, for `true` and for 50 ms of work); default the smaller of `--commands`
+    /// and 2000.
+    #[arg(long)]
+    pub sandbox_commands: Option<usize>,
     /// Queued items in the footprint scenario.
     #[arg(long, default_value_t = 1_000_000)]
     pub footprint_items: usize,
@@ -109,6 +114,8 @@ pub enum BenchError {
 }
 
 type Result<T> = std::result::Result<T, BenchError>;
+
+mod sandbox;
 
 fn setup(e: impl std::fmt::Display) -> BenchError {
     BenchError::Setup(e.to_string())
@@ -467,7 +474,16 @@ async fn small_jobs(args: &BenchArgs, dir: &Path) -> Result<()> {
 async fn commands(args: &BenchArgs, dir: &Path) -> Result<()> {
     let p = cores();
     std::fs::write(dir.join("ws").join("f"), "")?;
-    let server = Server::start(dir, &["--concurrency".to_string(), p.to_string()])?;
+    // Unsandboxed, as xargs is: the sandbox's cost is the pairing's table.
+    let server = Server::start(
+        dir,
+        &[
+            "--concurrency".to_string(),
+            p.to_string(),
+            "--sandbox".to_string(),
+            "none".to_string(),
+        ],
+    )?;
     let client = client();
     let targets: Vec<Value> = (0..args.commands)
         .map(|i| json!({"id": i.to_string(), "path": "f"}))
@@ -520,7 +536,7 @@ async fn commands(args: &BenchArgs, dir: &Path) -> Result<()> {
     table(
         "Commands against xargs -P",
         &format!(
-            "{} validation items `true f`, parallel = concurrency = {p} (cores); `xargs -P {p} -n1 true` on the same arguments",
+            "{} validation items `true f`, parallel = concurrency = {p} (cores), `--sandbox none`; `xargs -P {p} -n1 true` on the same arguments",
             args.commands
         ),
         &[
@@ -529,7 +545,7 @@ async fn commands(args: &BenchArgs, dir: &Path) -> Result<()> {
             ("ratio", format!("{:.2}", engine / xargs), "≤ 1.3"),
         ],
     );
-    Ok(())
+    sandbox::pairing(args, dir).await
 }
 
 /// Runs one `batch_mcp` job to completion; returns it and the wall time from submit.

@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub retention_interval: Duration,
     /// Heartbeats and failure detection of nodes sharing a PostgreSQL queue.
     pub cluster: crate::services::cluster::ClusterConfig,
+    /// How commands are isolated (`--sandbox`) and limited (`--sandbox-memory-mb` …).
+    pub sandbox: crate::sandbox::SandboxConfig,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +67,7 @@ impl Default for EngineConfig {
             retention: None,
             retention_interval: crate::services::retention::DEFAULT_INTERVAL,
             cluster: crate::services::cluster::ClusterConfig::default(),
+            sandbox: crate::sandbox::SandboxConfig::default(),
         }
     }
 }
@@ -124,17 +127,31 @@ impl EngineBuilder {
                 workspace.display()
             )));
         }
+        let sandbox = Arc::new(start_sandbox(&config, &url)?);
         let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
         if config.builtin_processors {
             let io = |e: std::io::Error| StartError::Config(format!("workspace: {e}"));
-            processors.push(Arc::new(validation::processor(&workspace).map_err(io)?));
-            processors.push(Arc::new(test_suite::processor(&workspace).map_err(io)?));
+            processors.push(Arc::new(
+                validation::processor(&workspace)
+                    .map_err(io)?
+                    .with_sandbox(sandbox.clone()),
+            ));
+            processors.push(Arc::new(
+                test_suite::processor(&workspace)
+                    .map_err(io)?
+                    .with_sandbox(sandbox.clone()),
+            ));
+            let mcp_config = McpConfig {
+                sandbox_args: sandbox.server_args(),
+                ..config.mcp.clone()
+            };
             let servers =
-                McpRegistry::resolve(&config.mcp, &workspace).map_err(StartError::Config)?;
+                McpRegistry::resolve(&mcp_config, &workspace).map_err(StartError::Config)?;
             processors.push(Arc::new(mcp::McpProcessor::new(servers)));
             processors.push(Arc::new(
                 agent::AgentProcessor::new(&workspace, config.agent.clone())
-                    .map_err(StartError::Config)?,
+                    .map_err(StartError::Config)?
+                    .with_sandbox(sandbox.clone()),
             ));
         }
         for p in custom {
@@ -278,6 +295,7 @@ impl EngineBuilder {
             store: store.clone(),
             node_id,
             workspace: Arc::new(workspace),
+            sandbox,
             background,
             schedules: crate::services::cron::Scheduler::new(store.clone()),
         };
@@ -290,6 +308,28 @@ impl EngineBuilder {
 
 use crate::services::cluster::hostname;
 
+/// Resolves the sandbox (probing bubblewrap), hiding the database's directory and files
+/// from sandboxed commands besides what the configuration hides.
+fn start_sandbox(
+    config: &EngineConfig,
+    url: &DatabaseUrl,
+) -> Result<crate::sandbox::Sandbox, StartError> {
+    let mut sandbox = config.sandbox.clone();
+    if let DatabaseUrl::Sqlite(file) = url {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+        if let Some(dir) = file.parent() {
+            sandbox.hidden.push(dir.to_path_buf());
+        }
+        // The files too: when the directory is the workspace, only they can be hidden.
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut f = file.clone().into_os_string();
+            f.push(suffix);
+            sandbox.hidden.push(f.into());
+        }
+    }
+    crate::sandbox::Sandbox::start(&sandbox).map_err(StartError::Config)
+}
+
 /// A running engine. Cheap to clone; every method is one message to the Supervisor.
 #[derive(Clone)]
 pub struct Engine {
@@ -297,6 +337,8 @@ pub struct Engine {
     store: Store,
     node_id: Arc<str>,
     workspace: Arc<PathBuf>,
+    /// The sandbox in force for every command.
+    sandbox: Arc<crate::sandbox::Sandbox>,
     /// Stops the webhook dispatcher and the retention pruner.
     background: tokio_util::sync::CancellationToken,
     /// The cron schedules' store and ticker (`crate::services::cron`).
@@ -312,6 +354,11 @@ impl Engine {
     /// This engine's node id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The sandbox mode in force for commands: `bwrap` or `none`.
+    pub fn sandbox_mode(&self) -> &'static str {
+        self.sandbox.mode()
     }
 
     /// The canonical workspace root.

@@ -40,6 +40,9 @@ pub struct McpConfig {
     pub server_binary: Option<PathBuf>,
     /// Start the built-in server with `--read-only` (no `write_file`, no `run_command`).
     pub read_only: bool,
+    /// Arguments that put the built-in server's `run_command` in the engine's sandbox
+    /// (set by the engine from [`crate::sandbox::Sandbox::server_args`]).
+    pub sandbox_args: Vec<String>,
 }
 
 /// One MCP server a job may use.
@@ -123,6 +126,7 @@ impl McpRegistry {
             if config.read_only {
                 args.push("--read-only".into());
             }
+            args.extend(config.sandbox_args.iter().cloned());
             servers.insert(
                 0,
                 McpServerConfig {

@@ -20,7 +20,8 @@
 use crate::mcp::args::{optional_str, required_str, Blank};
 use crate::mcp::ops::{encoded_len, MAX_MESSAGE_BYTES, MAX_WRITE_BYTES};
 use crate::sandbox::confine::Root;
-use crate::sandbox::spawn::{run_command, tool_command};
+use crate::sandbox::spawn::{run_sandboxed, tool_command, CommandEnv};
+use crate::sandbox::{ItemSandbox, Limits};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -58,6 +59,33 @@ pub struct ServerArgs {
     /// stdio may not reach 16 MiB.
     #[arg(long, default_value_t = DEFAULT_MAX_READ_BYTES)]
     pub max_read_bytes: u64,
+    /// The sandbox `run_command` runs in (batchforge passes its own).
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The sandbox flags of `batchforge mcp-server`: what `serve` resolved, passed on.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SandboxArgs {
+    /// Run each command under this bubblewrap binary (the root writable, the rest
+    /// read-only, no network, a private /tmp and PID namespace).
+    #[arg(long)]
+    pub sandbox_bwrap: Option<PathBuf>,
+    /// A path to hide from commands (repeatable); $HOME and its secrets always are.
+    #[arg(long)]
+    pub sandbox_hide: Vec<PathBuf>,
+    /// Address space of each command, in MiB.
+    #[arg(long)]
+    pub sandbox_memory_mb: Option<u64>,
+    /// CPU seconds of each command.
+    #[arg(long)]
+    pub sandbox_cpu_seconds: Option<u64>,
+    /// Processes of each command at once.
+    #[arg(long)]
+    pub sandbox_max_processes: Option<u64>,
+    /// Largest file a command may write, in MiB.
+    #[arg(long)]
+    pub sandbox_max_file_mb: Option<u64>,
 }
 
 /// Default of `--max-read-bytes`: 8 MiB.
@@ -112,6 +140,8 @@ pub struct SandboxServer {
     command_timeout: Duration,
     max_output_bytes: usize,
     max_read_bytes: u64,
+    /// What `run_command` runs in.
+    sandbox: Arc<ItemSandbox>,
 }
 
 /// A tool's outcome: a result, or a message for a tool error.
@@ -128,11 +158,23 @@ impl SandboxServer {
             return Err(format!("--root {} is not a directory", root.display()));
         }
         Ok(SandboxServer {
-            root: Arc::new(root),
             read_only: args.read_only,
             command_timeout: command_timeout(args.command_timeout)?,
             max_output_bytes: args.max_output_bytes.max(1),
             max_read_bytes: args.max_read_bytes,
+            sandbox: Arc::new(ItemSandbox {
+                bwrap: args.sandbox.sandbox_bwrap.clone(),
+                limits: Limits {
+                    memory_mb: args.sandbox.sandbox_memory_mb,
+                    cpu_seconds: args.sandbox.sandbox_cpu_seconds,
+                    max_processes: args.sandbox.sandbox_max_processes,
+                    max_file_mb: args.sandbox.sandbox_max_file_mb,
+                },
+                writable: vec![root.clone()],
+                hidden: args.sandbox.sandbox_hide.clone(),
+                ..ItemSandbox::default()
+            }),
+            root: Arc::new(root),
         })
     }
 
@@ -410,10 +452,12 @@ impl SandboxServer {
             self.max_output_bytes,
             "looked on PATH and in the working directory",
         )?;
-        let out = run_command(&spec, &cancel)
+        let out = run_sandboxed(&spec, &CommandEnv::default(), &self.sandbox, &cancel)
             .await
             .map_err(|e| format!("cannot start '{}': {e}", spec.argv[0]))?;
-        let failure = if out.cancelled {
+        let failure = if let Some(limit) = &out.limit {
+            Some(format!("{limit}; killed"))
+        } else if out.cancelled {
             Some("cancelled by the client; process group killed".to_string())
         } else if out.timed_out {
             Some(format!(
@@ -573,6 +617,7 @@ mod tests {
             command_timeout: t,
             max_output_bytes: 1024,
             max_read_bytes: DEFAULT_MAX_READ_BYTES,
+            sandbox: SandboxArgs::default(),
         };
         assert!(SandboxServer::new(&args(1e300)).is_err());
         assert!(SandboxServer::new(&args(f64::NAN)).is_err());

@@ -236,6 +236,8 @@ pub struct AgentProcessor {
     http: reqwest::Client,
     limits: EndpointLimits,
     workspaces: Workspaces,
+    /// The sandbox the task's commands run in, its worktree writable.
+    sandbox: std::sync::Arc<crate::sandbox::Sandbox>,
 }
 
 impl AgentProcessor {
@@ -257,7 +259,13 @@ impl AgentProcessor {
             config: AgentConfig { llm_url, ..config },
             http,
             workspaces: Workspaces::new(scratch),
+            sandbox: Default::default(),
         })
+    }
+
+    /// Runs the tasks' commands in `sandbox` (the engine passes the one in force).
+    pub fn with_sandbox(self, sandbox: std::sync::Arc<crate::sandbox::Sandbox>) -> Self {
+        AgentProcessor { sandbox, ..self }
     }
 
     fn client(&self, opts: &AgentOptions) -> LlmClient {
@@ -294,6 +302,7 @@ impl Processor for AgentProcessor {
 
     fn validate_options(&self, options: &Value) -> Result<(), FieldError> {
         let opts = AgentOptions::parse(options)?;
+        self.sandbox.check_options(options)?;
         let argv =
             split_command(&opts.check_command).map_err(|e| FieldError::new("check_command", e))?;
         if find_program(&argv[0], &self.root).is_none() {
@@ -385,7 +394,12 @@ impl Processor for AgentProcessor {
             opts.command_timeout,
             opts.max_output_bytes,
         )
-        .with_env(workspace.command_env());
+        .with_env(workspace.command_env())
+        .with_sandbox({
+            let mut sandbox = self.sandbox.item(&ctx.options, workspace.dir());
+            sandbox.share_git_worktree(workspace.dir());
+            sandbox
+        });
         let mut session = Session::new(&settings, &llm, bench, &ctx.progress, &ctx.cancel);
         let ending = session.run().await;
         let written = session.written();

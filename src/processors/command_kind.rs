@@ -8,9 +8,10 @@ use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
 use crate::sandbox::confine::Root;
 use crate::sandbox::spawn::{
-    find_program, run_command, split_command, CommandSpec, DEFAULT_MAX_OUTPUT_BYTES,
+    find_program, run_sandboxed, split_command, CommandEnv, CommandSpec, DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_TIMEOUT,
 };
+use crate::sandbox::Sandbox;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,12 +35,19 @@ pub struct CommandProcessor {
     /// The original's names for this kind's summary counts.
     pub(super) summary_aliases: &'static [SummaryAlias],
     pub(super) concurrency: usize,
+    /// The sandbox its commands run in (none until the engine gives its own).
+    pub(super) sandbox: std::sync::Arc<Sandbox>,
 }
 
 impl CommandProcessor {
     /// The canonical workspace root every item path is confined to.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Runs its commands in `sandbox` (the engine passes the one in force).
+    pub fn with_sandbox(self, sandbox: std::sync::Arc<Sandbox>) -> Self {
+        CommandProcessor { sandbox, ..self }
     }
 
     pub(super) fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
@@ -110,6 +118,7 @@ impl Processor for CommandProcessor {
         }
         TargetKind::from_options(options)?;
         crate::model::options::seconds(options, "timeout_seconds", MAX_TIMEOUT_SECONDS)?;
+        self.sandbox.check_options(options)?;
         match options.get("max_output_bytes") {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_u64() {
@@ -162,7 +171,8 @@ impl Processor for CommandProcessor {
             timeout: Self::timeout(&ctx.options),
             max_output_bytes: Self::max_output(&ctx.options),
         };
-        let out = match run_command(&spec, &ctx.cancel).await {
+        let sandbox = self.sandbox.item(&ctx.options, &self.root);
+        let out = match run_sandboxed(&spec, &CommandEnv::default(), &sandbox, &ctx.cancel).await {
             Ok(out) => out,
             Err(e) => return error(result, format!("cannot start '{}': {e}", spec.argv[0])),
         };
@@ -187,6 +197,12 @@ impl Processor for CommandProcessor {
             result.insert("error".into(), json!(message));
             // A timeout is an error, not a verdict: the job's max_attempts may retry it.
             return ItemOutcome::error(Value::Object(result), message);
+        }
+        if let Some(limit) = out.limit {
+            result.insert("status".into(), json!("error"));
+            result.insert("error".into(), json!(limit));
+            // The same command would hit the same limit again: not worth a retry.
+            return ItemOutcome::failed(Value::Object(result), limit);
         }
         match out.exit_code {
             Some(code) if (self.passes)(code) => {

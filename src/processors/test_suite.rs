@@ -25,6 +25,7 @@ pub fn processor(workspace: &Path) -> std::io::Result<CommandProcessor> {
         passes,
         summary_aliases: &[("passed", ItemStatus::Succeeded)],
         concurrency: default_command_concurrency(),
+        sandbox: Default::default(),
     })
 }
 

@@ -24,6 +24,7 @@ pub fn processor(workspace: &Path) -> std::io::Result<CommandProcessor> {
         passes,
         summary_aliases: &[],
         concurrency: default_command_concurrency(),
+        sandbox: Default::default(),
     })
 }
 

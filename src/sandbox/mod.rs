@@ -13,9 +13,16 @@
 //! transport, see `mcp::pool`: they are the user's own long-lived servers, not job
 //! commands) and the agent workspace's own `git` bookkeeping (`agent::workspace`).
 //!
-//! Issue 13's isolation (bubblewrap, resource limits, an environment allowlist) lands
-//! here: [`spawn::run_command_with_env`] is the single door it has to wrap.
+//! Isolation: [`policy`] resolves the server's mode (`auto`, `bwrap`, `none`) once at
+//! start and derives each item's [`policy::ItemSandbox`] from its job's options;
+//! [`spawn::run_sandboxed`] runs a command under it, through [`bwrap`]'s command line and
+//! environment allowlist, within [`limits`]. External MCP servers are not sandboxed.
 
+pub mod bwrap;
 pub mod confine;
 pub(crate) mod guardian;
+pub mod limits;
+pub mod policy;
 pub mod spawn;
+
+pub use policy::{ItemSandbox, Limits, Sandbox, SandboxConfig, SandboxMode};

@@ -2,6 +2,7 @@
 //! time and output, and killed with its whole process group when it must stop.
 
 use super::confine::Root;
+use super::policy::ItemSandbox;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -101,6 +102,8 @@ pub struct CommandOutput {
     pub cancelled: bool,
     /// Wall time.
     pub duration: Duration,
+    /// The resource limit that ended it (`memory limit of 512 MB reached`), if one did.
+    pub limit: Option<String>,
 }
 
 /// Kills the process group on drop, so no child outlives its item even when the future
@@ -187,18 +190,54 @@ pub async fn run_command_with_env(
     env: &CommandEnv,
     cancel: &CancellationToken,
 ) -> std::io::Result<CommandOutput> {
+    run_sandboxed(spec, env, &ItemSandbox::default(), cancel).await
+}
+
+/// Runs a command under `sandbox`: through bubblewrap when it names it (with the
+/// allowlisted environment, see [`super::bwrap`]), else directly with the inherited one;
+/// with the sandbox's resource limits either way. `env` changes the environment first,
+/// then the job's `env` option.
+pub async fn run_sandboxed(
+    spec: &CommandSpec,
+    env: &CommandEnv,
+    sandbox: &ItemSandbox,
+    cancel: &CancellationToken,
+) -> std::io::Result<CommandOutput> {
     let started = Instant::now();
-    let (program, args) = spec
-        .argv
-        .split_first()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut command = Command::new(program);
-    for name in &env.remove {
-        command.env_remove(name);
+    if spec.argv.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "empty command",
+        ));
     }
-    command.envs(env.set.iter().map(|(k, v)| (k, v)));
+    let mut command = match &sandbox.bwrap {
+        Some(bwrap) => {
+            let mut c = Command::new(bwrap);
+            c.args(super::bwrap::args(sandbox, &spec.cwd))
+                .args(&spec.argv)
+                .env_clear()
+                .envs(super::bwrap::environment(sandbox, &env.set));
+            c
+        }
+        None => {
+            let mut c = Command::new(&spec.argv[0]);
+            for name in &env.remove {
+                c.env_remove(name);
+            }
+            c.envs(env.set.iter().chain(&sandbox.env).map(|(k, v)| (k, v)))
+                .args(&spec.argv[1..]);
+            c
+        }
+    };
+    let limits = sandbox.limits;
+    if limits.memory_mb.is_some() || limits.cpu_seconds.is_some() || limits.max_file_mb.is_some() {
+        // SAFETY: `apply` only calls setrlimit, which is async-signal-safe. A pre_exec
+        // hook costs the posix_spawn fast path, so it is set only when a limit needs it.
+        unsafe {
+            command.pre_exec(move || super::limits::apply(&limits));
+        }
+    }
     let mut child = command
-        .args(args)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -218,9 +257,20 @@ pub async fn run_command_with_env(
         spec.max_output_bytes,
         std::sync::Arc::clone(&err_buf),
     ));
-    let (mut timed_out, mut cancelled) = (false, false);
+    let (mut timed_out, mut cancelled, mut too_many) = (false, false, false);
+    let overhead = if sandbox.bwrap.is_some() {
+        super::bwrap::OWN_PROCESSES
+    } else {
+        0
+    };
+    let pid = child.id().map(|p| p as i32);
     let status = tokio::select! {
         status = child.wait() => status?,
+        _ = watch_processes(pid, limits.max_processes, overhead) => {
+            too_many = true;
+            if let Some(g) = &guard { g.kill(); }
+            child.wait().await?
+        }
         _ = tokio::time::sleep(spec.timeout) => {
             timed_out = true;
             if let Some(g) = &guard { g.kill(); }
@@ -250,16 +300,60 @@ pub async fn run_command_with_env(
     let (stdout, t1) = collect(out, out_buf).await;
     let (stderr, t2) = collect(err, err_buf).await;
     use std::os::unix::process::ExitStatusExt;
+    // bubblewrap, as the PID namespace's init, reports a command killed by signal n as
+    // exit code 128 + n (the shell's convention): read it back as the signal, so a crash
+    // is a crash (retryable, a limit's signal) under either mode.
+    let (exit_code, signal) = match status.code() {
+        Some(code) if sandbox.bwrap.is_some() && (129..=128 + 64).contains(&code) => {
+            (None, Some(code - 128))
+        }
+        code => (code, status.signal()),
+    };
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    let limit = if too_many {
+        limits
+            .max_processes
+            .map(super::limits::process_limit_message)
+    } else if timed_out || cancelled {
+        None
+    } else {
+        super::limits::limit_reached(
+            &limits,
+            &super::limits::Ending {
+                exit_code,
+                signal,
+                stderr: &stderr,
+            },
+        )
+    };
     Ok(CommandOutput {
-        exit_code: status.code(),
-        signal: status.signal(),
+        exit_code,
+        signal,
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        stderr,
         truncated: t1 || t2,
         timed_out,
         cancelled,
         duration: started.elapsed(),
+        limit,
     })
+}
+
+/// Returns once the command `pid` has more than `limit` processes (besides `overhead` of
+/// the sandbox's own); never when there is no limit.
+async fn watch_processes(pid: Option<i32>, limit: Option<u64>, overhead: usize) {
+    let (Some(pid), Some(limit)) = (pid, limit) else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(super::limits::WATCH_INTERVAL);
+    loop {
+        tick.tick().await;
+        let n = super::limits::count_processes(pid, pid).saturating_sub(overhead);
+        if n as u64 > limit {
+            log::info!("command group {pid} has {n} processes, over its limit of {limit}: killed");
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

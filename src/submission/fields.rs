@@ -44,6 +44,13 @@ pub const VALIDATION_OPTIONS: &[&str] = &[
     "timeout_seconds",
     "max_output_bytes",
     "target_kind",
+    "sandbox",
+    "network",
+    "env",
+    "memory_mb",
+    "cpu_seconds",
+    "max_processes",
+    "max_file_mb",
 ];
 /// Options of `batch_tests` (read by its processor).
 pub const TESTS_OPTIONS: &[&str] = &[
@@ -51,6 +58,13 @@ pub const TESTS_OPTIONS: &[&str] = &[
     "timeout_seconds",
     "max_output_bytes",
     "target_kind",
+    "sandbox",
+    "network",
+    "env",
+    "memory_mb",
+    "cpu_seconds",
+    "max_processes",
+    "max_file_mb",
 ];
 /// Options of `batch_agent_tasks` (read by `AgentOptions::parse`).
 pub const AGENT_OPTIONS: &[&str] = &[
@@ -70,6 +84,13 @@ pub const AGENT_OPTIONS: &[&str] = &[
     "llm_timeout_seconds",
     "llm_retries",
     "max_output_bytes",
+    "sandbox",
+    "network",
+    "env",
+    "memory_mb",
+    "cpu_seconds",
+    "max_processes",
+    "max_file_mb",
 ];
 /// Options of `batch_mcp` (read by its processor).
 pub const MCP_OPTIONS: &[&str] = &["server", "timeout_seconds"];

@@ -44,6 +44,28 @@ pub struct ValidationRequest {
     /// Bytes of stdout and of stderr kept per item; the rest is cut and `truncated` set.
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 16777216, example = 65536)]
     pub max_output_bytes: Option<Value>,
+    /// The sandbox of its commands: `bwrap` asks for bubblewrap (refused where the server has
+    /// none); a job may only tighten the server's mode, never ask for `none` under `bwrap`.
+    #[schema(value_type = Option<String>, example = "bwrap")]
+    pub sandbox: Option<Value>,
+    /// Let its sandboxed commands reach the network (default false).
+    #[schema(value_type = Option<bool>, example = false)]
+    pub network: Option<Value>,
+    /// Environment variables of its commands, besides the sandbox's allowlist.
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<Value>,
+    /// Address-space limit per command, in MB (server default and maximum apply).
+    #[schema(value_type = Option<u64>, example = 512)]
+    pub memory_mb: Option<Value>,
+    /// CPU-time limit per command, in seconds.
+    #[schema(value_type = Option<u64>, example = 60)]
+    pub cpu_seconds: Option<Value>,
+    /// Most processes one command's tree may hold at once.
+    #[schema(value_type = Option<u64>, example = 64)]
+    pub max_processes: Option<Value>,
+    /// Largest file one command may write, in MB.
+    #[schema(value_type = Option<u64>, example = 100)]
+    pub max_file_mb: Option<Value>,
     /// Per-job concurrency (default 5).
     #[schema(minimum = 1, maximum = 1000)]
     pub parallel: Option<i64>,
@@ -81,6 +103,28 @@ pub struct TestsRequest {
     /// Bytes of stdout and of stderr kept per item; the rest is cut and `truncated` set.
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 16777216, example = 65536)]
     pub max_output_bytes: Option<Value>,
+    /// The sandbox of its commands: `bwrap` asks for bubblewrap (refused where the server has
+    /// none); a job may only tighten the server's mode, never ask for `none` under `bwrap`.
+    #[schema(value_type = Option<String>, example = "bwrap")]
+    pub sandbox: Option<Value>,
+    /// Let its sandboxed commands reach the network (default false).
+    #[schema(value_type = Option<bool>, example = false)]
+    pub network: Option<Value>,
+    /// Environment variables of its commands, besides the sandbox's allowlist.
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<Value>,
+    /// Address-space limit per command, in MB (server default and maximum apply).
+    #[schema(value_type = Option<u64>, example = 512)]
+    pub memory_mb: Option<Value>,
+    /// CPU-time limit per command, in seconds.
+    #[schema(value_type = Option<u64>, example = 60)]
+    pub cpu_seconds: Option<Value>,
+    /// Most processes one command's tree may hold at once.
+    #[schema(value_type = Option<u64>, example = 64)]
+    pub max_processes: Option<Value>,
+    /// Largest file one command may write, in MB.
+    #[schema(value_type = Option<u64>, example = 100)]
+    pub max_file_mb: Option<Value>,
     /// Per-job concurrency (default 5).
     #[schema(minimum = 1, maximum = 1000)]
     pub parallel: Option<i64>,
@@ -164,6 +208,28 @@ pub struct AgentTasksRequest {
     /// Bytes of each command's stdout and stderr kept for the model and the result.
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 16777216)]
     pub max_output_bytes: Option<Value>,
+    /// The sandbox of its commands: `bwrap` asks for bubblewrap (refused where the server has
+    /// none); a job may only tighten the server's mode, never ask for `none` under `bwrap`.
+    #[schema(value_type = Option<String>, example = "bwrap")]
+    pub sandbox: Option<Value>,
+    /// Let its sandboxed commands reach the network (default false).
+    #[schema(value_type = Option<bool>, example = false)]
+    pub network: Option<Value>,
+    /// Environment variables of its commands, besides the sandbox's allowlist.
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<Value>,
+    /// Address-space limit per command, in MB (server default and maximum apply).
+    #[schema(value_type = Option<u64>, example = 512)]
+    pub memory_mb: Option<Value>,
+    /// CPU-time limit per command, in seconds.
+    #[schema(value_type = Option<u64>, example = 60)]
+    pub cpu_seconds: Option<Value>,
+    /// Most processes one command's tree may hold at once.
+    #[schema(value_type = Option<u64>, example = 64)]
+    pub max_processes: Option<Value>,
+    /// Largest file one command may write, in MB.
+    #[schema(value_type = Option<u64>, example = 100)]
+    pub max_file_mb: Option<Value>,
     /// Free-form metadata kept with the job.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,

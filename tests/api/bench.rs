@@ -28,6 +28,7 @@ fn the_bench_subcommand_runs_every_scenario_and_prints_its_tables() {
         "## Commands against xargs -P",
         "## Footprint and restart",
         "## MCP operations through batchforge's own server",
+        "## Sandbox cost",
     ] {
         assert!(stdout.contains(title), "missing {title:?} in:\n{stdout}");
     }

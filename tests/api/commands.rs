@@ -131,7 +131,16 @@ async fn a_file_named_like_an_option_is_passed_as_a_path() {
 
 #[actix_web::test]
 async fn output_read_before_an_escaped_descendant_holds_the_pipe_is_kept() {
-    let app = spawn_app().await;
+    // Without a sandbox: under bwrap a descendant cannot escape, it dies with the PID
+    // namespace (tests/api/sandbox.rs).
+    let app = spawn_app_configured(
+        AppOptions::default(),
+        Vec::new(),
+        Default::default(),
+        |c| c.sandbox.mode = batchforge::sandbox::SandboxMode::None,
+        |b| b,
+    )
+    .await;
     app.write_file("f", "");
     let marker = "3605.1717";
     let r = one_result(

@@ -360,7 +360,8 @@ where
     }
 }
 
-/// Live (non-zombie) processes whose command line contains `marker`.
+/// Live (non-zombie) processes whose command line contains `marker`, bubblewrap's own
+/// left out.
 pub fn processes_with(marker: &str) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -374,6 +375,12 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
             continue;
         };
         if !String::from_utf8_lossy(&cmdline).contains(marker) {
+            continue;
+        }
+        // bubblewrap's own processes carry the sandboxed command in their arguments:
+        // only the command itself counts.
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "bwrap" {
             continue;
         }
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
@@ -400,8 +407,18 @@ pub async fn spawn_serve(
     args: &[&std::ffi::OsStr],
     log: std::fs::File,
 ) -> (tokio::process::Child, String) {
+    spawn_serve_in_env(args, log, &[]).await
+}
+
+/// [`spawn_serve`] with `env` set in the child's environment.
+pub async fn spawn_serve_in_env(
+    args: &[&std::ffi::OsStr],
+    log: std::fs::File,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
+        .envs(env.iter().copied())
         .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
         .args(args)

@@ -199,7 +199,8 @@ async fn a_running_job_shows_live_progress() {
 fn concurrency_probe(app: &TestApp) -> String {
     app.write_file("f", "");
     std::fs::create_dir_all(app.workspace.join("running")).unwrap();
-    "sh -c 'touch running/$$; ls running | wc -l >> counts; sleep 0.15; rm running/$$'".into()
+    "sh -c 'f=$(mktemp running/item.XXXXXX); ls running | wc -l >> counts; sleep 0.15; rm $f'"
+        .into()
 }
 
 fn max_count(app: &TestApp) -> usize {

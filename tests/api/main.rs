@@ -23,6 +23,7 @@ mod metrics;
 mod openapi;
 mod retention;
 mod retries;
+mod sandbox;
 mod schedules;
 mod scheduling;
 mod security;

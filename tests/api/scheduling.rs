@@ -485,7 +485,8 @@ async fn a_concurrency_group_limit_holds_across_jobs_and_kinds() {
     .await;
     app.write_file("f", "x\n");
     std::fs::create_dir_all(app.workspace.join("running")).unwrap();
-    let probe = "sh -c 'touch running/$$; ls running | wc -l >> counts; sleep 0.15; rm running/$$'";
+    let probe =
+        "sh -c 'f=$(mktemp running/item.XXXXXX); ls running | wc -l >> counts; sleep 0.15; rm $f'";
     let targets: Vec<Value> = (0..6)
         .map(|i| json!({"id": format!("t{i}"), "path": "f"}))
         .collect();
