@@ -7,6 +7,7 @@ mod extract;
 pub mod guard;
 pub mod openapi;
 mod openapi_fix;
+pub mod operator;
 pub mod responses;
 pub mod schedules;
 pub mod secrets;
@@ -27,6 +28,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use error::{ApiError, ErrorBody};
 use extract::{Body, Segment};
 use openapi::openapi_json;
+use operator::{bulk_jobs, job_timeline, job_webhooks};
 use responses::*;
 use schedules::{
     create_schedule, delete_schedule, get_schedule, list_schedules, pause_schedule, resume_schedule,
@@ -60,6 +62,7 @@ api_routes! {
     post "/batch/mcp-operations" => submit_mcp,
     post "/batch/jobs" => submit_generic,
     get "/batch/jobs" => list_jobs,
+    post "/batch/jobs/bulk" => bulk_jobs,
     get "/batch/jobs/{id}" => get_job,
     delete "/batch/jobs/{id}" => cancel_job,
     post "/batch/jobs/{id}/pause" => pause_job,
@@ -71,6 +74,8 @@ api_routes! {
     get "/batch/jobs/{id}/items" => list_items,
     get "/batch/jobs/{id}/results.jsonl" => results_jsonl,
     get "/batch/jobs/{id}/events" => job_events,
+    get "/batch/jobs/{id}/timeline" => job_timeline,
+    get "/batch/jobs/{id}/webhooks" => job_webhooks,
     get "/batch/events" => all_events,
     get "/batch/stats" => stats,
     post "/batch/schedules" => create_schedule,
@@ -211,6 +216,7 @@ const MAX_PAGE: u64 = 1000;
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
         ("job_type" = Option<String>, Query, description = "Only jobs of this kind", example = "batch_validation"),
+        ("q" = Option<String>, Query, description = "Only jobs whose id, kind, idempotency key or metadata contains this text (any case; `%` and `_` match themselves)", example = "schedule:sched-3f2a9c1d8e7b:"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 100)"),
         ("offset" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Jobs to skip (default 0)"),
     ),
@@ -220,10 +226,11 @@ const MAX_PAGE: u64 = 1000;
     )
 )]
 async fn list_jobs(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
-    let q = Query::parse(&req, &["status", "job_type", "limit", "offset"])?;
+    let q = Query::parse(&req, &["status", "job_type", "q", "limit", "offset"])?;
     let msg = ListJobs {
         status: q.status::<JobStatus>("status")?,
         kind: q.get("job_type").map(str::to_string),
+        search: q.get("q").map(str::to_string),
         limit: q.number("limit", 100, 1, MAX_PAGE)? as u32,
         offset: q.number("offset", 0, 0, i64::MAX as u64)?,
     };

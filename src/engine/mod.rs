@@ -1,7 +1,10 @@
 //! Starting the engine: store, recovery, actors. The handle, [`Engine`], is what the HTTP
 //! layer and embedding applications talk to.
 
+mod dashboard;
 mod schedules;
+
+pub use dashboard::{TimelineBucket, WebhookDelivery};
 
 use crate::mcp::{McpConfig, McpRegistry};
 use crate::model::{now, NewJob, QueueStats};

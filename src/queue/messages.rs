@@ -119,6 +119,8 @@ pub struct ListJobs {
     pub status: Option<JobStatus>,
     /// Only jobs of this kind.
     pub kind: Option<String>,
+    /// Only jobs whose id, kind, idempotency key or metadata contains this text (any case).
+    pub search: Option<String>,
     /// Page size.
     pub limit: u32,
     /// Jobs to skip.

@@ -140,14 +140,35 @@ pub fn open_jobs(conn: &mut Conn) -> Result<Vec<JobRecord>, StoreError> {
         .collect()
 }
 
-/// Read: a page of jobs, newest first, with the total matching the filters.
+/// `text` as a `LIKE` pattern that matches it anywhere, its own `%`, `_` and `\\` taken
+/// literally (the queries say `ESCAPE '\\'`).
+pub fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// Read: a page of jobs, newest first, with the total matching the filters. `search`
+/// matches, case-insensitively and anywhere, the id, the kind, the idempotency key or the
+/// metadata's JSON text.
 pub fn list_jobs(
     conn: &mut Conn,
     status: Option<JobStatus>,
     kind: Option<&str>,
+    search: Option<&str>,
     limit: u32,
     offset: u64,
 ) -> Result<(Vec<JobRecord>, u64), StoreError> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Bool, Text};
+    let pattern = search.map(contains_pattern);
     let filtered = || {
         let mut q = jobs::table.into_boxed();
         if let Some(s) = status {
@@ -155,6 +176,21 @@ pub fn list_jobs(
         }
         if let Some(k) = kind {
             q = q.filter(jobs::kind.eq(k.to_string()));
+        }
+        if let Some(p) = &pattern {
+            // Written as SQL: both backends spell `lower(…) LIKE … ESCAPE` alike, and the
+            // placeholders are the backend's own.
+            q = q.filter(
+                sql::<Bool>("(lower(jobs.id) LIKE lower(")
+                    .bind::<Text, _>(p.clone())
+                    .sql(") ESCAPE '\\' OR lower(jobs.kind) LIKE lower(")
+                    .bind::<Text, _>(p.clone())
+                    .sql(") ESCAPE '\\' OR lower(jobs.idempotency_key) LIKE lower(")
+                    .bind::<Text, _>(p.clone())
+                    .sql(") ESCAPE '\\' OR lower(jobs.metadata) LIKE lower(")
+                    .bind::<Text, _>(p.clone())
+                    .sql(") ESCAPE '\\')"),
+            );
         }
         q
     };
@@ -226,7 +262,7 @@ mod tests {
         for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
             insert_job(&mut c, id, &job(1), i as f64).unwrap();
         }
-        let (page, total) = list_jobs(&mut c, Some(JobStatus::Queued), None, 2, 0).unwrap();
+        let (page, total) = list_jobs(&mut c, Some(JobStatus::Queued), None, None, 2, 0).unwrap();
         assert_eq!(total, 3);
         assert_eq!(
             page.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
@@ -237,6 +273,33 @@ mod tests {
             open.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
-        assert_eq!(list_jobs(&mut c, None, Some("other"), 10, 0).unwrap().1, 0);
+        assert_eq!(
+            list_jobs(&mut c, None, Some("other"), None, 10, 0)
+                .unwrap()
+                .1,
+            0
+        );
+    }
+
+    #[test]
+    fn a_search_matches_id_kind_key_or_metadata_and_takes_wildcards_literally() {
+        let mut c = conn();
+        let mut keyed = job(1);
+        keyed.schedule.idempotency_key = Some("schedule:sched-1:100".into());
+        insert_job(&mut c, "alpha-1", &keyed, 1.0).unwrap();
+        let mut tagged = job(1);
+        tagged.metadata = serde_json::json!({"team": "Search_Me"});
+        insert_job(&mut c, "beta-2", &tagged, 2.0).unwrap();
+        let ids = |c: &mut Conn, q: &str| -> Vec<String> {
+            let (page, _) = list_jobs(c, None, None, Some(q), 10, 0).unwrap();
+            page.into_iter().map(|j| j.id).collect()
+        };
+        assert_eq!(ids(&mut c, "ALPHA"), ["alpha-1"]);
+        assert_eq!(ids(&mut c, "schedule:sched-1:"), ["alpha-1"]);
+        assert_eq!(ids(&mut c, "search_me"), ["beta-2"]);
+        // `_` and `%` are the text, not wildcards.
+        assert!(ids(&mut c, "search%me").is_empty());
+        assert!(ids(&mut c, "alpha_1").is_empty());
+        assert_eq!(contains_pattern("a%b_c\\"), "%a\\%b\\_c\\\\%");
     }
 }

@@ -44,6 +44,7 @@ impl Handler<ListJobs> for Supervisor {
                         conn,
                         msg.status,
                         msg.kind.as_deref(),
+                        msg.search.as_deref(),
                         msg.limit,
                         msg.offset,
                     )
