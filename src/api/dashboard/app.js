@@ -98,11 +98,15 @@
     }
   }
 
-  async function request(method, path, params) {
+  // `body`, when given, goes as JSON.
+  async function request(method, path, params, payload) {
+    const headers = { accept: 'application/json' };
+    if (payload !== undefined) headers['content-type'] = 'application/json';
     const res = await authorizedFetch(apiUrl(path, params), {
       method,
-      headers: { accept: 'application/json' },
+      headers,
       cache: 'no-store',
+      body: payload === undefined ? undefined : JSON.stringify(payload),
     });
     const text = await res.text();
     let body = null;
@@ -413,6 +417,8 @@
     const params = new URLSearchParams(q >= 0 ? raw.slice(q + 1) : '');
     const m = path.match(/^\/jobs\/([^/]+)\/?$/);
     if (m) return { view: 'job', id: decodeURIComponent(m[1]), params };
+    if (/^\/kinds\/?$/.test(path)) return { view: 'kinds', id: null, params };
+    if (/^\/schedules\/?$/.test(path)) return { view: 'schedules', id: null, params };
     return { view: 'jobs', id: null, params };
   }
 
@@ -420,7 +426,7 @@
     const qs = new URLSearchParams();
     for (const [k, v] of Object.entries(params || {})) if (v !== undefined && v !== null && v !== '' && v !== 0) qs.set(k, String(v));
     const q = qs.toString();
-    const path = view === 'job' ? `/jobs/${encodeURIComponent(id)}` : '/';
+    const path = view === 'job' ? `/jobs/${encodeURIComponent(id)}` : view === 'jobs' ? '/' : `/${view}`;
     return `#${path}${q ? `?${q}` : ''}`;
   }
 
@@ -430,7 +436,21 @@
     clear(crumbs);
     const jobsSection = $('jobs-view');
     const jobSection = $('job-view');
-    if (state.route.view === 'job') {
+    for (const v of ['jobs', 'kinds', 'schedules']) {
+      const link = $(`nav-${v}`);
+      if (link) link.classList.toggle('current', state.route.view === v);
+    }
+    $('kinds-view').hidden = state.route.view !== 'kinds';
+    $('schedules-view').hidden = state.route.view !== 'schedules';
+    if (state.route.view === 'kinds' || state.route.view === 'schedules') {
+      append(crumbs, h('span', null, state.route.view === 'kinds' ? 'Kinds' : 'Schedules'));
+      jobsSection.hidden = true;
+      jobSection.hidden = true;
+      state.jobPage = null;
+      if (state.route.view === 'kinds') renderKindsView();
+      else renderSchedulesView();
+      document.title = `${state.route.view} · batchforge`;
+    } else if (state.route.view === 'job') {
       append(crumbs, [h('a', { href: '#/' }, 'Jobs'), h('span', { class: 'sep' }, '›'), h('span', { class: 'mono' }, state.route.id)]);
       jobsSection.hidden = true;
       jobSection.hidden = false;
@@ -452,12 +472,38 @@
 
   function renderJobsView() {
     const status = state.route.params.get('status') || '';
+    const search = state.route.params.get('q') || '';
     const offset = Math.max(0, parseInt(state.route.params.get('offset') || '0', 10) || 0);
     if (!jobsView) {
       const tbody = h('tbody', { testid: 'jobs-body' });
       const filter = statusSelect('status-filter', JOB_STATUSES, status, (v) => {
-        window.location.hash = hashFor('jobs', null, { status: v });
+        window.location.hash = hashFor('jobs', null, { status: v, q: jobsView.search });
       }, 'All statuses');
+      const searchBox = h('input', {
+        type: 'search', class: 'input search', testid: 'job-search', placeholder: 'Search id, kind, key, metadata',
+        'aria-label': 'Search jobs',
+      });
+      const go = debounce(() => {
+        if (searchBox.value.trim() === jobsView.search) return;
+        window.location.hash = hashFor('jobs', null, { status: jobsView.status, q: searchBox.value.trim() });
+      }, 350);
+      searchBox.addEventListener('input', go);
+      const selectAll = h('input', { type: 'checkbox', testid: 'select-all', 'aria-label': 'Select every job shown' });
+      selectAll.addEventListener('change', () => {
+        for (const [id, row] of state.jobRows) {
+          row.check.checked = selectAll.checked;
+          if (selectAll.checked) jobsView.selected.add(id);
+          else jobsView.selected.delete(id);
+        }
+        updateBulkBar();
+      });
+      const bulkCount = h('span', { class: 'muted', testid: 'bulk-count' });
+      const bulkBar = h('div', { class: 'bulk-bar', testid: 'bulk-bar', hidden: true },
+        bulkCount,
+        h('button', { type: 'button', class: 'btn btn-small btn-danger', testid: 'bulk-cancel', onclick: () => bulkAction('cancel') }, 'Cancel selected'),
+        h('button', { type: 'button', class: 'btn btn-small', testid: 'bulk-retry', onclick: () => bulkAction('retry') }, 'Retry selected'),
+        h('button', { type: 'button', class: 'btn btn-small', testid: 'bulk-clear', onclick: () => { jobsView.selected.clear(); for (const row of state.jobRows.values()) row.check.checked = false; updateBulkBar(); } }, 'Clear'));
+      const sparks = h('div', { class: 'sparks', testid: 'kind-sparks' });
       const count = h('span', { class: 'count', testid: 'jobs-total' });
       const pg = pager('jobs', (dir) => {
         const cur = jobsView.offset;
@@ -468,7 +514,7 @@
         'table',
         { class: 'table jobs-table', testid: 'jobs-table' },
         h('thead', null, h('tr', null,
-          h('th', null, 'Job'), h('th', null, 'Type'), h('th', null, 'Status'),
+          h('th', { class: 'col-check' }, selectAll), h('th', null, 'Job'), h('th', null, 'Type'), h('th', null, 'Status'),
           h('th', { class: 'col-progress' }, 'Progress'),
           h('th', { class: 'num', title: 'Succeeded' }, '✓'), h('th', { class: 'num', title: 'Failed' }, '✗'),
           h('th', { class: 'num' }, 'Rate'), h('th', { class: 'num' }, 'ETA'),
@@ -480,25 +526,31 @@
         h('div', { class: 'toolbar' },
           h('h2', null, 'Jobs ', count),
           h('div', { class: 'toolbar-right' },
+            searchBox,
             filter,
             h('button', { type: 'button', class: 'btn', testid: 'refresh', onclick: () => { refreshList(); refreshStats(); } }, 'Refresh'))),
+        sparks,
+        bulkBar,
         h('div', { class: 'card' }, h('div', { class: 'table-wrap' }, table), empty, pg.el),
       ]);
-      jobsView = { tbody, filter, count, pager: pg, empty, status, offset, total: 0 };
+      jobsView = { tbody, filter, searchBox, selectAll, bulkBar, bulkCount, sparks, selected: new Set(), count, pager: pg, empty, status, search, offset, total: 0 };
     }
     jobsView.status = status;
+    jobsView.search = search;
     jobsView.offset = offset;
     jobsView.filter.value = status;
+    if (document.activeElement !== jobsView.searchBox) jobsView.searchBox.value = search;
     refreshList();
+    refreshThroughput();
   }
 
   async function refreshList() {
     if (!jobsView || state.route.view !== 'jobs') return;
     const seq = ++state.listSeq;
-    const { status, offset } = jobsView;
+    const { status, search, offset } = jobsView;
     let page;
     try {
-      page = await request('GET', 'batch/jobs', { status, limit: JOBS_PAGE, offset });
+      page = await request('GET', 'batch/jobs', { status, q: search, limit: JOBS_PAGE, offset });
       banner(null);
     } catch (e) {
       banner(`Cannot load jobs: ${e.message}`);
@@ -526,12 +578,16 @@
       if (!seen.has(id)) {
         row.tr.remove();
         state.jobRows.delete(id);
+        jobsView.selected.delete(id);
       }
     }
+    updateBulkBar();
     jobsView.empty.hidden = page.jobs.length > 0;
     clear(jobsView.empty);
     if (page.jobs.length === 0) {
-      append(jobsView.empty, status
+      append(jobsView.empty, search
+        ? [`No job matches “${search}”.`]
+        : status
         ? [`No ${status} jobs.`]
         : ['No jobs yet. Submit one with ', h('code', null, 'POST batch/validation'), ' or the ', h('code', null, 'batchforge submit'), ' command.']);
     }
@@ -562,16 +618,182 @@
     };
     const cancel = cancelButton(job.job_id, 'cancel-button');
     cells.actions.append(cancel);
+    const check = h('input', { type: 'checkbox', testid: 'job-select', 'aria-label': `Select ${job.job_id}` });
+    check.checked = jobsView.selected.has(job.job_id);
+    check.addEventListener('change', () => {
+      if (check.checked) jobsView.selected.add(job.job_id);
+      else jobsView.selected.delete(job.job_id);
+      updateBulkBar();
+    });
     const tr = h(
       'tr',
       { class: 'job-row', testid: 'job-row', data: { jobId: job.job_id } },
+      h('td', { class: 'col-check' }, check),
       h('td', null, cells.link),
       h('td', null, cells.type),
       h('td', null, cells.status),
       h('td', { class: 'col-progress' }, bar.el),
       cells.ok, cells.failed, cells.rate, cells.eta, cells.created, cells.actions,
     );
-    return { tr, bar, cells, cancel };
+    return { tr, bar, cells, cancel, check };
+  }
+
+  function updateBulkBar() {
+    if (!jobsView) return;
+    const n = jobsView.selected.size;
+    jobsView.bulkBar.hidden = n === 0;
+    setText(jobsView.bulkCount, `${n} selected`);
+    jobsView.selectAll.checked = n > 0 && state.jobRows.size > 0 && [...state.jobRows.keys()].every((id) => jobsView.selected.has(id));
+  }
+
+  // One request for every selected job; the answer holds each one's outcome.
+  async function bulkAction(action) {
+    const ids = [...jobsView.selected];
+    if (ids.length === 0) return;
+    let answer;
+    try {
+      answer = await request('POST', 'batch/jobs/bulk', null, { action, ids });
+    } catch (e) {
+      toast(`Could not ${action}: ${e.message}`, 'error');
+      return;
+    }
+    const verb = action === 'cancel' ? 'Cancelled' : 'Retried';
+    toast(`${verb} ${answer.done} of ${ids.length} jobs`, answer.refused ? 'info' : 'ok');
+    for (const r of answer.results) {
+      if (r.status !== 200) toast(`${r.id}: ${r.detail}`, 'error');
+    }
+    jobsView.selected.clear();
+    for (const row of state.jobRows.values()) row.check.checked = false;
+    updateBulkBar();
+    refreshList();
+    refreshStats();
+  }
+
+  // ---------------------------------------------------------------- charts (plain SVG)
+
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null) continue;
+      if (k === 'testid') el.setAttribute('data-testid', v);
+      else el.setAttribute(k, String(v));
+    }
+    for (const c of children.flat(Infinity)) {
+      if (c === undefined || c === null || c === false) continue;
+      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return el;
+  }
+
+  // A sparkline of `values` (oldest first).
+  function sparkline(values, width, height) {
+    const max = Math.max(1e-9, ...values);
+    const step = values.length > 1 ? width / (values.length - 1) : width;
+    const pts = values.map((v, i) => `${(i * step).toFixed(1)},${(height - 1 - (v / max) * (height - 2)).toFixed(1)}`);
+    return svg('svg', { class: 'spark', width, height, viewBox: `0 0 ${width} ${height}`, 'aria-hidden': 'true' },
+      svg('polyline', { points: pts.join(' '), fill: 'none', stroke: 'currentColor', 'stroke-width': 1.5 }));
+  }
+
+  // Items finished per bucket, succeeded below failed below the rest, one bar a bucket
+  // at its place in time (buckets in which nothing finished are gaps).
+  function timelineChart(timeline) {
+    const W = 720;
+    const H = 150;
+    const PAD_L = 34;
+    const PAD_B = 20;
+    const buckets = timeline.buckets || [];
+    const n = timeline.bucket_seconds || 1;
+    const root = svg('svg', {
+      class: 'chart', viewBox: `0 0 ${W} ${H}`, width: '100%', height: H, role: 'img', testid: 'timeline-chart',
+      'data-bucket-seconds': n, 'data-buckets': buckets.length,
+      'aria-label': `Items finished per ${n} s`,
+    });
+    if (buckets.length === 0) {
+      root.append(svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'chart-empty' }, 'No item has finished yet'));
+      return root;
+    }
+    const first = buckets[0].start;
+    const last = buckets[buckets.length - 1].start;
+    const slots = Math.round((last - first) / n) + 1;
+    const max = Math.max(...buckets.map((b) => b.succeeded + b.failed + b.other));
+    const plotW = W - PAD_L - 4;
+    const plotH = H - PAD_B - 6;
+    const slotW = plotW / slots;
+    const barW = Math.max(1, slotW * 0.8);
+    const y = (v) => 6 + plotH - (v / max) * plotH;
+    root.append(
+      svg('line', { x1: PAD_L, y1: 6 + plotH, x2: W - 4, y2: 6 + plotH, class: 'axis' }),
+      svg('text', { x: PAD_L - 4, y: 12, 'text-anchor': 'end', class: 'tick' }, String(max)),
+      svg('text', { x: PAD_L - 4, y: 6 + plotH, 'text-anchor': 'end', class: 'tick' }, '0'),
+      svg('text', { x: PAD_L, y: H - 4, class: 'tick' }, new Date(first * 1000).toLocaleTimeString()),
+      svg('text', { x: W - 4, y: H - 4, 'text-anchor': 'end', class: 'tick' }, new Date((last + n) * 1000).toLocaleTimeString()),
+    );
+    for (const b of buckets) {
+      const x = PAD_L + ((b.start - first) / n) * slotW + (slotW - barW) / 2;
+      const g = svg('g', { testid: 'timeline-bar', 'data-start': b.start, 'data-succeeded': b.succeeded, 'data-failed': b.failed },
+        svg('title', null, `${new Date(b.start * 1000).toLocaleTimeString()}: ✓ ${b.succeeded}  ✗ ${b.failed}${b.other ? `  · ${b.other} other` : ''}`));
+      let base = 0;
+      for (const [v, cls] of [[b.succeeded, 'bar-ok'], [b.failed, 'bar-failed'], [b.other, 'bar-other']]) {
+        if (!v) continue;
+        g.append(svg('rect', { x: x.toFixed(2), y: y(base + v).toFixed(2), width: barW.toFixed(2), height: (y(base) - y(base + v)).toFixed(2), class: cls }));
+        base += v;
+      }
+      root.append(g);
+    }
+    return root;
+  }
+
+  // A bucket width that gives a job's life at most ~60 bars.
+  function bucketFor(job) {
+    const from = job.started_at || job.created_at;
+    const to = job.completed_at || Date.now() / 1000;
+    const span = Math.max(1, to - from);
+    const nice = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+    return nice.find((s) => span / s <= 60) || 86400;
+  }
+
+  // Per-kind throughput from /metrics' finished-items counters, sampled on each refresh.
+  const throughput = { last: null, series: new Map() };
+  const SPARK_POINTS = 30;
+
+  async function refreshThroughput() {
+    if (!jobsView) return;
+    let text;
+    try {
+      const res = await authorizedFetch(apiUrl('metrics'), { headers: { accept: 'text/plain' }, cache: 'no-store' });
+      if (!res.ok) return;
+      text = await res.text();
+    } catch (_) {
+      return;
+    }
+    const totals = new Map();
+    for (const line of text.split('\n')) {
+      const m = line.match(/^batchforge_items_finished_total\{kind="((?:[^"\\]|\\.)*)",status="[^"]*"\} (\d+(?:\.\d+)?)$/);
+      if (m) totals.set(m[1], (totals.get(m[1]) || 0) + Number(m[2]));
+    }
+    const now = performance.now() / 1000;
+    const last = throughput.last;
+    throughput.last = { at: now, totals };
+    if (last && now - last.at > 0.5) {
+      for (const [kind, n] of totals) {
+        const rate = Math.max(0, (n - (last.totals.get(kind) || 0)) / (now - last.at));
+        const series = throughput.series.get(kind) || [];
+        series.push(rate);
+        if (series.length > SPARK_POINTS) series.shift();
+        throughput.series.set(kind, series);
+      }
+    }
+    clear(jobsView.sparks);
+    for (const [kind, total] of [...totals].sort()) {
+      const series = throughput.series.get(kind) || [];
+      const values = series.length ? series : [0];
+      jobsView.sparks.append(h('div', { class: 'spark-card', testid: 'kind-spark', data: { kind } },
+        h('span', { class: 'tag' }, kind),
+        sparkline(values.length > 1 ? values : [values[0], values[0]], 120, 26),
+        h('span', { class: 'muted', title: `${total} items finished since the server started` }, `${fmtRate(values[values.length - 1])} · ${total} done`)));
+    }
   }
 
   function updateJobRow(row, job) {
@@ -621,6 +843,12 @@
       bar,
       figures: h('div', { class: 'figures', testid: 'job-figures' }),
       meta: h('dl', { class: 'meta', testid: 'job-meta' }),
+      actions: h('div', { class: 'job-actions', testid: 'job-actions' }),
+      chart: h('div', { class: 'chart-wrap', testid: 'timeline' }),
+      chartNote: h('span', { class: 'muted', testid: 'timeline-note' }),
+      deps: h('div', { class: 'deps', testid: 'job-deps', hidden: true }),
+      hooks: h('div', { class: 'card', testid: 'job-webhooks', hidden: true }),
+      chartSeq: 0,
       error: h('div', { class: 'alert', testid: 'job-error', hidden: true }),
       itemFilter: statusSelect('item-filter', ITEM_STATUSES, filter, (v) => {
         window.location.hash = hashFor('job', id, { status: v });
@@ -638,11 +866,17 @@
       h('div', { class: 'card job-head' },
         h('div', { class: 'job-head-top' },
           h('div', { class: 'job-head-title' }, parts.title, parts.status, parts.type),
-          h('div', { class: 'toolbar-right' }, exportLink, parts.cancel)),
+          h('div', { class: 'toolbar-right' }, parts.actions, exportLink, parts.cancel)),
         bar.el,
         parts.figures,
         parts.error,
+        parts.deps,
         parts.meta),
+      h('div', { class: 'toolbar' }, h('h2', null, 'Items finished over time'), h('div', { class: 'toolbar-right' },
+        h('span', { class: 'legend' }, h('i', { class: 'sw sw-ok' }), 'succeeded', h('i', { class: 'sw sw-failed' }), 'failed', h('i', { class: 'sw sw-other' }), 'other'),
+        parts.chartNote)),
+      h('div', { class: 'card' }, parts.chart),
+      parts.hooks,
       h('div', { class: 'toolbar' },
         h('h2', null, 'Items ', parts.itemsTotal),
         h('div', { class: 'toolbar-right' }, parts.itemFilter)),
@@ -652,7 +886,7 @@
             h('thead', null, h('tr', null,
               h('th', { class: 'col-toggle' }, ''), h('th', { class: 'num' }, '#'), h('th', null, 'Item'),
               h('th', null, 'Status'), h('th', { class: 'num' }, 'Attempts'), h('th', { class: 'num' }, 'Duration'),
-              h('th', { class: 'num' }, 'Exit'), h('th', null, 'Message'))),
+              h('th', { class: 'num' }, 'Exit'), h('th', null, 'Node'), h('th', null, 'Message'))),
             parts.tbody)),
         parts.itemsEmpty,
         parts.pager.el),
@@ -660,8 +894,95 @@
     state.jobPage = parts;
     const known = state.jobs.get(id);
     if (known) updateJobPage(known);
-    refreshJob(id);
+    refreshJob(id).then((job) => {
+      if (job) {
+        loadTimeline(job);
+        loadWebhooks(id);
+      }
+    });
     loadItems();
+  }
+
+  // The job's action buttons for its state; a refusal (409) is shown as it came.
+  function jobActions(job) {
+    const jp = state.jobPage;
+    const id = job.job_id;
+    const key = `${job.status}|${job.paused}`;
+    if (jp.actionsKey === key) return;
+    jp.actionsKey = key;
+    clear(jp.actions);
+    const act = (label, testid, method, path, body, done) => h('button', {
+      type: 'button', class: 'btn', testid,
+      onclick: async (ev) => {
+        const btn = ev.currentTarget;
+        btn.disabled = true;
+        try {
+          const answer = await request(method, `batch/jobs/${encodeURIComponent(id)}/${path}`, null, body);
+          toast(done(answer), 'ok');
+        } catch (e) {
+          toast(`${label}: ${e.message}`, 'error');
+        }
+        btn.disabled = false;
+        jp.actionsKey = null;
+        const fresh = await refreshJob(id);
+        if (fresh) loadTimeline(fresh);
+        loadItems();
+        refreshStats();
+      },
+    }, label);
+    if (isActive(job.status)) {
+      jp.actions.append(job.paused
+        ? act('Resume', 'job-resume', 'POST', 'resume', undefined, () => `Resumed ${id}`)
+        : act('Pause', 'job-pause', 'POST', 'pause', undefined, () => `Paused ${id}`));
+    } else {
+      jp.actions.append(
+        act('Retry failed', 'job-retry-failed', 'POST', 'retry', { status: ['failed'] }, (a) => `Requeued ${a.requeued} failed items`),
+        act('Retry all', 'job-retry-all', 'POST', 'retry', { status: ['failed', 'cancelled', 'skipped'] }, (a) => `Requeued ${a.requeued} items`));
+    }
+  }
+
+  async function loadTimeline(job) {
+    const jp = state.jobPage;
+    if (!jp || jp.id !== job.job_id) return;
+    const seq = ++jp.chartSeq;
+    const n = bucketFor(job);
+    let timeline;
+    try {
+      timeline = await request('GET', `batch/jobs/${encodeURIComponent(job.job_id)}/timeline`, { bucket_seconds: n });
+    } catch (e) {
+      setText(jp.chartNote, `timeline unavailable: ${e.message}`);
+      return;
+    }
+    if (state.jobPage !== jp || seq !== jp.chartSeq) return;
+    clear(jp.chart);
+    jp.chart.append(timelineChart(timeline));
+    setText(jp.chartNote, `per ${fmtDuration(n)}`);
+  }
+
+  async function loadWebhooks(id) {
+    const jp = state.jobPage;
+    let list;
+    try {
+      list = await request('GET', `batch/jobs/${encodeURIComponent(id)}/webhooks`);
+    } catch (_) {
+      return;
+    }
+    if (state.jobPage !== jp) return;
+    clear(jp.hooks);
+    jp.hooks.hidden = list.deliveries.length === 0;
+    if (list.deliveries.length === 0) return;
+    const stateOf = (d) => (d.delivered_at ? 'delivered' : d.given_up_at ? 'given up' : 'retrying');
+    append(jp.hooks, [
+      h('div', { class: 'card-title' }, 'Webhook deliveries'),
+      h('table', { class: 'table' },
+        h('thead', null, h('tr', null, h('th', null, 'URL'), h('th', null, 'State'), h('th', { class: 'num' }, 'Attempts'), h('th', null, 'Next / done'), h('th', null, 'Last error'))),
+        h('tbody', null, list.deliveries.map((d) => h('tr', { testid: 'webhook-row', data: { state: stateOf(d) } },
+          h('td', { class: 'mono' }, d.url),
+          h('td', null, h('span', { class: `badge ${d.delivered_at ? 'b-completed' : d.given_up_at ? 'b-failed' : 'b-running'}` }, stateOf(d))),
+          h('td', { class: 'num' }, String(d.attempts)),
+          h('td', { class: 'muted' }, fmtTime(d.delivered_at || d.given_up_at || d.next_attempt_at)),
+          h('td', { class: 'message' }, d.last_error || ''))))),
+    ]);
   }
 
   function updateJobPage(job) {
@@ -671,6 +992,7 @@
     updateBadge(jp.status, job.status, job.paused);
     setText(jp.type, job.type);
     jp.cancel.hidden = !isActive(job.status);
+    jobActions(job);
     jp.bar.update(job);
     const { rate, eta, done } = rateAndEta(job);
     clear(jp.figures);
@@ -684,6 +1006,11 @@
       fig('rate', fmtRate(rate), '', 'fig-rate'),
       fig(done ? 'took' : 'ETA', done ? fmtDuration(p.elapsed_seconds) : fmtDuration(eta), '', 'fig-eta'),
     ]);
+    // Token accounting, when the job's processor reports it in its progress.
+    const raw = (job.metadata && job.metadata.progress) || {};
+    if (Number.isFinite(raw.prompt_tokens) || Number.isFinite(raw.completion_tokens)) {
+      jp.figures.append(fig('tokens in / out', `${raw.prompt_tokens || 0} / ${raw.completion_tokens || 0}`, '', 'fig-tokens'));
+    }
     if (isActive(job.status) && p.current_item) {
       jp.figures.append(h('div', { class: 'figure figure-wide' }, h('span', { class: 'figure-value mono' }, p.current_item), h('span', { class: 'figure-label' }, 'now')));
     }
@@ -695,8 +1022,14 @@
     const command = opts.check_command || opts.test_command;
     const metaRows = [];
     if (command) metaRows.push(row('command', command, true));
+    const deps = Array.isArray(opts.depends_on) ? opts.depends_on.filter((d) => typeof d === 'string') : [];
+    clear(jp.deps);
+    jp.deps.hidden = deps.length === 0;
+    if (deps.length) {
+      append(jp.deps, ['waits on ', deps.map((d, i) => [i ? ', ' : '', h('a', { href: hashFor('job', d), class: 'mono', testid: 'dep-link' }, d)])]);
+    }
     for (const [k, v] of Object.entries(opts)) {
-      if (k === 'check_command' || k === 'test_command') continue;
+      if (k === 'check_command' || k === 'test_command' || k === 'depends_on') continue;
       metaRows.push(row(k, typeof v === 'string' ? v : JSON.stringify(v), true));
     }
     if (job.priority) metaRows.push(row('priority', String(job.priority)));
@@ -799,9 +1132,10 @@
       h('td', { class: 'num' }, String(item.attempts)),
       h('td', { class: 'num' }, item.finished_at ? fmtSeconds(itemDuration(item)) : '—'),
       h('td', { class: 'num mono' }, r.exit_code === undefined || r.exit_code === null ? '—' : String(r.exit_code)),
+      h('td', { class: 'mono muted', testid: 'item-node' }, item.node || '—'),
       h('td', { class: 'message', title: message }, message),
     );
-    const cell = h('td', { colspan: 8 });
+    const cell = h('td', { colspan: 9 });
     const detail = h('tr', { class: 'item-detail-row', hidden: true }, cell);
     let built = false;
     const setOpen = (open) => {
@@ -861,7 +1195,13 @@
     const path = (item.input && item.input.path) || (r && r.path);
     if (path) fact('path', String(path));
 
+    if (item.node) fact('node', item.node, 'detail-node');
     const blocks = [h('div', { class: 'facts' }, facts)];
+    const history = Array.isArray(item.attempt_errors) ? item.attempt_errors : [];
+    if (history.length) {
+      blocks.push(h('div', { class: 'output' }, h('div', { class: 'output-label' }, `earlier attempts (${history.length})`),
+        h('ol', { class: 'attempts', testid: 'attempt-history' }, history.map((e) => h('li', null, h('pre', { class: 'pre pre-error' }, e))))));
+    }
     const error = item.error || (r && typeof r.error === 'string' ? r.error : null);
     if (error) blocks.push(h('div', { class: 'output' }, h('div', { class: 'output-label' }, 'error'), h('pre', { class: 'pre pre-error', testid: 'item-error' }, error)));
     const patch = r && (typeof r.patch === 'string' ? r.patch : typeof r.diff === 'string' ? r.diff : null);
@@ -878,6 +1218,136 @@
       h('summary', null, 'input (JSON)'),
       h('pre', { class: 'pre', testid: 'item-input' }, JSON.stringify(item.input, null, 2))));
     return h('div', { class: 'item-detail', testid: 'item-detail' }, blocks);
+  }
+
+  // ---------------------------------------------------------------- kinds page
+
+  let kindsView = null;
+
+  function renderKindsView() {
+    if (!kindsView) {
+      const tbody = h('tbody', { testid: 'kinds-body' });
+      append($('kinds-view'), [
+        h('div', { class: 'toolbar' }, h('h2', null, 'Kinds'), h('div', { class: 'toolbar-right' }, h('span', { class: 'muted', testid: 'kinds-sandbox' }))),
+        h('div', { class: 'card' }, h('div', { class: 'table-wrap' }, h('table', { class: 'table', testid: 'kinds-table' },
+          h('thead', null, h('tr', null, h('th', null, 'Kind'), h('th', { class: 'num' }, 'Limit'), h('th', { class: 'num' }, 'Running'),
+            h('th', { class: 'col-progress' }, 'Use'), h('th', null, 'State'), h('th', { class: 'col-actions' }, ''))),
+          tbody))),
+      ]);
+      kindsView = { tbody };
+    }
+    loadKinds();
+  }
+
+  async function loadKinds() {
+    if (!kindsView) return;
+    let list;
+    try {
+      list = await request('GET', 'batch/kinds');
+      banner(null);
+    } catch (e) {
+      banner(`Cannot load kinds: ${e.message}`);
+      return;
+    }
+    setText($('kinds-sandbox'), `sandbox: ${list.sandbox}`);
+    clear(kindsView.tbody);
+    for (const k of list.kinds) {
+      const use = k.limit > 0 ? Math.min(100, (k.running / k.limit) * 100) : 0;
+      const toggle = h('button', {
+        type: 'button', class: k.paused ? 'btn btn-small' : 'btn btn-small btn-danger', testid: 'kind-toggle',
+        onclick: async (ev) => {
+          ev.currentTarget.disabled = true;
+          const verb = k.paused ? 'resume' : 'pause';
+          try {
+            await request('POST', `batch/kinds/${encodeURIComponent(k.kind)}/${verb}`);
+            toast(`${k.paused ? 'Resumed' : 'Paused'} kind ${k.kind}`, 'ok');
+          } catch (e) {
+            toast(`Could not ${verb} ${k.kind}: ${e.message}`, 'error');
+          }
+          loadKinds();
+        },
+      }, k.paused ? 'Resume' : 'Pause');
+      kindsView.tbody.append(h('tr', { testid: 'kind-row', data: { kind: k.kind, paused: String(k.paused) } },
+        h('td', null, h('span', { class: 'tag' }, k.kind)),
+        h('td', { class: 'num', testid: 'kind-limit' }, String(k.limit)),
+        h('td', { class: 'num', testid: 'kind-running' }, String(k.running)),
+        h('td', { class: 'col-progress' }, h('div', { class: 'bar', title: `${k.running} of ${k.limit}` }, h('span', { class: 'seg seg-ok', data: { width: use } }))),
+        h('td', null, h('span', { class: `badge ${k.paused ? 'b-paused b-queued' : 'b-running'}`, testid: 'kind-state' }, k.paused ? 'paused' : 'active')),
+        h('td', { class: 'col-actions' }, toggle)));
+    }
+    // Widths set through the style object, which the page's policy allows (no inline CSS).
+    for (const seg of kindsView.tbody.querySelectorAll('.seg[data-width]')) seg.style.width = `${seg.dataset.width}%`;
+  }
+
+  // ---------------------------------------------------------------- schedules page
+
+  let schedulesView = null;
+
+  function renderSchedulesView() {
+    if (!schedulesView) {
+      const tbody = h('tbody', { testid: 'schedules-body' });
+      const empty = h('div', { class: 'empty', testid: 'schedules-empty', hidden: true },
+        'No schedules. Create one with ', h('code', null, 'POST batch/schedules'), '.');
+      append($('schedules-view'), [
+        h('div', { class: 'toolbar' }, h('h2', null, 'Schedules ', h('span', { class: 'count', testid: 'schedules-total' }))),
+        h('div', { class: 'card' }, h('div', { class: 'table-wrap' }, h('table', { class: 'table', testid: 'schedules-table' },
+          h('thead', null, h('tr', null, h('th', null, 'Schedule'), h('th', null, 'Cron'), h('th', null, 'State'),
+            h('th', null, 'Next run'), h('th', null, 'Last run'), h('th', null, 'Last job'), h('th', null, 'Last error'), h('th', { class: 'col-actions' }, ''))),
+          tbody)), empty),
+      ]);
+      schedulesView = { tbody, empty };
+    }
+    loadSchedules();
+  }
+
+  async function loadSchedules() {
+    if (!schedulesView) return;
+    let list;
+    try {
+      list = await request('GET', 'batch/schedules');
+      banner(null);
+    } catch (e) {
+      banner(`Cannot load schedules: ${e.message}`);
+      return;
+    }
+    setText($('schedules-total'), String(list.total));
+    schedulesView.empty.hidden = list.schedules.length > 0;
+    clear(schedulesView.tbody);
+    for (const sc of list.schedules) {
+      const act = (label, testid, method, path, cls) => h('button', {
+        type: 'button', class: `btn btn-small ${cls || ''}`, testid,
+        onclick: async (ev) => {
+          const btn = ev.currentTarget;
+          if (method === 'DELETE' && !btn.classList.contains('armed')) {
+            btn.classList.add('armed');
+            setText(btn, 'Confirm delete');
+            setTimeout(() => { btn.classList.remove('armed'); setText(btn, label); }, 5000);
+            return;
+          }
+          btn.disabled = true;
+          try {
+            await request(method, `batch/schedules/${encodeURIComponent(sc.id)}${path}`);
+            toast(`${label}: ${sc.name || sc.id}`, 'ok');
+          } catch (e) {
+            toast(`${label} ${sc.name || sc.id}: ${e.message}`, 'error');
+          }
+          loadSchedules();
+        },
+      }, label);
+      schedulesView.tbody.append(h('tr', { testid: 'schedule-row', data: { scheduleId: sc.id, paused: String(sc.paused) } },
+        h('td', null, h('div', { class: 'mono' }, sc.name || sc.id), sc.name ? h('div', { class: 'muted mono small' }, sc.id) : null,
+          h('a', { href: hashFor('jobs', null, { q: `schedule:${sc.id}:` }), testid: 'schedule-jobs', class: 'small' }, 'its jobs →')),
+        h('td', null, h('code', null, sc.cron), h('div', { class: 'muted small' }, sc.timezone)),
+        h('td', null, h('span', { class: `badge ${sc.paused ? 'b-paused b-queued' : 'b-running'}`, testid: 'schedule-state' }, sc.paused ? 'paused' : 'active')),
+        h('td', { class: 'nowrap', testid: 'schedule-next' }, sc.paused ? '—' : fmtTime(sc.next_run_at)),
+        h('td', { class: 'nowrap muted' }, fmtTime(sc.last_run_at)),
+        h('td', null, sc.last_job_id ? h('a', { href: hashFor('job', sc.last_job_id), class: 'mono' }, sc.last_job_id) : '—'),
+        h('td', { class: 'message', testid: 'schedule-error' }, sc.last_error || ''),
+        h('td', { class: 'col-actions nowrap' },
+          sc.paused ? act('Resume', 'schedule-resume', 'POST', '/resume') : act('Pause', 'schedule-pause', 'POST', '/pause'),
+          ' ',
+          act('Delete', 'schedule-delete', 'DELETE', '', 'btn-danger'))));
+    }
   }
 
   // ---------------------------------------------------------------- stats, health
@@ -946,7 +1416,12 @@
     refreshListSoon();
     refreshStatsSoon();
     const jp = state.jobPage;
-    if (jp && jp.id === ev.job_id) loadItems();
+    if (jp && jp.id === ev.job_id) {
+      loadItems();
+      const job = state.jobs.get(ev.job_id);
+      if (job) loadTimeline(job);
+      loadWebhooks(ev.job_id);
+    }
   }
 
   function parse(e) {
@@ -1039,12 +1514,17 @@
   function periodic() {
     if (document.hidden) return;
     refreshStats();
-    if (state.route.view === 'jobs') refreshList();
+    if (state.route.view === 'jobs') {
+      refreshList();
+      refreshThroughput();
+    }
+    if (state.route.view === 'kinds') loadKinds();
+    if (state.route.view === 'schedules') loadSchedules();
     const jp = state.jobPage;
     if (jp) {
       const job = state.jobs.get(jp.id);
       if (!job || isActive(job.status)) {
-        refreshJob(jp.id);
+        refreshJob(jp.id).then((fresh) => fresh && loadTimeline(fresh));
         loadItems();
       }
     }
