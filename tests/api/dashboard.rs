@@ -206,12 +206,20 @@ pub async fn run_browser_test(address: &str, workspace: &Path, token: Option<&st
         .env("CHROMIUM", &chromium)
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
-    if let Ok(dir) = std::env::var("DASHBOARD_SCREENSHOTS") {
-        child.env("DASHBOARD_SCREENSHOTS", dir);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(180), child.output())
+    // Screenshots for a person to look at: under target/ unless told elsewhere.
+    let shots = std::env::var("DASHBOARD_SCREENSHOTS").unwrap_or_else(|_| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+        let dir = if token.is_some() {
+            dir.join("with-token")
+        } else {
+            dir
+        };
+        dir.display().to_string()
+    });
+    child.env("DASHBOARD_SCREENSHOTS", shots);
+    let out = tokio::time::timeout(Duration::from_secs(270), child.output())
         .await
-        .expect("the browser test finishes within 180 s")
+        .expect("the browser test finishes within 270 s")
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
