@@ -357,11 +357,11 @@ async fn jobs_are_searched_by_id_kind_idempotency_key_and_metadata() {
             ids
         }
     };
-    assert_eq!(ids("needle_team").await, [tagged.clone()]);
-    assert_eq!(ids("NIGHTLY%3Arun-4").await, [keyed.clone()]);
+    assert_eq!(ids("needle_team").await, [tagged.as_str()]);
+    assert_eq!(ids("NIGHTLY%3Arun-4").await, [keyed.as_str()]);
     assert_eq!(
         ids(&plain[plain.len() - 6..].to_uppercase()).await,
-        [plain.clone()]
+        [plain.as_str()]
     );
     let mut all = vec![tagged.clone(), keyed.clone(), plain.clone()];
     all.sort();

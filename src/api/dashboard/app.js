@@ -698,15 +698,15 @@
 
   // Items finished per bucket, succeeded below failed below the rest, one bar a bucket
   // at its place in time (buckets in which nothing finished are gaps).
-  function timelineChart(timeline) {
-    const W = 720;
+  function timelineChart(timeline, width) {
+    const W = Math.max(320, Math.round(width || 720));
     const H = 150;
     const PAD_L = 34;
     const PAD_B = 20;
     const buckets = timeline.buckets || [];
     const n = timeline.bucket_seconds || 1;
     const root = svg('svg', {
-      class: 'chart', viewBox: `0 0 ${W} ${H}`, width: '100%', height: H, role: 'img', testid: 'timeline-chart',
+      class: 'chart', viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img', testid: 'timeline-chart',
       'data-bucket-seconds': n, 'data-buckets': buckets.length,
       'aria-label': `Items finished per ${n} s`,
     });
@@ -955,7 +955,8 @@
     }
     if (state.jobPage !== jp || seq !== jp.chartSeq) return;
     clear(jp.chart);
-    jp.chart.append(timelineChart(timeline));
+    // Drawn at the card's width in pixels, so text and bars keep their size.
+    jp.chart.append(timelineChart(timeline, jp.chart.clientWidth - 24));
     setText(jp.chartNote, `per ${fmtDuration(n)}`);
   }
 
@@ -1327,7 +1328,7 @@
           btn.disabled = true;
           try {
             await request(method, `batch/schedules/${encodeURIComponent(sc.id)}${path}`);
-            toast(`${label}: ${sc.name || sc.id}`, 'ok');
+            toast(`${{ Pause: 'Paused', Resume: 'Resumed', Delete: 'Deleted' }[label]} schedule ${sc.name || sc.id}`, 'ok');
           } catch (e) {
             toast(`${label} ${sc.name || sc.id}: ${e.message}`, 'error');
           }
