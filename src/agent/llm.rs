@@ -339,13 +339,47 @@ impl LlmClient {
             LlmApi::Ollama => ollama_body(req),
             LlmApi::OpenAi => openai_body(req),
         };
-        let body = serde_json::to_vec(&body).expect("a JSON value serializes");
+        let (value, raw) = self.send(&body, req.model, cancel).await?;
+        let parsed = match self.api {
+            LlmApi::Ollama => parse_ollama(&value),
+            LlmApi::OpenAi => parse_openai(&value),
+        };
+        parsed.map_err(|detail| LlmError::BadAnswer {
+            url: self.base_url.clone(),
+            api: self.api.name(),
+            detail: format!("{detail}: {}", snippet(&raw)),
+        })
+    }
+
+    /// Sends `body` as it is to the chat URL of this client's protocol, retrying transient
+    /// failures like [`LlmClient::chat`], and returns the answer's JSON with its token
+    /// counts (OpenAI's `usage`, or Ollama's `prompt_eval_count`/`eval_count`). The one
+    /// place `batch_llm` requests go out: rate limits and token budgets belong here.
+    pub async fn chat_raw(
+        &self,
+        body: &Value,
+        model: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(Value, Usage), LlmError> {
+        let (value, _) = self.send(body, model, cancel).await?;
+        let usage = usage_of(&value);
+        Ok((value, usage))
+    }
+
+    /// The request loop: attempts with backoff between transient failures.
+    async fn send(
+        &self,
+        body: &Value,
+        model: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(Value, Vec<u8>), LlmError> {
+        let body = serde_json::to_vec(body).expect("a JSON value serializes");
         let url = self.chat_url();
         let mut attempt = 0;
         loop {
             let result = tokio::select! {
                 _ = cancel.cancelled() => return Err(LlmError::Cancelled),
-                r = self.attempt(&url, &body, req.model) => r,
+                r = self.attempt(&url, &body, model) => r,
             };
             match result {
                 Err(e) if e.is_transient() && attempt < self.retry.max_retries => {
@@ -366,7 +400,12 @@ impl LlmClient {
         }
     }
 
-    async fn attempt(&self, url: &str, body: &[u8], model: &str) -> Result<ChatReply, LlmError> {
+    async fn attempt(
+        &self,
+        url: &str,
+        body: &[u8],
+        model: &str,
+    ) -> Result<(Value, Vec<u8>), LlmError> {
         // Held while the request is on the wire; dropped (even by cancellation) after.
         let _permit = self
             .permits
@@ -429,15 +468,7 @@ impl LlmClient {
                 ));
             }
         }
-        let parsed = match self.api {
-            LlmApi::Ollama => parse_ollama(&value),
-            LlmApi::OpenAi => parse_openai(&value),
-        };
-        parsed.map_err(|detail| LlmError::BadAnswer {
-            url: self.base_url.clone(),
-            api: self.api.name(),
-            detail: format!("{detail}: {}", snippet(&bytes)),
-        })
+        Ok((value, bytes))
     }
 
     fn transport_error(&self, e: reqwest::Error) -> LlmError {
@@ -716,6 +747,21 @@ pub fn parse_ollama(v: &Value) -> Result<ChatReply, String> {
             completion_tokens: count(v, "eval_count"),
         },
     })
+}
+
+/// The token counts of an answer of either protocol: OpenAI's `usage`, Ollama's
+/// `prompt_eval_count` and `eval_count`.
+pub fn usage_of(v: &Value) -> Usage {
+    match v.get("usage") {
+        Some(u) if u.is_object() => Usage {
+            prompt_tokens: count(u, "prompt_tokens"),
+            completion_tokens: count(u, "completion_tokens"),
+        },
+        _ => Usage {
+            prompt_tokens: count(v, "prompt_eval_count"),
+            completion_tokens: count(v, "eval_count"),
+        },
+    }
 }
 
 /// Reads an OpenAI `/v1/chat/completions` answer.

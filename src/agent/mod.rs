@@ -80,6 +80,8 @@ pub struct AgentConfig {
     pub retry_backoff: Duration,
     /// Where task worktrees and copies live (default: `$TMPDIR/batchforge-agent`).
     pub scratch_dir: Option<PathBuf>,
+    /// `batch_llm`'s per-model routes (`--llm-route`), first match wins.
+    pub routes: Vec<crate::processors::llm_batch::LlmRoute>,
 }
 
 impl Default for AgentConfig {
@@ -93,6 +95,7 @@ impl Default for AgentConfig {
             max_retries: 3,
             retry_backoff: Duration::from_millis(500),
             scratch_dir: None,
+            routes: Vec::new(),
         }
     }
 }

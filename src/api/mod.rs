@@ -33,7 +33,9 @@ use schedules::{
 };
 use serde_json::json;
 use std::collections::HashMap;
-use submit::{submit_agent_tasks, submit_generic, submit_mcp, submit_tests, submit_validation};
+use submit::{
+    submit_agent_tasks, submit_generic, submit_llm, submit_mcp, submit_tests, submit_validation,
+};
 
 /// Mounts the REST routes and lists them from one table, so a test can hold the OpenAPI
 /// document to exactly what is mounted.
@@ -58,6 +60,7 @@ api_routes! {
     post "/batch/tests" => submit_tests,
     post "/batch/agent-tasks" => submit_agent_tasks,
     post "/batch/mcp-operations" => submit_mcp,
+    post "/batch/llm" => submit_llm,
     post "/batch/jobs" => submit_generic,
     get "/batch/jobs" => list_jobs,
     get "/batch/jobs/{id}" => get_job,

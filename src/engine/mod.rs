@@ -153,6 +153,13 @@ impl EngineBuilder {
                     .map_err(StartError::Config)?
                     .with_sandbox(sandbox.clone()),
             ));
+            processors.push(Arc::new(
+                crate::processors::llm_batch::LlmBatchProcessor::new(
+                    config.agent.clone(),
+                    config.agent.routes.clone(),
+                )
+                .map_err(StartError::Config)?,
+            ));
         }
         for p in custom {
             processors.retain(|q| q.kind() != p.kind());
