@@ -87,6 +87,10 @@ struct ServeArgs {
     /// Seconds one LLM request may take (a job may set llm_timeout_seconds).
     #[arg(long, env = "BATCHFORGE_LLM_TIMEOUT", default_value_t = 600.0)]
     llm_timeout: f64,
+    /// Route `batch_llm` requests by model: MODEL_GLOB=URL[,api=openai|ollama]; repeat the
+    /// flag, first match wins; other models go to --llm-url.
+    #[arg(long = "llm-route", value_name = "MODEL_GLOB=URL[,api=…]", value_parser = batchforge::processors::llm_batch::parse_route)]
+    llm_routes: Vec<batchforge::processors::llm_batch::LlmRoute>,
     /// Bearer token for the LLM server (vLLM --api-key, hosted OpenAI-compatible APIs).
     #[arg(long, env = "BATCHFORGE_LLM_API_KEY", hide_env_values = true)]
     llm_api_key: Option<String>,
@@ -352,6 +356,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
         api_key: args.llm_api_key,
         max_concurrent_requests_per_endpoint: args.llm_concurrency as usize,
         request_timeout: Duration::from_secs_f64(args.llm_timeout),
+        routes: args.llm_routes,
         ..Default::default()
     };
     // A --mcp-server flag beats a file entry of the same name.

@@ -11,6 +11,7 @@ pub mod responses;
 pub mod schedules;
 pub mod secrets;
 mod submit;
+pub mod v1;
 
 use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
@@ -35,6 +36,10 @@ use serde_json::json;
 use std::collections::HashMap;
 use submit::{
     submit_agent_tasks, submit_generic, submit_llm, submit_mcp, submit_tests, submit_validation,
+};
+use v1::{
+    cancel_batch, create_batch, delete_file, file_content, get_batch, get_file, list_batches,
+    list_files, upload_file,
 };
 
 /// Mounts the REST routes and lists them from one table, so a test can hold the OpenAPI
@@ -82,6 +87,15 @@ api_routes! {
     delete "/batch/schedules/{id}" => delete_schedule,
     post "/batch/schedules/{id}/pause" => pause_schedule,
     post "/batch/schedules/{id}/resume" => resume_schedule,
+    post "/v1/files" => upload_file,
+    get "/v1/files" => list_files,
+    get "/v1/files/{id}" => get_file,
+    delete "/v1/files/{id}" => delete_file,
+    get "/v1/files/{id}/content" => file_content,
+    post "/v1/batches" => create_batch,
+    get "/v1/batches" => list_batches,
+    get "/v1/batches/{id}" => get_batch,
+    post "/v1/batches/{id}/cancel" => cancel_batch,
 }
 
 /// After the real routes: any other method on a known path answers 405 with `Allow`, not

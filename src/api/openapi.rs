@@ -60,6 +60,15 @@ field is at fault.",
         super::schedules::delete_schedule,
         super::schedules::pause_schedule,
         super::schedules::resume_schedule,
+        super::v1::upload_file,
+        super::v1::list_files,
+        super::v1::get_file,
+        super::v1::delete_file,
+        super::v1::file_content,
+        super::v1::create_batch,
+        super::v1::list_batches,
+        super::v1::get_batch,
+        super::v1::cancel_batch,
     ),
     components(schemas(
         ErrorBody,
@@ -101,6 +110,7 @@ field is at fault.",
         (name = "events", description = "Live progress as Server-Sent Events"),
         (name = "schedules", description = "Cron schedules that submit a job per tick"),
         (name = "operations", description = "Health, metrics and this document"),
+        (name = "openai", description = "OpenAI-compatible Batch API (files and batches) over batch_llm jobs"),
     )
 )]
 pub struct ApiDoc;

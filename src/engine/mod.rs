@@ -1,6 +1,7 @@
 //! Starting the engine: store, recovery, actors. The handle, [`Engine`], is what the HTTP
 //! layer and embedding applications talk to.
 
+mod llm_files;
 mod schedules;
 
 use crate::mcp::{McpConfig, McpRegistry};

@@ -222,3 +222,279 @@ async fn bad_requests_are_refused_naming_the_field_and_store_nothing() {
     let (_, jobs) = app.get("/batch/jobs").await;
     assert_eq!(jobs["total"], 0, "{jobs}");
 }
+
+// ------------------------------------------------------------ the OpenAI-compatible `/v1`
+
+/// Uploads `content` as the SDKs do: a multipart form with `purpose` and `file`.
+async fn upload(app: &TestApp, content: &str) -> Value {
+    let boundary = "batchforgeTestBoundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"input.jsonl\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n{content}\r\n--{boundary}--\r\n"
+    );
+    let mut resp = client()
+        .post(format!("{}/v1/files", app.address))
+        .insert_header((
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        ))
+        .send_body(body)
+        .await
+        .unwrap();
+    let file: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{file}");
+    file
+}
+
+fn line(id: &str, text: &str) -> String {
+    json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+           "body": {"model": "llama3.2", "messages": [{"role": "user", "content": text}]}})
+    .to_string()
+}
+
+async fn content(app: &TestApp, file_id: &str) -> Vec<Value> {
+    let mut resp = client()
+        .get(format!("{}/v1/files/{file_id}/content", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.body().limit(64 << 20).await.unwrap();
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn create_batch(app: &TestApp, file_id: &str) -> Value {
+    let (status, batch) = app
+        .post(
+            "/v1/batches",
+            &json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h", "metadata": {"purpose": "test"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    batch
+}
+
+async fn wait_batch(app: &TestApp, id: &str, done: &[&str]) -> Value {
+    wait_for(Duration::from_secs(30), &format!("batch {id}"), || async {
+        let (_, b) = app.get(&format!("/v1/batches/{id}")).await;
+        done.contains(&b["status"].as_str().unwrap_or_default())
+            .then_some(b)
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn a_batch_file_runs_as_a_job_and_its_output_and_error_files_read_back() {
+    let fake = FakeLlm::start(|chat| match chat.last_text() {
+        "refuse" => Reply::Error(400, json!({"error": {"message": "context too long"}})),
+        t => Reply::Text(format!("answer to {t}")),
+    });
+    let app = llm_app(&fake.url, LlmApi::OpenAi).await;
+    let input = [line("r1", "one"), line("r2", "refuse"), line("r3", "three")].join("\n");
+    let file = upload(&app, &input).await;
+    assert_eq!(file["object"], "file");
+    assert_eq!(file["purpose"], "batch");
+    assert_eq!(file["bytes"], input.len() + 0, "{file}");
+    let file_id = file["id"].as_str().unwrap();
+    let (_, listed) = app.get("/v1/files").await;
+    assert_eq!(listed["data"][0]["id"], file_id);
+    assert_eq!(
+        app.get(&format!("/v1/files/{file_id}")).await.1["filename"],
+        "input.jsonl"
+    );
+
+    let batch = create_batch(&app, file_id).await;
+    assert_eq!(batch["object"], "batch");
+    assert_eq!(batch["metadata"], json!({"purpose": "test"}));
+    let id = batch["id"].as_str().unwrap();
+    let done = wait_batch(&app, id, &["completed"]).await;
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 3, "completed": 2, "failed": 1}),
+        "{done}"
+    );
+    assert!(
+        done["in_progress_at"].is_i64() && done["completed_at"].is_i64(),
+        "{done}"
+    );
+    // An ordinary job underneath.
+    let job_id = done["job_id"].as_str().unwrap();
+    let job = app.job(job_id).await;
+    assert_eq!(job["type"], "batch_llm");
+    assert_eq!(job["metadata"]["openai_batch_id"], id);
+
+    let output = content(&app, done["output_file_id"].as_str().unwrap()).await;
+    assert_eq!(output.len(), 2);
+    let r1 = output.iter().find(|l| l["custom_id"] == "r1").unwrap();
+    assert_eq!(r1["response"]["status_code"], 200);
+    assert_eq!(
+        r1["response"]["body"]["choices"][0]["message"]["content"],
+        "answer to one"
+    );
+    assert!(r1["error"].is_null());
+    let errors = content(&app, done["error_file_id"].as_str().unwrap()).await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "r2");
+    assert_eq!(errors[0]["response"]["status_code"], 400);
+    assert!(errors[0]["response"]["body"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("context too long"));
+    let (status, out_file) = app
+        .get(&format!(
+            "/v1/files/{}",
+            done["output_file_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out_file}");
+    assert_eq!(out_file["purpose"], "batch_output");
+
+    // The input file can be deleted; then it is gone.
+    let (status, deleted) = app.delete(&format!("/v1/files/{file_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["deleted"], true);
+    let (status, gone) = app.get(&format!("/v1/files/{file_id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(gone["error"]["message"].is_string(), "{gone}");
+}
+
+#[actix_web::test]
+async fn malformed_lines_fail_the_batch_with_their_line_numbers_and_batches_page() {
+    let app = llm_app("http://127.0.0.1:9", LlmApi::OpenAi).await;
+    let good = upload(&app, &line("a", "x")).await;
+    let bad = upload(
+        &app,
+        &[line("a", "x"), "{not json".into(), line("a", "y")].join("\n"),
+    )
+    .await;
+    let failed = create_batch(&app, bad["id"].as_str().unwrap()).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let errors = failed["errors"]["data"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{failed}");
+    assert_eq!(errors[0]["line"], 2);
+    assert_eq!(errors[1]["line"], 3);
+    assert_eq!(errors[1]["code"], "duplicate_custom_id");
+    let (_, jobs) = app.get("/batch/jobs").await;
+    assert_eq!(jobs["total"], 0, "a failed validation makes no job");
+
+    let mut ids = vec![failed["id"].as_str().unwrap().to_string()];
+    for _ in 0..2 {
+        let b = create_batch(&app, good["id"].as_str().unwrap()).await;
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    ids.reverse(); // newest first
+    let (_, page1) = app.get("/v1/batches?limit=2").await;
+    assert_eq!(page1["has_more"], true, "{page1}");
+    let got: Vec<&str> = page1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[0].as_str(), ids[1].as_str()]);
+    assert_eq!(page1["last_id"], ids[1]);
+    let (_, page2) = app
+        .get(&format!("/v1/batches?limit=2&after={}", ids[1]))
+        .await;
+    assert_eq!(page2["has_more"], false, "{page2}");
+    assert_eq!(page2["data"][0]["id"], ids[2]);
+
+    // Bad requests name their field and store nothing.
+    for (body, field) in [
+        (json!({"endpoint": "/v1/chat/completions"}), "input_file_id"),
+        (
+            json!({"input_file_id": "file-none", "endpoint": "/v1/chat/completions"}),
+            "input_file_id",
+        ),
+        (
+            json!({"input_file_id": good["id"], "endpoint": "/v1/embeddings"}),
+            "endpoint",
+        ),
+        (
+            json!({"input_file_id": good["id"], "endpoint": "/v1/chat/completions",
+                "completion_window": "forever"}),
+            "completion_window",
+        ),
+        (
+            json!({"input_file_id": good["id"], "endpoint": "/v1/chat/completions", "x": 1}),
+            "x",
+        ),
+    ] {
+        let (status, answer) = app.post("/v1/batches", &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+        assert_eq!(answer["error"]["param"], field, "{answer}");
+    }
+    let (_, all) = app.get("/v1/batches?limit=100").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 3);
+    let (status, _) = app.get("/v1/batches?limit=0").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[actix_web::test]
+async fn an_unreachable_upstream_errors_each_request_and_the_batch_completes_with_an_error_file() {
+    let app = llm_app("http://127.0.0.1:9", LlmApi::OpenAi).await;
+    let file = upload(&app, &[line("a", "x"), line("b", "y")].join("\n")).await;
+    let batch = create_batch(&app, file["id"].as_str().unwrap()).await;
+    let done = wait_batch(&app, batch["id"].as_str().unwrap(), &["completed"]).await;
+    assert_eq!(done["request_counts"]["failed"], 2, "{done}");
+    assert!(done["output_file_id"].is_null(), "{done}");
+    let errors = content(&app, done["error_file_id"].as_str().unwrap()).await;
+    assert_eq!(errors.len(), 2);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["response"].is_null() && e["error"]["code"] == "upstream_unreachable"),
+        "{errors:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_cancelled_batch_keeps_finished_requests_and_lists_the_rest_as_errors() {
+    let fake = FakeLlm::start(|chat| match chat.last_text() {
+        "fast" => Reply::Text("done".into()),
+        _ => Reply::Delay(
+            Duration::from_secs(30),
+            Box::new(Reply::Text("late".into())),
+        ),
+    });
+    let app = llm_app(&fake.url, LlmApi::OpenAi).await;
+    let input = [line("f", "fast"), line("s1", "slow"), line("s2", "slow")].join("\n");
+    let file = upload(&app, &input).await;
+    let batch = create_batch(&app, file["id"].as_str().unwrap()).await;
+    let id = batch["id"].as_str().unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the fast request and two slow ones",
+        || async {
+            let (_, b) = app.get(&format!("/v1/batches/{id}")).await;
+            (b["request_counts"]["completed"] == 1 && fake.requests().len() == 3).then_some(())
+        },
+    )
+    .await;
+    let (status, cancelling) = app
+        .post(&format!("/v1/batches/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelling}");
+    assert!(
+        ["cancelling", "cancelled"].contains(&cancelling["status"].as_str().unwrap()),
+        "{cancelling}"
+    );
+    let done = wait_batch(&app, id, &["cancelled"]).await;
+    let output = content(&app, done["output_file_id"].as_str().unwrap()).await;
+    assert_eq!(output.len(), 1);
+    assert_eq!(output[0]["custom_id"], "f");
+    let errors = content(&app, done["error_file_id"].as_str().unwrap()).await;
+    let mut ids: Vec<&str> = errors
+        .iter()
+        .map(|e| e["custom_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["s1", "s2"]);
+}
