@@ -278,7 +278,7 @@ async fn generated_content(
         return Ok(None);
     };
     match engine.job(job_id).await? {
-        Some(view) if view.record.status.is_terminal() => {}
+        Some(view) if view.record.status.is_terminal() && settled(&view.record) => {}
         _ => return Ok(None),
     }
     let hex = batch_id.trim_start_matches("batch_");
@@ -459,6 +459,12 @@ fn window_seconds(w: &str) -> Option<f64> {
     (s >= 1.0 && s <= 30.0 * 86_400.0).then_some(s)
 }
 
+/// Whether every item of a finished job has its final outcome recorded (a cancel ends the
+/// job at once; its running items are recorded as they stop).
+fn settled(job: &crate::model::JobRecord) -> bool {
+    job.succeeded + job.failed + job.skipped + job.cancelled >= job.total
+}
+
 /// The batch object of `record`, its job's state read from `view`.
 fn batch_object(record: &BatchRecord, view: Option<&JobView>) -> Value {
     let hex = record.id.trim_start_matches("batch_");
@@ -509,6 +515,15 @@ fn batch_object(record: &BatchRecord, view: Option<&JobView>) -> Value {
         _ => "validating",
     };
     o["status"] = json!(status);
+    if job.status.is_terminal() && !settled(job) {
+        // Cancelled or expired while requests ran: they are being stopped.
+        o["status"] = json!(if job.status == JobStatus::Cancelled {
+            "cancelling"
+        } else {
+            "finalizing"
+        });
+        return o;
+    }
     if job.status.is_terminal() {
         let at = json!(ts(job.completed_at));
         o["finalizing_at"] = at.clone();
