@@ -264,7 +264,23 @@ async fn get_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     let msg = GetJob { job_id: id.clone() };
     match engine.supervisor().send(msg).await.map_err(mailbox)?? {
-        Some(view) => Ok(HttpResponse::Ok().json(JobResponse::from(view))),
+        Some(view) => {
+            let llm = view.record.kind == crate::processors::llm_batch::KIND;
+            let mut job = JobResponse::from(view);
+            if llm {
+                // Token totals of an LLM batch, summed from its items' usage when asked.
+                let (prompt, completion) = engine.llm_token_totals(&id).await?;
+                if let Some(p) = job
+                    .metadata
+                    .get_mut("progress")
+                    .and_then(|p| p.as_object_mut())
+                {
+                    p.insert("prompt_tokens".into(), prompt.into());
+                    p.insert("completion_tokens".into(), completion.into());
+                }
+            }
+            Ok(HttpResponse::Ok().json(job))
+        }
         None => Err(ApiError::NotFound(format!("job '{id}' not found"))),
     }
 }

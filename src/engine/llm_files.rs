@@ -74,4 +74,13 @@ impl Engine {
             .read(move |c| llm_files::list_batches(c, after.as_deref(), limit))
             .await?)
     }
+
+    /// The prompt and completion tokens a `batch_llm` job's finished requests used.
+    pub async fn llm_token_totals(&self, job_id: &str) -> Result<(u64, u64), EngineError> {
+        let id = job_id.to_string();
+        Ok(self
+            .store
+            .read(move |c| llm_files::token_totals(c, &id))
+            .await?)
+    }
 }

@@ -43,6 +43,12 @@ async fn each_request_is_one_chat_completion_passed_through_to_an_openai_endpoin
     let job = app.wait_finished(&id, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["type"], "batch_llm", "{job}");
+    // Every request's usage, summed into the job's progress.
+    assert_eq!(job["metadata"]["progress"]["prompt_tokens"], 30, "{job}");
+    assert_eq!(
+        job["metadata"]["progress"]["completion_tokens"], 15,
+        "{job}"
+    );
     let items = by_id(&app.all_items(&id, 10).await);
     assert_eq!(items.len(), 3);
     let a = &items["a"]["result"];
