@@ -504,3 +504,31 @@ async fn a_cancelled_batch_keeps_finished_requests_and_lists_the_rest_as_errors(
     ids.sort();
     assert_eq!(ids, ["s1", "s2"]);
 }
+
+#[actix_web::test]
+async fn models_are_routed_to_their_endpoint_and_the_rest_go_to_the_default() {
+    use batchforge::processors::llm_batch::parse_route;
+    let coder = FakeLlm::start(|_| Reply::Text("from the coder host".into()));
+    let default = FakeLlm::start(|_| Reply::Text("from the default host".into()));
+    let agent = AgentConfig {
+        llm_url: default.url.clone(),
+        api: LlmApi::Ollama,
+        routes: vec![parse_route(&format!("qwen2.5-coder:*={},api=openai", coder.url)).unwrap()],
+        ..Default::default()
+    };
+    let app = spawn_app_with_agent(AppOptions::default(), Vec::new(), agent, |b| b).await;
+    let mut coder_request = request("c", "x");
+    coder_request["body"]["model"] = json!("qwen2.5-coder:7b");
+    let body = json!({"requests": [coder_request, request("d", "y")]});
+    let id = app.submit("/batch/llm", &body).await;
+    let job = app.wait_finished(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["result"]["summary"]["successful"], 2, "{job}");
+    let items = by_id(&app.all_items(&id, 10).await);
+    assert_eq!(items["c"]["result"]["api"], "openai");
+    assert_eq!(items["d"]["result"]["api"], "ollama");
+    assert_eq!(coder.requests().len(), 1);
+    assert_eq!(coder.requests()[0].0, "/v1/chat/completions");
+    assert_eq!(coder.requests()[0].1["model"], "qwen2.5-coder:7b");
+    assert_eq!(default.requests().len(), 1);
+    assert_eq!(default.requests()[0].0, "/api/chat");
+}
