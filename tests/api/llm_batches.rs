@@ -532,3 +532,37 @@ async fn models_are_routed_to_their_endpoint_and_the_rest_go_to_the_default() {
     assert_eq!(default.requests().len(), 1);
     assert_eq!(default.requests()[0].0, "/api/chat");
 }
+
+#[actix_web::test]
+async fn an_upload_takes_the_bearer_token_and_a_foreign_page_cannot_post_a_form() {
+    let app = crate::security::spawn_secured(batchforge::api::guard::SecurityConfig {
+        tokens: vec!["tok-3b1f".into()],
+        ..Default::default()
+    })
+    .await;
+    let form = "--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\n\
+                Content-Disposition: form-data; name=\"file\"; filename=\"f.jsonl\"\r\n\r\n{}\r\n--b--\r\n";
+    let post = |token: Option<&str>, origin: Option<&str>, path: &str| {
+        let mut req = client()
+            .post(format!("{}{path}", app.address))
+            .insert_header(("content-type", "multipart/form-data; boundary=b"));
+        if let Some(t) = token {
+            req = req.insert_header(("authorization", format!("Bearer {t}")));
+        }
+        if let Some(o) = origin {
+            req = req.insert_header(("origin", o.to_string()));
+        }
+        req.send_body(form)
+    };
+    let resp = post(Some("tok-3b1f"), None, "/v1/files").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = post(None, None, "/v1/files").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = post(Some("tok-3b1f"), Some("http://evil.example"), "/v1/files")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // Other routes still refuse a form.
+    let resp = post(Some("tok-3b1f"), None, "/batch/llm").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
