@@ -78,8 +78,9 @@ struct ServeArgs {
     /// LLM server of `batch_agent_tasks`. Falls back to OLLAMA_HOST, then http://127.0.0.1:11434.
     #[arg(long, env = "BATCHFORGE_LLM_URL")]
     llm_url: Option<String>,
-    /// Protocol of the LLM server: ollama (/api/chat) or openai (/v1/chat/completions).
-    #[arg(long, env = "BATCHFORGE_LLM_API", default_value = "ollama", value_parser = parse_llm_api)]
+    /// Protocol of the LLM server: auto (asked at first contact), ollama (/api/chat) or
+    /// openai (/v1/chat/completions).
+    #[arg(long, env = "BATCHFORGE_LLM_API", default_value = "auto", value_parser = parse_llm_api)]
     llm_api: batchforge::agent::LlmApi,
     /// Chat requests in flight at once per LLM endpoint, across all jobs.
     #[arg(long, env = "BATCHFORGE_LLM_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]

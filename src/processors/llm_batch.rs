@@ -12,7 +12,7 @@
 //! {code, message}}`; transport trouble and 5xx/429 answers are errors (retried under the
 //! job's `max_attempts`), other answers ordinary failures.
 //!
-//! Job options, checked at submit: `llm_url`, `api` (`ollama`|`openai`),
+//! Job options, checked at submit: `llm_url`, `api` (`auto`, the default, |`ollama`|`openai`),
 //! `llm_timeout_seconds`, `llm_retries`. Without `llm_url` an item's model picks its
 //! endpoint by the server's routes (`--llm-route MODEL_GLOB=URL[,api=…]`), else the
 //! server's `--llm-url`.
@@ -443,12 +443,21 @@ impl Processor for LlmBatchProcessor {
         let model = body["model"].as_str().unwrap_or_default().to_string();
         let (url, api) = self.endpoint(&opts, &model);
         let client = self.client(&opts, url, api);
-        let request = match api {
-            LlmApi::OpenAi => body,
-            LlmApi::Ollama => ollama_request(&body),
+        let sent = match client.protocol(&ctx.cancel).await {
+            Ok(api) => {
+                let request = match api {
+                    LlmApi::Ollama => ollama_request(&body),
+                    LlmApi::OpenAi | LlmApi::Auto => body,
+                };
+                client
+                    .chat_raw(api, &request, &model, &ctx.cancel)
+                    .await
+                    .map(|r| (api, r))
+            }
+            Err(e) => Err(e),
         };
-        match client.chat_raw(&request, &model, &ctx.cancel).await {
-            Ok((response, usage)) => ItemOutcome::succeeded(json!({
+        match sent {
+            Ok((api, (response, usage))) => ItemOutcome::succeeded(json!({
                 "custom_id": custom_id,
                 "status_code": 200,
                 "api": api.name(),

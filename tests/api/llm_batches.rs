@@ -566,3 +566,43 @@ async fn an_upload_takes_the_bearer_token_and_a_foreign_page_cannot_post_a_form(
     let resp = post(Some("tok-3b1f"), None, "/batch/llm").await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
+
+#[actix_web::test]
+async fn the_default_api_finds_an_openai_only_server_once_and_remembers_it() {
+    let fake = FakeLlm::start_openai_only(|_| Reply::Text("hello".into()));
+    // The engine's default protocol, `auto`.
+    let agent = AgentConfig {
+        llm_url: fake.url.clone(),
+        max_concurrent_requests_per_endpoint: 4,
+        ..Default::default()
+    };
+    assert_eq!(agent.api, LlmApi::Auto);
+    let app = spawn_app_with_agent(AppOptions::default(), Vec::new(), agent, |b| b).await;
+    let body = json!({"requests": [request("a", "x"), request("b", "y"), request("c", "z")],
+                      "parallel": 1});
+    let id = app.submit("/batch/llm", &body).await;
+    let job = app.wait_finished(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["result"]["summary"]["successful"], 3, "{job}");
+    let items = app.all_items(&id, 10).await;
+    assert!(
+        items.iter().all(|i| i["result"]["api"] == "openai"),
+        "{items:?}"
+    );
+    assert!(fake
+        .requests()
+        .iter()
+        .all(|(p, _)| p == "/v1/chat/completions"));
+    // Asked at first contact, then remembered (one item at a time: one question).
+    assert_eq!(fake.version_probes(), 1);
+    // And an Ollama server is still spoken to natively.
+    let ollama = FakeLlm::start(|_| Reply::Text("native".into()));
+    let id = app
+        .submit(
+            "/batch/llm",
+            &json!({"requests": [request("n", "x")], "llm_url": ollama.url}),
+        )
+        .await;
+    let job = app.wait_finished(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["result"]["summary"]["successful"], 1, "{job}");
+    assert_eq!(ollama.requests()[0].0, "/api/chat");
+}
