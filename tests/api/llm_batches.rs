@@ -606,3 +606,68 @@ async fn the_default_api_finds_an_openai_only_server_once_and_remembers_it() {
     assert_eq!(job["result"]["summary"]["successful"], 1, "{job}");
     assert_eq!(ollama.requests()[0].0, "/api/chat");
 }
+
+/// A Python with the official `openai` SDK: `BATCHFORGE_OPENAI_PYTHON`, else the venv
+/// `.ci/run` makes, else `python3` if it has the package.
+fn openai_python() -> String {
+    if let Ok(p) = std::env::var("BATCHFORGE_OPENAI_PYTHON") {
+        return p;
+    }
+    let venv = std::env::temp_dir().join("batchforge-openai/bin/python");
+    if venv.exists() {
+        return venv.to_string_lossy().into_owned();
+    }
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has,
+        "the openai SDK is not installed: run the `openai` step of .ci/run (a venv at \
+         $TMPDIR/batchforge-openai) or set BATCHFORGE_OPENAI_PYTHON"
+    );
+    "python3".into()
+}
+
+#[actix_web::test]
+async fn the_official_openai_sdk_drives_the_batch_api_unchanged() {
+    use batchforge::processors::llm_batch::parse_route;
+    let fake = FakeLlm::start(|chat| match chat.last_text() {
+        "refuse" => Reply::Error(400, json!({"error": {"message": "context too long"}})),
+        "slow" => Reply::Delay(
+            Duration::from_secs(30),
+            Box::new(Reply::Text("late".into())),
+        ),
+        t => Reply::Text(format!("answer to {t}")),
+    });
+    let agent = AgentConfig {
+        llm_url: fake.url.clone(),
+        api: LlmApi::OpenAi,
+        routes: vec![parse_route("dead-*=http://127.0.0.1:9,api=openai").unwrap()],
+        retry_backoff: Duration::from_millis(20),
+        max_retries: 1,
+        max_concurrent_requests_per_endpoint: 8,
+        ..Default::default()
+    };
+    let app = spawn_app_with_agent(AppOptions::default(), Vec::new(), agent, |b| b).await;
+    let python = openai_python();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm/sdk_batches.py");
+    let address = app.address.clone();
+    // Off the event loop: the server under test runs on this thread.
+    let out = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("BATCHFORGE_URL", address)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("sdk ok: 4 batches"), "{stdout}");
+    // Every batch is an ordinary job.
+    let (_, jobs) = app.get("/batch/jobs?job_type=batch_llm").await;
+    assert_eq!(jobs["total"], 3, "{jobs}");
+}
