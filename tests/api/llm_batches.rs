@@ -233,6 +233,11 @@ async fn bad_requests_are_refused_naming_the_field_and_store_nothing() {
 
 /// Uploads `content` as the SDKs do: a multipart form with `purpose` and `file`.
 async fn upload(app: &TestApp, content: &str) -> Value {
+    upload_to(&app.address, content).await
+}
+
+/// [`upload`] to the server at `address`.
+async fn upload_to(address: &str, content: &str) -> Value {
     let boundary = "batchforgeTestBoundary";
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
@@ -240,7 +245,7 @@ async fn upload(app: &TestApp, content: &str) -> Value {
          Content-Type: application/octet-stream\r\n\r\n{content}\r\n--{boundary}--\r\n"
     );
     let mut resp = client()
-        .post(format!("{}/v1/files", app.address))
+        .post(format!("{address}/v1/files"))
         .insert_header((
             "content-type",
             format!("multipart/form-data; boundary={boundary}"),
@@ -260,8 +265,12 @@ fn line(id: &str, text: &str) -> String {
 }
 
 async fn content(app: &TestApp, file_id: &str) -> Vec<Value> {
+    content_at(&app.address, file_id).await
+}
+
+async fn content_at(address: &str, file_id: &str) -> Vec<Value> {
     let mut resp = client()
-        .get(format!("{}/v1/files/{file_id}/content", app.address))
+        .get(format!("{address}/v1/files/{file_id}/content"))
         .send()
         .await
         .unwrap();
@@ -287,8 +296,18 @@ async fn create_batch(app: &TestApp, file_id: &str) -> Value {
 }
 
 async fn wait_batch(app: &TestApp, id: &str, done: &[&str]) -> Value {
-    wait_for(Duration::from_secs(30), &format!("batch {id}"), || async {
-        let (_, b) = app.get(&format!("/v1/batches/{id}")).await;
+    wait_batch_at(&app.address, id, done).await
+}
+
+async fn wait_batch_at(address: &str, id: &str, done: &[&str]) -> Value {
+    wait_for(Duration::from_secs(60), &format!("batch {id}"), || async {
+        let (_, b) = send(
+            &client(),
+            "GET",
+            &format!("{address}/v1/batches/{id}"),
+            None,
+        )
+        .await;
         done.contains(&b["status"].as_str().unwrap_or_default())
             .then_some(b)
     })
@@ -670,4 +689,111 @@ async fn the_official_openai_sdk_drives_the_batch_api_unchanged() {
     // Every batch is an ordinary job.
     let (_, jobs) = app.get("/batch/jobs?job_type=batch_llm").await;
     assert_eq!(jobs["total"], 3, "{jobs}");
+}
+
+/// Starts `batchforge serve` on `dir`'s database with the LLM at `llm_url`.
+async fn serve_llm(dir: &std::path::Path, llm_url: &str) -> (tokio::process::Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let url = database_url(dir, "jobs.db");
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--database-url".as_ref(),
+        url.as_ref(),
+        "--workspace".as_ref(),
+        ws.as_os_str(),
+        "--llm-url".as_ref(),
+        llm_url.as_ref(),
+        "--llm-concurrency".as_ref(),
+        "8".as_ref(),
+    ];
+    spawn_serve(&args, log).await
+}
+
+#[actix_web::test]
+async fn after_kill_9_a_restarted_batch_loses_no_finished_request_and_runs_none_twice() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let released = Arc::new(AtomicBool::new(false));
+    let gate = released.clone();
+    // "hold" requests hang until released (after the kill); the rest answer at once.
+    // The fake speaks only OpenAI: the server's default `auto` finds that out.
+    let fake = FakeLlm::start_openai_only(move |chat| {
+        let text = chat.last_text().to_string();
+        if text.starts_with("hold") && !gate.load(Ordering::SeqCst) {
+            Reply::Delay(
+                Duration::from_secs(120),
+                Box::new(Reply::Text("too late".into())),
+            )
+        } else {
+            Reply::Text(format!("answer to {text}"))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
+    let (mut child, address) = serve_llm(dir.path(), &fake.url).await;
+    let lines: Vec<String> = (0..4)
+        .map(|i| line(&format!("q{i}"), &format!("quick{i}")))
+        .chain((0..3).map(|i| line(&format!("h{i}"), &format!("hold{i}"))))
+        .collect();
+    let file = upload_to(&address, &lines.join("\n")).await;
+    let body = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"});
+    let (status, batch) = send(
+        &client(),
+        "POST",
+        &format!("{address}/v1/batches"),
+        Some(body.to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_string();
+    wait_for(
+        Duration::from_secs(30),
+        "quick requests done, held ones in flight",
+        || async {
+            let (_, b) = send(
+                &client(),
+                "GET",
+                &format!("{address}/v1/batches/{id}"),
+                None,
+            )
+            .await;
+            (b["request_counts"]["completed"] == 4 && fake.requests().len() == 7).then_some(())
+        },
+    )
+    .await;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    released.store(true, Ordering::SeqCst);
+
+    let (_child, address) = serve_llm(dir.path(), &fake.url).await;
+    let done = wait_batch_at(&address, &id, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 7, "{done}");
+    let output = content_at(&address, done["output_file_id"].as_str().unwrap()).await;
+    let mut ids: Vec<&str> = output
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["h0", "h1", "h2", "q0", "q1", "q2", "q3"]);
+    // The upstream's calls per request: a finished one never again, an interrupted one
+    // once more.
+    let calls = |text: &str| {
+        fake.requests()
+            .iter()
+            .filter(|(_, b)| b["messages"][0]["content"] == text)
+            .count()
+    };
+    for i in 0..4 {
+        assert_eq!(calls(&format!("quick{i}")), 1, "quick{i} ran again");
+    }
+    for i in 0..3 {
+        assert_eq!(calls(&format!("hold{i}")), 2, "hold{i}");
+    }
 }
