@@ -294,7 +294,7 @@ async fn generated_content(
             .supervisor()
             .send(msg)
             .await
-            .map_err(|e| crate::queue::messages::EngineError::from(e))??
+            .map_err(crate::queue::messages::EngineError::from)??
             .unwrap_or_default();
         for (idx, key, status, result, error) in &rows {
             let succeeded = status == "succeeded";
@@ -456,7 +456,7 @@ fn window_seconds(w: &str) -> Option<f64> {
         "d" => n * 86_400.0,
         _ => return None,
     };
-    (s >= 1.0 && s <= 30.0 * 86_400.0).then_some(s)
+    (1.0..=30.0 * 86_400.0).contains(&s).then_some(s)
 }
 
 /// Whether every item of a finished job has its final outcome recorded (a cancel ends the

@@ -325,7 +325,7 @@ async fn a_batch_file_runs_as_a_job_and_its_output_and_error_files_read_back() {
     let file = upload(&app, &input).await;
     assert_eq!(file["object"], "file");
     assert_eq!(file["purpose"], "batch");
-    assert_eq!(file["bytes"], input.len() + 0, "{file}");
+    assert_eq!(file["bytes"], input.len(), "{file}");
     let file_id = file["id"].as_str().unwrap();
     let (_, listed) = app.get("/v1/files").await;
     assert_eq!(listed["data"][0]["id"], file_id);
