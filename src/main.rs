@@ -78,8 +78,9 @@ struct ServeArgs {
     /// LLM server of `batch_agent_tasks`. Falls back to OLLAMA_HOST, then http://127.0.0.1:11434.
     #[arg(long, env = "BATCHFORGE_LLM_URL")]
     llm_url: Option<String>,
-    /// Protocol of the LLM server: ollama (/api/chat) or openai (/v1/chat/completions).
-    #[arg(long, env = "BATCHFORGE_LLM_API", default_value = "ollama", value_parser = parse_llm_api)]
+    /// Protocol of the LLM server: auto (asked at first contact), ollama (/api/chat) or
+    /// openai (/v1/chat/completions).
+    #[arg(long, env = "BATCHFORGE_LLM_API", default_value = "auto", value_parser = parse_llm_api)]
     llm_api: batchforge::agent::LlmApi,
     /// Chat requests in flight at once per LLM endpoint, across all jobs.
     #[arg(long, env = "BATCHFORGE_LLM_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -87,6 +88,10 @@ struct ServeArgs {
     /// Seconds one LLM request may take (a job may set llm_timeout_seconds).
     #[arg(long, env = "BATCHFORGE_LLM_TIMEOUT", default_value_t = 600.0)]
     llm_timeout: f64,
+    /// Route `batch_llm` requests by model: MODEL_GLOB=URL[,api=openai|ollama]; repeat the
+    /// flag, first match wins; other models go to --llm-url.
+    #[arg(long = "llm-route", value_name = "MODEL_GLOB=URL[,api=…]", value_parser = batchforge::processors::llm_batch::parse_route)]
+    llm_routes: Vec<batchforge::processors::llm_batch::LlmRoute>,
     /// Bearer token for the LLM server (vLLM --api-key, hosted OpenAI-compatible APIs).
     #[arg(long, env = "BATCHFORGE_LLM_API_KEY", hide_env_values = true)]
     llm_api_key: Option<String>,
@@ -352,6 +357,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
         api_key: args.llm_api_key,
         max_concurrent_requests_per_endpoint: args.llm_concurrency as usize,
         request_timeout: Duration::from_secs_f64(args.llm_timeout),
+        routes: args.llm_routes,
         ..Default::default()
     };
     // A --mcp-server flag beats a file entry of the same name.

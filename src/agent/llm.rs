@@ -316,16 +316,82 @@ impl LlmClient {
         &self.base_url
     }
 
-    /// The URL chat requests go to. A base that already ends in `/v1` (OpenAI) or `/api`
-    /// (Ollama) is not given the segment twice.
+    /// The URL chat requests go to (for `auto`, the protocol found at first contact, else
+    /// Ollama's). A base that already ends in `/v1` (OpenAI) or `/api` (Ollama) is not
+    /// given the segment twice.
     pub fn chat_url(&self) -> String {
+        let api = match self.api {
+            LlmApi::Auto => known_protocol(&self.base_url).unwrap_or(LlmApi::Ollama),
+            api => api,
+        };
+        self.url_for(api)
+    }
+
+    fn url_for(&self, api: LlmApi) -> String {
         let base = self.base_url.trim_end_matches('/');
-        match self.api {
-            LlmApi::Ollama if base.ends_with("/api") => format!("{base}/chat"),
-            LlmApi::Ollama => format!("{base}/api/chat"),
+        match api {
+            LlmApi::Ollama | LlmApi::Auto if base.ends_with("/api") => format!("{base}/chat"),
+            LlmApi::Ollama | LlmApi::Auto => format!("{base}/api/chat"),
             LlmApi::OpenAi if base.ends_with("/v1") => format!("{base}/chat/completions"),
             LlmApi::OpenAi => format!("{base}/v1/chat/completions"),
         }
+    }
+
+    /// The protocol this client speaks: the configured one, or for `auto` the one found at
+    /// first contact with the endpoint (remembered per base URL for the process): Ollama
+    /// when `GET /api/version` answers 200, the OpenAI protocol when it answers anything
+    /// else. A base ending in `/v1` is OpenAI without asking. Connection trouble is an
+    /// error (transient, retried like a chat request) and nothing is remembered.
+    pub async fn protocol(&self, cancel: &CancellationToken) -> Result<LlmApi, LlmError> {
+        if self.api != LlmApi::Auto {
+            return Ok(self.api);
+        }
+        if let Some(api) = known_protocol(&self.base_url) {
+            return Ok(api);
+        }
+        let base = self.base_url.trim_end_matches('/');
+        let api = if base.ends_with("/v1") {
+            LlmApi::OpenAi
+        } else {
+            let probe = format!(
+                "{}/version",
+                self.url_for(LlmApi::Ollama).trim_end_matches("/chat")
+            );
+            let mut attempt = 0;
+            loop {
+                let sent = tokio::select! {
+                    _ = cancel.cancelled() => return Err(LlmError::Cancelled),
+                    r = self.http.get(&probe).timeout(Duration::from_secs(30)).send() => r,
+                };
+                match sent {
+                    Ok(r) if r.status().is_success() => break LlmApi::Ollama,
+                    Ok(r) if r.status().is_server_error() && attempt < self.retry.max_retries => {}
+                    Ok(_) => break LlmApi::OpenAi,
+                    Err(e) => {
+                        let e = self.transport_error(e);
+                        if attempt >= self.retry.max_retries {
+                            return Err(e);
+                        }
+                    }
+                }
+                let delay = self.retry.delay(attempt, jitter_unit());
+                attempt += 1;
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(LlmError::Cancelled),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        };
+        log::info!(
+            "LLM at {} speaks the {} protocol",
+            self.base_url,
+            api.name()
+        );
+        protocols()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.base_url.clone(), api);
+        Ok(api)
     }
 
     /// Sends one chat request, retrying transient failures, until an answer, a permanent
@@ -335,17 +401,55 @@ impl LlmClient {
         req: &ChatRequest<'_>,
         cancel: &CancellationToken,
     ) -> Result<ChatReply, LlmError> {
-        let body = match self.api {
+        let api = self.protocol(cancel).await?;
+        let body = match api {
             LlmApi::Ollama => ollama_body(req),
-            LlmApi::OpenAi => openai_body(req),
+            LlmApi::OpenAi | LlmApi::Auto => openai_body(req),
         };
-        let body = serde_json::to_vec(&body).expect("a JSON value serializes");
-        let url = self.chat_url();
+        let (value, raw) = self.send(api, &body, req.model, cancel).await?;
+        let parsed = match api {
+            LlmApi::Ollama => parse_ollama(&value),
+            LlmApi::OpenAi | LlmApi::Auto => parse_openai(&value),
+        };
+        parsed.map_err(|detail| LlmError::BadAnswer {
+            url: self.base_url.clone(),
+            api: api.name(),
+            detail: format!("{detail}: {}", snippet(&raw)),
+        })
+    }
+
+    /// Sends `body` as it is to the chat URL of this client's protocol, retrying transient
+    /// failures like [`LlmClient::chat`], and returns the answer's JSON with its token
+    /// counts (OpenAI's `usage`, or Ollama's `prompt_eval_count`/`eval_count`). The one
+    /// place `batch_llm` requests go out: rate limits and token budgets belong here.
+    /// `api` is the protocol the body is written in (see [`LlmClient::protocol`]).
+    pub async fn chat_raw(
+        &self,
+        api: LlmApi,
+        body: &Value,
+        model: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(Value, Usage), LlmError> {
+        let (value, _) = self.send(api, body, model, cancel).await?;
+        let usage = usage_of(&value);
+        Ok((value, usage))
+    }
+
+    /// The request loop: attempts with backoff between transient failures.
+    async fn send(
+        &self,
+        api: LlmApi,
+        body: &Value,
+        model: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(Value, Vec<u8>), LlmError> {
+        let body = serde_json::to_vec(body).expect("a JSON value serializes");
+        let url = self.url_for(api);
         let mut attempt = 0;
         loop {
             let result = tokio::select! {
                 _ = cancel.cancelled() => return Err(LlmError::Cancelled),
-                r = self.attempt(&url, &body, req.model) => r,
+                r = self.attempt(api, &url, &body, model) => r,
             };
             match result {
                 Err(e) if e.is_transient() && attempt < self.retry.max_retries => {
@@ -366,7 +470,13 @@ impl LlmClient {
         }
     }
 
-    async fn attempt(&self, url: &str, body: &[u8], model: &str) -> Result<ChatReply, LlmError> {
+    async fn attempt(
+        &self,
+        api: LlmApi,
+        url: &str,
+        body: &[u8],
+        model: &str,
+    ) -> Result<(Value, Vec<u8>), LlmError> {
         // Held while the request is on the wire; dropped (even by cancellation) after.
         let _permit = self
             .permits
@@ -387,7 +497,7 @@ impl LlmClient {
         let status = response.status();
         let too_large = || LlmError::BadAnswer {
             url: self.base_url.clone(),
-            api: self.api.name(),
+            api: api.name(),
             detail: format!(
                 "the answer is larger than the {MAX_RESPONSE_BYTES}-byte limit; it was not read"
             ),
@@ -415,7 +525,7 @@ impl LlmClient {
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| LlmError::BadAnswer {
             url: self.base_url.clone(),
-            api: self.api.name(),
+            api: api.name(),
             detail: format!("the body is not JSON ({e}): {}", snippet(&bytes)),
         })?;
         // Ollama reports some failures as `{"error": …}` with a 200.
@@ -429,15 +539,7 @@ impl LlmClient {
                 ));
             }
         }
-        let parsed = match self.api {
-            LlmApi::Ollama => parse_ollama(&value),
-            LlmApi::OpenAi => parse_openai(&value),
-        };
-        parsed.map_err(|detail| LlmError::BadAnswer {
-            url: self.base_url.clone(),
-            api: self.api.name(),
-            detail: format!("{detail}: {}", snippet(&bytes)),
-        })
+        Ok((value, bytes))
     }
 
     fn transport_error(&self, e: reqwest::Error) -> LlmError {
@@ -463,6 +565,22 @@ impl LlmClient {
             .unwrap_or_else(|| snippet(body));
         classify_message(&self.base_url, model, status, &text)
     }
+}
+
+/// The protocols found per endpoint (base URL), for the process.
+fn protocols() -> &'static Mutex<HashMap<String, LlmApi>> {
+    static PROTOCOLS: std::sync::OnceLock<Mutex<HashMap<String, LlmApi>>> =
+        std::sync::OnceLock::new();
+    PROTOCOLS.get_or_init(Default::default)
+}
+
+/// The protocol found at `base_url`, if it was asked already.
+fn known_protocol(base_url: &str) -> Option<LlmApi> {
+    protocols()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(base_url)
+        .copied()
 }
 
 fn classify_message(url: &str, model: &str, status: u16, text: &str) -> LlmError {
@@ -716,6 +834,21 @@ pub fn parse_ollama(v: &Value) -> Result<ChatReply, String> {
             completion_tokens: count(v, "eval_count"),
         },
     })
+}
+
+/// The token counts of an answer of either protocol: OpenAI's `usage`, Ollama's
+/// `prompt_eval_count` and `eval_count`.
+pub fn usage_of(v: &Value) -> Usage {
+    match v.get("usage") {
+        Some(u) if u.is_object() => Usage {
+            prompt_tokens: count(u, "prompt_tokens"),
+            completion_tokens: count(u, "completion_tokens"),
+        },
+        _ => Usage {
+            prompt_tokens: count(v, "prompt_eval_count"),
+            completion_tokens: count(v, "eval_count"),
+        },
+    }
 }
 
 /// Reads an OpenAI `/v1/chat/completions` answer.

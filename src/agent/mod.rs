@@ -32,8 +32,11 @@ pub const DEFAULT_LLM_URL: &str = "http://127.0.0.1:11434";
 /// Which wire protocol an LLM endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LlmApi {
-    /// Ollama's native `POST /api/chat`.
+    /// Found out at first contact and remembered per endpoint: Ollama when it answers
+    /// `GET /api/version`, else the OpenAI protocol (llama.cpp's server, vLLM).
     #[default]
+    Auto,
+    /// Ollama's native `POST /api/chat`.
     Ollama,
     /// `POST /v1/chat/completions` (Ollama, llama.cpp's server, vLLM, LM Studio, OpenAI).
     OpenAi,
@@ -43,6 +46,7 @@ impl LlmApi {
     /// The name used in flags and job options.
     pub fn name(self) -> &'static str {
         match self {
+            LlmApi::Auto => "auto",
             LlmApi::Ollama => "ollama",
             LlmApi::OpenAi => "openai",
         }
@@ -54,9 +58,12 @@ impl std::str::FromStr for LlmApi {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(LlmApi::Auto),
             "ollama" => Ok(LlmApi::Ollama),
             "openai" | "openai-compatible" => Ok(LlmApi::OpenAi),
-            other => Err(format!("'{other}' is not an LLM API (ollama or openai)")),
+            other => Err(format!(
+                "'{other}' is not an LLM API (auto, ollama or openai)"
+            )),
         }
     }
 }
@@ -80,19 +87,22 @@ pub struct AgentConfig {
     pub retry_backoff: Duration,
     /// Where task worktrees and copies live (default: `$TMPDIR/batchforge-agent`).
     pub scratch_dir: Option<PathBuf>,
+    /// `batch_llm`'s per-model routes (`--llm-route`), first match wins.
+    pub routes: Vec<crate::processors::llm_batch::LlmRoute>,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             llm_url: DEFAULT_LLM_URL.to_string(),
-            api: LlmApi::Ollama,
+            api: LlmApi::Auto,
             api_key: None,
             max_concurrent_requests_per_endpoint: 2,
             request_timeout: Duration::from_secs(600),
             max_retries: 3,
             retry_backoff: Duration::from_millis(500),
             scratch_dir: None,
+            routes: Vec::new(),
         }
     }
 }

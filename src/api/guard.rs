@@ -244,6 +244,21 @@ impl Rules {
         if let Some(refusal) = self.check_token(req) {
             return (Err(refusal), cors);
         }
+        // The OpenAI SDK uploads batch files as a form; only that route takes one (the
+        // Origin, Host and token checks above still apply to it).
+        if req.method() == Method::POST && req.path().ends_with(MULTIPART_PATH) {
+            if let Some(t) = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+            {
+                if t.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/form-data")
+                {
+                    return (Ok(()), cors);
+                }
+            }
+        }
         match check_body_type(req.method(), headers) {
             Some(refusal) => (Err(refusal), cors),
             None => (Ok(()), cors),
@@ -358,6 +373,9 @@ fn visible(s: &str) -> String {
         .take(200)
         .collect::<String>()
 }
+
+/// The one route that takes `multipart/form-data`: the OpenAI-compatible file upload.
+const MULTIPART_PATH: &str = "/v1/files";
 
 /// The refusal of a body that is not JSON or JSONL: a form or `text/plain` post is what a
 /// foreign page can send without a CORS preflight.

@@ -12,6 +12,7 @@ pub mod responses;
 pub mod schedules;
 pub mod secrets;
 mod submit;
+pub mod v1;
 
 use crate::engine::Engine;
 use crate::model::{ItemStatus, JobStatus};
@@ -35,7 +36,13 @@ use schedules::{
 };
 use serde_json::json;
 use std::collections::HashMap;
-use submit::{submit_agent_tasks, submit_generic, submit_mcp, submit_tests, submit_validation};
+use submit::{
+    submit_agent_tasks, submit_generic, submit_llm, submit_mcp, submit_tests, submit_validation,
+};
+use v1::{
+    cancel_batch, create_batch, delete_file, file_content, get_batch, get_file, list_batches,
+    list_files, upload_file,
+};
 
 /// Mounts the REST routes and lists them from one table, so a test can hold the OpenAPI
 /// document to exactly what is mounted.
@@ -60,6 +67,7 @@ api_routes! {
     post "/batch/tests" => submit_tests,
     post "/batch/agent-tasks" => submit_agent_tasks,
     post "/batch/mcp-operations" => submit_mcp,
+    post "/batch/llm" => submit_llm,
     post "/batch/jobs" => submit_generic,
     get "/batch/jobs" => list_jobs,
     post "/batch/jobs/bulk" => bulk_jobs,
@@ -84,6 +92,15 @@ api_routes! {
     delete "/batch/schedules/{id}" => delete_schedule,
     post "/batch/schedules/{id}/pause" => pause_schedule,
     post "/batch/schedules/{id}/resume" => resume_schedule,
+    post "/v1/files" => upload_file,
+    get "/v1/files" => list_files,
+    get "/v1/files/{id}" => get_file,
+    delete "/v1/files/{id}" => delete_file,
+    get "/v1/files/{id}/content" => file_content,
+    post "/v1/batches" => create_batch,
+    get "/v1/batches" => list_batches,
+    get "/v1/batches/{id}" => get_batch,
+    post "/v1/batches/{id}/cancel" => cancel_batch,
 }
 
 /// After the real routes: any other method on a known path answers 405 with `Allow`, not
@@ -254,7 +271,23 @@ async fn get_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let id = id.into_inner();
     let msg = GetJob { job_id: id.clone() };
     match engine.supervisor().send(msg).await.map_err(mailbox)?? {
-        Some(view) => Ok(HttpResponse::Ok().json(JobResponse::from(view))),
+        Some(view) => {
+            let llm = view.record.kind == crate::processors::llm_batch::KIND;
+            let mut job = JobResponse::from(view);
+            if llm {
+                // Token totals of an LLM batch, summed from its items' usage when asked.
+                let (prompt, completion) = engine.llm_token_totals(&id).await?;
+                if let Some(p) = job
+                    .metadata
+                    .get_mut("progress")
+                    .and_then(|p| p.as_object_mut())
+                {
+                    p.insert("prompt_tokens".into(), prompt.into());
+                    p.insert("completion_tokens".into(), completion.into());
+                }
+            }
+            Ok(HttpResponse::Ok().json(job))
+        }
         None => Err(ApiError::NotFound(format!("job '{id}' not found"))),
     }
 }

@@ -164,6 +164,32 @@ pub(super) async fn submit_mcp(
 }
 
 #[utoipa::path(
+    post, path = "/batch/llm", tag = "submit",
+    description = "One chat completion per request (`batch_llm`). Also accepts `application/x-ndjson`: one request a line (`{custom_id, body}`, OpenAI Batch API lines as they are), options in the query string.",
+    request_body(content(
+        (LlmBatchRequest = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"custom_id\":\"q1\",\"body\":{\"model\":\"llama3.2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}}\n"))
+    )),
+    responses(
+        (status = 200, description = "The job, stored and queued", body = JobResponse),
+        (status = 400, description = "The body is not JSON (or a JSONL line is not)", body = ErrorBody),
+        (status = 409, description = "The idempotency key belongs to a job of another kind", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (256 MiB)", body = ErrorBody),
+        (status = 422, description = "A field is wrong or unknown; `field` names it", body = ErrorBody),
+        (status = 501, description = "The endpoint's processor is not part of this engine", body = ErrorBody),
+        (status = 503, description = "The engine is shutting down", body = ErrorBody),
+    )
+)]
+pub(super) async fn submit_llm(
+    engine: web::Data<Engine>,
+    req: HttpRequest,
+    Body(body): Body,
+) -> Reply {
+    let (req, raw) = submission(&req, body, "requests")?;
+    submit(&engine, llm_job(req, raw)?).await
+}
+
+#[utoipa::path(
     post, path = "/batch/jobs", tag = "submit",
     description = "A job of any registered kind (an embedder's own processors). Also accepts `application/x-ndjson`: one item a line (with its own `custom_id`), options in the query string.",
     request_body(content(

@@ -2,6 +2,7 @@
 //! layer and embedding applications talk to.
 
 mod dashboard;
+mod llm_files;
 mod schedules;
 
 pub use dashboard::{TimelineBucket, WebhookDelivery};
@@ -155,6 +156,13 @@ impl EngineBuilder {
                 agent::AgentProcessor::new(&workspace, config.agent.clone())
                     .map_err(StartError::Config)?
                     .with_sandbox(sandbox.clone()),
+            ));
+            processors.push(Arc::new(
+                crate::processors::llm_batch::LlmBatchProcessor::new(
+                    config.agent.clone(),
+                    config.agent.routes.clone(),
+                )
+                .map_err(StartError::Config)?,
             ));
         }
         for p in custom {

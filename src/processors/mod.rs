@@ -2,6 +2,7 @@
 //! through [`crate::sandbox`].
 
 pub mod agent;
+pub mod llm_batch;
 pub mod mcp;
 pub mod noop;
 pub mod test_suite;

@@ -26,6 +26,7 @@ pub mod groups;
 pub mod items;
 pub mod job_control;
 pub mod jobs;
+pub mod llm_files;
 pub mod nodes;
 pub mod notice;
 pub mod outbox;

@@ -100,5 +100,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Files uploaded through the OpenAI-compatible `/v1/files`.
+    llm_files (id) {
+        id -> Text,
+        purpose -> Text,
+        filename -> Text,
+        bytes -> BigInt,
+        created_at -> Double,
+        content -> Binary,
+    }
+}
+
+diesel::table! {
+    /// Batches created through `/v1/batches`; `job_id` is the `batch_llm` job, `errors`
+    /// the validation errors of a batch that failed before it had one.
+    llm_batches (id) {
+        id -> Text,
+        job_id -> Nullable<Text>,
+        input_file_id -> Text,
+        endpoint -> Text,
+        completion_window -> Text,
+        metadata -> Nullable<Text>,
+        errors -> Nullable<Text>,
+        created_at -> Double,
+    }
+}
+
 diesel::joinable!(job_items -> jobs (job_id));
 diesel::allow_tables_to_appear_in_same_query!(jobs, job_items, nodes);

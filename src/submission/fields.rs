@@ -94,6 +94,8 @@ pub const AGENT_OPTIONS: &[&str] = &[
 ];
 /// Options of `batch_mcp` (read by its processor).
 pub const MCP_OPTIONS: &[&str] = &["server", "timeout_seconds"];
+/// Options of `batch_llm` (read by `LlmBatchOptions::parse`).
+pub const LLM_OPTIONS: &[&str] = &["llm_url", "api", "llm_timeout_seconds", "llm_retries"];
 /// Options of `noop`: none (its items carry `sleep_ms` themselves).
 pub const NOOP_OPTIONS: &[&str] = &[];
 
@@ -105,6 +107,7 @@ pub fn kind_options(kind: &str) -> Option<&'static [&'static str]> {
         crate::processors::agent::KIND => AGENT_OPTIONS,
         crate::processors::mcp::KIND => MCP_OPTIONS,
         crate::processors::noop::KIND => NOOP_OPTIONS,
+        crate::processors::llm_batch::KIND => LLM_OPTIONS,
         _ => return None,
     })
 }

@@ -3,7 +3,9 @@
 
 use super::body::json_type;
 use super::fields::{check_fields, check_text, kind_options, nul_at, Known};
-use super::requests::{AgentTasksRequest, GenericJobRequest, McpRequest, PathTarget, RetryRequest};
+use super::requests::{
+    AgentTasksRequest, GenericJobRequest, LlmBatchRequest, McpRequest, PathTarget, RetryRequest,
+};
 use super::{SubmissionError, MAX_ITEMS, MAX_PARALLEL};
 use crate::model::{ItemStatus, JobSchedule, NewItem, NewJob, PRIORITY_RANGE};
 use serde_json::{Map, Value};
@@ -281,6 +283,69 @@ pub fn agent_job(
         "batch_agent_tasks".into(),
         raw,
         "tasks",
+        parallel,
+        metadata,
+        items,
+    )
+}
+
+/// Builds a `batch_llm` job: each request's payload is `{custom_id, body}`; a body is
+/// checked (`model`, `messages`) naming the request (`requests[3].body.model`).
+pub fn llm_job(req: LlmBatchRequest, raw: Map<String, Value>) -> Result<NewJob, SubmissionError> {
+    check_fields(
+        &raw,
+        Known::Exactly(&["requests"], super::fields::LLM_OPTIONS),
+    )?;
+    check_count("requests", req.requests.len(), "request")?;
+    let parallel = check_parallel(req.parallel, 8)?;
+    let metadata = check_metadata(req.metadata)?;
+    let mut items = Vec::with_capacity(req.requests.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in req.requests.into_iter().enumerate() {
+        non_empty(format!("requests[{i}].custom_id"), &r.custom_id)?;
+        if !seen.insert(r.custom_id.clone()) {
+            return Err(SubmissionError::invalid(
+                format!("requests[{i}].custom_id"),
+                format!(
+                    "'{}' is used by an earlier request; custom_ids must be unique",
+                    r.custom_id
+                ),
+            ));
+        }
+        if let Some(m) = r.method.as_deref().filter(|m| *m != "POST") {
+            return Err(SubmissionError::invalid(
+                format!("requests[{i}].method"),
+                format!("must be POST, got '{m}'"),
+            ));
+        }
+        if let Some(u) = r.url.as_deref().filter(|u| *u != "/v1/chat/completions") {
+            return Err(SubmissionError::invalid(
+                format!("requests[{i}].url"),
+                format!("only /v1/chat/completions is supported, got '{u}'"),
+            ));
+        }
+        crate::processors::llm_batch::check_body(&r.body).map_err(|e| {
+            let field = match e.field.as_str() {
+                "" => format!("requests[{i}].body"),
+                f => format!("requests[{i}].body.{f}"),
+            };
+            SubmissionError::invalid(field, e.message)
+        })?;
+        if let Some(field) = nul_at(&r.body, &format!("requests[{i}].body")) {
+            return Err(SubmissionError::invalid(
+                field,
+                "NUL characters (\\u0000) are not allowed here",
+            ));
+        }
+        items.push(NewItem {
+            payload: serde_json::json!({"custom_id": r.custom_id, "body": r.body}),
+            key: r.custom_id,
+        });
+    }
+    build_job(
+        crate::processors::llm_batch::KIND.into(),
+        raw,
+        "requests",
         parallel,
         metadata,
         items,

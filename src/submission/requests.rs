@@ -238,6 +238,63 @@ pub struct AgentTasksRequest {
     pub schedule: ScheduleFields,
 }
 
+/// One chat completion of a `batch_llm` job: an OpenAI Batch API line. `method` and `url`,
+/// when given, must be `POST` and `/v1/chat/completions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"custom_id": "q1", "body": {"model": "llama3.2",
+    "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 20}}))]
+pub struct LlmRequestItem {
+    /// The user's id for the request (JSONL lines' `custom_id`; `id` is taken too).
+    #[serde(alias = "id")]
+    #[schema(min_length = 1, pattern = "\\S")]
+    pub custom_id: String,
+    /// `POST`, if given.
+    pub method: Option<String>,
+    /// `/v1/chat/completions`, if given.
+    pub url: Option<String>,
+    /// The chat completions request: `model`, `messages` and any other field of the
+    /// protocol (`temperature`, `max_tokens`, `response_format`, `tools`, …), sent as it is
+    /// to an OpenAI-protocol endpoint and mapped onto `/api/chat` for Ollama.
+    #[schema(value_type = Object)]
+    pub body: Value,
+}
+
+/// `POST /batch/llm`. Every field besides the requests and metadata is kept as the job's
+/// `options`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"requests": [{"custom_id": "q1", "body": {"model": "llama3.2",
+    "messages": [{"role": "user", "content": "Say hi"}]}}], "parallel": 8}))]
+pub struct LlmBatchRequest {
+    /// The requests.
+    #[schema(min_items = 1, max_items = 1000000)]
+    pub requests: Vec<LlmRequestItem>,
+    /// LLM server for this job (default: the server's `--llm-route` for the model, else
+    /// its `--llm-url`).
+    #[schema(value_type = Option<String>, example = "http://127.0.0.1:11434")]
+    pub llm_url: Option<Value>,
+    /// `ollama` (`/api/chat`) or `openai` (`/v1/chat/completions`); default the route's
+    /// or the engine's `--llm-api`.
+    #[schema(value_type = Option<String>, example = "openai")]
+    pub api: Option<Value>,
+    /// Seconds each LLM request may take (default the engine's `--llm-timeout`).
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 86400)]
+    pub llm_timeout_seconds: Option<Value>,
+    /// Retries of a request that could not connect or got a 5xx, inside one attempt
+    /// (default 3).
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 10)]
+    pub llm_retries: Option<Value>,
+    /// Per-job concurrency (default 8); the server's `--llm-concurrency` bounds each
+    /// endpoint across jobs.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub parallel: Option<i64>,
+    /// Free-form metadata kept with the job.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// `priority`, `run_at`, `idempotency_key`.
+    #[serde(flatten)]
+    pub schedule: ScheduleFields,
+}
+
 /// The operation types, for the OpenAPI document (the check itself is against
 /// [`super::MCP_OPERATIONS`]).
 #[derive(Debug, ToSchema)]

@@ -94,6 +94,10 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     counter: AtomicUsize,
+    /// Speaks only `/v1/chat/completions`, like llama.cpp's server: `/api/…` is a 404.
+    openai_only: bool,
+    /// `GET /api/version` requests seen.
+    version_probes: AtomicUsize,
 }
 
 /// A running fake server; stops when dropped.
@@ -114,7 +118,21 @@ impl Drop for FakeLlm {
 impl FakeLlm {
     /// Starts a server answering with `script`.
     pub fn start(script: impl Fn(&Chat) -> Reply + Send + Sync + 'static) -> FakeLlm {
+        Self::start_with(false, script)
+    }
+
+    /// Starts a server that speaks only the OpenAI protocol (as llama.cpp's server).
+    pub fn start_openai_only(script: impl Fn(&Chat) -> Reply + Send + Sync + 'static) -> FakeLlm {
+        Self::start_with(true, script)
+    }
+
+    fn start_with(
+        openai_only: bool,
+        script: impl Fn(&Chat) -> Reply + Send + Sync + 'static,
+    ) -> FakeLlm {
         let state = Arc::new(State {
+            openai_only,
+            version_probes: AtomicUsize::new(0),
             script: Box::new(script),
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -149,6 +167,11 @@ impl FakeLlm {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// `GET /api/version` requests so far (protocol detection).
+    pub fn version_probes(&self) -> usize {
+        self.state.version_probes.load(Ordering::SeqCst)
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
@@ -168,8 +191,14 @@ impl Drop for InFlight {
 async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
     let state = state.into_inner();
     let path = req.path().to_string();
+    if path == "/api/version" {
+        state.version_probes.fetch_add(1, Ordering::SeqCst);
+        if !state.openai_only {
+            return HttpResponse::Ok().json(json!({"version": "0.0.0-fake"}));
+        }
+    }
     let api = match path.as_str() {
-        "/api/chat" => "ollama",
+        "/api/chat" if !state.openai_only => "ollama",
         "/v1/chat/completions" => "openai",
         _ => return HttpResponse::NotFound().body("404 page not found"),
     };

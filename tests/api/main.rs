@@ -18,6 +18,7 @@ mod edge_input;
 mod embedding;
 mod events;
 mod lifecycle;
+mod llm_batches;
 mod mcp;
 mod metrics;
 mod openapi;

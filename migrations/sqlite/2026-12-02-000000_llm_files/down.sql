@@ -1,0 +1,2 @@
+DROP TABLE llm_batches;
+DROP TABLE llm_files;

@@ -1,0 +1,177 @@
+//! The tables of the OpenAI-compatible facade: uploaded files (`llm_files`, content kept
+//! in the database so every node of a cluster reads the same file) and the batches made
+//! from them (`llm_batches`).
+
+use super::schema::{llm_batches, llm_files};
+use super::{Conn, StoreError};
+use diesel::prelude::*;
+
+/// A file without its content.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = llm_files, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct FileInfo {
+    /// `file-{24 hex}`.
+    pub id: String,
+    /// `batch` for batch input.
+    pub purpose: String,
+    /// The name it was uploaded under.
+    pub filename: String,
+    /// Its size.
+    pub bytes: i64,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
+/// A file to store.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = llm_files)]
+pub struct NewFile {
+    /// `file-{24 hex}`.
+    pub id: String,
+    /// `batch` for batch input.
+    pub purpose: String,
+    /// The name it was uploaded under.
+    pub filename: String,
+    /// Its size.
+    pub bytes: i64,
+    /// Unix seconds.
+    pub created_at: f64,
+    /// Its bytes.
+    pub content: Vec<u8>,
+}
+
+/// A batch of the facade.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = llm_batches, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct BatchRecord {
+    /// `batch_{24 hex}`.
+    pub id: String,
+    /// Its `batch_llm` job; `None` when its file failed validation.
+    pub job_id: Option<String>,
+    /// The input file.
+    pub input_file_id: String,
+    /// `/v1/chat/completions`.
+    pub endpoint: String,
+    /// `24h` as the client sent it.
+    pub completion_window: String,
+    /// The client's metadata, JSON text.
+    pub metadata: Option<String>,
+    /// Validation errors, JSON text of `[{code, message, line}]`.
+    pub errors: Option<String>,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
+/// Upload: stores a file.
+pub fn insert_file(conn: &mut Conn, file: &NewFile) -> Result<(), StoreError> {
+    diesel::insert_into(llm_files::table)
+        .values(file)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Read: every file, newest first, without content.
+pub fn list_files(conn: &mut Conn) -> Result<Vec<FileInfo>, StoreError> {
+    Ok(llm_files::table
+        .order((llm_files::created_at.desc(), llm_files::id.desc()))
+        .select(FileInfo::as_select())
+        .load(conn)?)
+}
+
+/// Read: one file without content.
+pub fn get_file(conn: &mut Conn, id: &str) -> Result<Option<FileInfo>, StoreError> {
+    Ok(llm_files::table
+        .filter(llm_files::id.eq(id))
+        .select(FileInfo::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Read: one file's content.
+pub fn file_content(conn: &mut Conn, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(llm_files::table
+        .filter(llm_files::id.eq(id))
+        .select(llm_files::content)
+        .first(conn)
+        .optional()?)
+}
+
+/// Delete: removes a file; whether it existed.
+pub fn delete_file(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
+    let n = diesel::delete(llm_files::table.filter(llm_files::id.eq(id))).execute(conn)?;
+    Ok(n > 0)
+}
+
+/// Create: stores a batch.
+pub fn insert_batch(conn: &mut Conn, batch: &BatchRecord) -> Result<(), StoreError> {
+    diesel::insert_into(llm_batches::table)
+        .values(batch)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Read: one batch.
+pub fn get_batch(conn: &mut Conn, id: &str) -> Result<Option<BatchRecord>, StoreError> {
+    Ok(llm_batches::table
+        .filter(llm_batches::id.eq(id))
+        .select(BatchRecord::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Read: up to `limit` batches, newest first, after the batch `after` (in that order).
+pub fn list_batches(
+    conn: &mut Conn,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<BatchRecord>, StoreError> {
+    let mut query = llm_batches::table
+        .order((llm_batches::created_at.desc(), llm_batches::id.desc()))
+        .select(BatchRecord::as_select())
+        .limit(limit)
+        .into_boxed();
+    if let Some(after) = after {
+        if let Some(mark) = get_batch(conn, after)? {
+            query = query.filter(
+                llm_batches::created_at
+                    .lt(mark.created_at)
+                    .or(llm_batches::created_at
+                        .eq(mark.created_at)
+                        .and(llm_batches::id.lt(mark.id))),
+            );
+        }
+    }
+    Ok(query.load(conn)?)
+}
+
+/// A job's token totals as [`token_totals`] reads them.
+#[derive(diesel::QueryableByName)]
+struct TokenRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    p: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    c: i64,
+}
+
+/// Read: the prompt and completion tokens of a `batch_llm` job's succeeded items, summed
+/// from their results' `usage` (one aggregate over the job's items).
+pub fn token_totals(conn: &mut Conn, job_id: &str) -> Result<(u64, u64), StoreError> {
+    let row: TokenRow = if let Conn::Pg(c) = conn {
+        diesel::sql_query(
+            "SELECT COALESCE(SUM((result::jsonb -> 'usage' ->> 'prompt_tokens')::bigint), 0)::bigint AS p, \
+                    COALESCE(SUM((result::jsonb -> 'usage' ->> 'completion_tokens')::bigint), 0)::bigint AS c \
+             FROM job_items WHERE job_id = $1 AND status = 'succeeded' AND result IS NOT NULL",
+        )
+        .bind::<diesel::sql_types::Text, _>(job_id)
+        .get_result(c)?
+    } else {
+        diesel::sql_query(
+            "SELECT CAST(COALESCE(SUM(json_extract(result, '$.usage.prompt_tokens')), 0) AS INTEGER) AS p, \
+                    CAST(COALESCE(SUM(json_extract(result, '$.usage.completion_tokens')), 0) AS INTEGER) AS c \
+             FROM job_items WHERE job_id = ? AND status = 'succeeded' AND result IS NOT NULL",
+        )
+        .bind::<diesel::sql_types::Text, _>(job_id)
+        .get_result(conn)?
+    };
+    Ok((row.p.max(0) as u64, row.c.max(0) as u64))
+}
