@@ -229,7 +229,7 @@ const MAX_PAGE: u64 = 1000;
 
 #[utoipa::path(
     get, path = "/batch/jobs", tag = "jobs",
-    description = "Jobs, newest first.",
+    description = "Jobs, newest first. A finished entry's `result` is brief: `{summary, elapsed_seconds, results_count, results_url, items_url, results_jsonl_url}`, without `results` (`GET /batch/jobs/{id}` carries them, `/items` pages them, `results.jsonl` streams them).",
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
         ("job_type" = Option<String>, Query, description = "Only jobs of this kind", example = "batch_validation"),

@@ -12,7 +12,28 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 
 async fn submit(engine: &Engine, job: crate::model::NewJob) -> Reply {
-    job_reply(engine.submit(job).await?)
+    let big = job.items.len() >= BIG_SUBMISSION;
+    let answer = engine.submit(job).await;
+    give_back(big);
+    job_reply(answer?)
+}
+
+/// Items from which a submission's parse is worth handing back to the system after it.
+const BIG_SUBMISSION: usize = 10_000;
+
+/// After a big submission: its body, value tree and rows are dropped by now, but glibc
+/// keeps freed memory in its arenas (a 1M-item submission left >1 GB resident), so
+/// `malloc_trim` returns it (issue 18). Off the event loop: trimming large heaps takes time.
+fn give_back(big: bool) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if big {
+        actix_web::rt::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+            unsafe { libc::malloc_trim(0) };
+        });
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = big;
 }
 
 /// A submission's answer: the job, marked `Idempotent-Replayed: true` when its
@@ -211,7 +232,11 @@ pub(super) async fn submit_generic(
     Body(body): Body,
 ) -> Reply {
     let (req, raw) = submission(&req, body, "items")?;
-    match engine.submit(generic_job(req, raw)?).await {
+    let job = generic_job(req, raw)?;
+    let big = job.items.len() >= BIG_SUBMISSION;
+    let answer = engine.submit(job).await;
+    give_back(big);
+    match answer {
         // The kind is the caller's choice here, so an unknown one is a bad `type`, not a
         // missing feature of the server.
         Err(EngineError::NoProcessor(kind)) => Err(ApiError::invalid(

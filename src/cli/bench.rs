@@ -34,6 +34,9 @@ pub enum Scenario {
     /// items, then items that each wait `--cluster-sleep-ms` like real work). Not in the
     /// default set: it needs a PostgreSQL server (`--pg-url`).
     Cluster,
+    /// RSS of the server around one `--memory-items` no-op submission sent over HTTP as
+    /// JSONL, and around a second one: at start, peak, and after each job finished.
+    Memory,
 }
 
 /// Parameters of `batchforge bench`.
@@ -71,6 +74,9 @@ pub struct BenchArgs {
     /// Per-kind concurrency passed to the server (default: the processor's own).
     #[arg(long)]
     pub concurrency: Option<u32>,
+    /// Items per submission in the memory scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub memory_items: usize,
     /// Operations in the MCP scenario.
     #[arg(long, default_value_t = 10_000)]
     pub mcp_operations: usize,
@@ -166,6 +172,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Scenario::Footprint => system.block_on(footprint(&args, &dir))?,
             Scenario::Mcp => system.block_on(mcp(&args, &dir))?,
             Scenario::Cluster => system.block_on(cluster(&args, &dir))?,
+            Scenario::Memory => system.block_on(memory(&args, &dir))?,
         }
     }
     Ok(())
@@ -866,6 +873,143 @@ async fn footprint(args: &BenchArgs, dir: &Path) -> Result<()> {
             ("database after completion", format!("{:.1} MiB", db_size_mib(dir)), ""),
             ("server spawn → last commit of the million", format!("{engine:.1} s ({:.0} items/s)", args.footprint_items as f64 / engine), ""),
         ],
+    );
+    Ok(())
+}
+
+/// Submits `n` no-op items in one JSONL request, generated as it is sent (the bench's
+/// own memory stays small), and answers the job id.
+async fn submit_jsonl(base: &str, n: usize, parallel: u32) -> Result<String> {
+    const LINES: usize = 10_000;
+    let chunks = futures_util::stream::iter((0..n.div_ceil(LINES)).map(move |c| {
+        let mut chunk = String::with_capacity(LINES * 24);
+        for i in c * LINES..((c + 1) * LINES).min(n) {
+            chunk.push_str(&format!("{{\"custom_id\":\"{i}\"}}\n"));
+        }
+        Ok::<_, std::io::Error>(actix_web::web::Bytes::from(chunk))
+    }));
+    let url = format!("{base}/batch/jobs?type={}&parallel={parallel}", noop::KIND);
+    let mut resp = client()
+        .post(&url)
+        .insert_header(("content-type", "application/x-ndjson"))
+        .send_stream(chunks)
+        .await
+        .map_err(|e| setup(format!("POST {url}: {e}")))?;
+    let bytes = resp
+        .body()
+        .limit(1 << 30)
+        .await
+        .map_err(|e| setup(format!("POST {url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(setup(format!(
+            "POST {url} answered {}: {}",
+            resp.status(),
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
+    let job: Value = serde_json::from_slice(&bytes).map_err(setup)?;
+    job["job_id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| setup("the submission answered no job_id"))
+}
+
+/// Polls `/batch/stats` (a count, so the poll itself holds no job result) until `done`
+/// jobs are completed, sampling the server's RSS; answers the largest sample.
+async fn wait_completed(server: &Server, done: u64) -> Result<f64> {
+    let client = client();
+    let t0 = Instant::now();
+    let mut peak = 0.0f64;
+    loop {
+        if let Some((rss, _)) = rss_mib(server.pid()) {
+            peak = peak.max(rss);
+        }
+        let stats = call(
+            &client,
+            "GET",
+            &format!("{}/batch/stats", server.base),
+            None,
+        )
+        .await?;
+        if stats["stats"]["completed"].as_u64() >= Some(done) {
+            return Ok(peak);
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            return Err(setup("the memory job did not finish in 30 minutes"));
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// RSS after a job: sampled for a bounded settle (allocators give memory back lazily),
+/// answering the last sample.
+async fn settled_rss(server: &Server) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..30 {
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        last = rss_mib(server.pid()).map_or(last, |(rss, _)| rss);
+    }
+    last
+}
+
+async fn memory(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let n = args.memory_items;
+    let server = Server::start(dir, &concurrency_args(args))?;
+    let (start, _) = rss_mib(server.pid()).unwrap_or((0.0, 0.0));
+    let mut rows = vec![("RSS at start".to_string(), format!("{start:.1} MiB"), "")];
+    for run in 1..=2u64 {
+        // The submission itself is where the peak was: sample while it is sent too.
+        let sampled = std::rc::Rc::new(std::cell::Cell::new(0.0f64));
+        let sampler = {
+            let pid = server.pid();
+            let sampled = sampled.clone();
+            actix_web::rt::spawn(async move {
+                while let Some((rss, _)) = rss_mib(pid) {
+                    sampled.set(sampled.get().max(rss));
+                    actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let t0 = Instant::now();
+        submit_jsonl(&server.base, n, args.parallel).await?;
+        let submitted = t0.elapsed().as_secs_f64();
+        let running_peak = wait_completed(&server, run).await?.max(sampled.get());
+        sampler.abort();
+        let (_, hwm) = rss_mib(server.pid()).unwrap_or((0.0, 0.0));
+        let after = settled_rss(&server).await;
+        rows.push((
+            format!("job {run}: submission answered"),
+            format!("{submitted:.1} s"),
+            "",
+        ));
+        rows.push((
+            format!("job {run}: peak RSS (VmHWM, whole process so far)"),
+            format!("{hwm:.1} MiB"),
+            "< 300 MB",
+        ));
+        rows.push((
+            format!("job {run}: largest RSS sample (10 ms) from its submission to its completion"),
+            format!("{running_peak:.1} MiB"),
+            "",
+        ));
+        rows.push((
+            format!("job {run}: RSS 3 s after it completed"),
+            format!("{after:.1} MiB"),
+            "< 100 MB",
+        ));
+    }
+    server.stop()?;
+    let rows: Vec<(&str, String, &str)> = rows
+        .iter()
+        .map(|(m, v, t)| (m.as_str(), v.clone(), *t))
+        .collect();
+    table(
+        "Memory of a large submission",
+        &format!(
+            "{n} no-op items in one POST /batch/jobs (JSONL, streamed), parallel {}, then a second such job; fresh SQLite file",
+            args.parallel
+        ),
+        &rows,
     );
     Ok(())
 }

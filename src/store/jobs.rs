@@ -199,10 +199,39 @@ pub fn list_jobs(
         .order((jobs::created_at.desc(), jobs::id.desc()))
         .limit(limit as i64)
         .offset(offset as i64)
-        .select(JobRow::as_select())
-        .load(conn)?;
+        // A list entry carries its job's summary, not every item's result: only the head
+        // of the stored result is read (see `results::brief_result`).
+        .select((
+            (
+                jobs::id,
+                jobs::kind,
+                jobs::status,
+                jobs::spec,
+                jobs::parallel,
+                jobs::total,
+                jobs::processed,
+                jobs::succeeded,
+                jobs::failed,
+                jobs::skipped,
+                jobs::cancelled,
+            ),
+            super::results::result_head(),
+            (
+                jobs::error,
+                jobs::metadata,
+                jobs::created_at,
+                jobs::started_at,
+                jobs::completed_at,
+                jobs::priority,
+                jobs::run_at,
+                jobs::idempotency_key,
+                jobs::paused_at,
+            ),
+        ))
+        .load::<super::results::ListRow>(conn)?;
     let jobs = rows
         .into_iter()
+        .map(super::results::brief_row)
         .map(JobRow::into_record)
         .collect::<Result<_, _>>()?;
     Ok((jobs, total as u64))

@@ -3,10 +3,12 @@
 
 use super::counters::Tally;
 use super::outbox::enqueue_webhook;
+use super::rows::JobRow;
 use super::schema::{job_items, jobs};
 use super::{Conn, StoreError};
 use crate::model::{ItemStatus, JobStatus};
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text};
 
 /// Finalization: once every item of a job is final, builds the job's result and moves the
 /// job `queued | running → completed`. A cancelled job keeps its status and only gains its
@@ -154,6 +156,124 @@ pub(super) fn build_result(
         r#"{{"summary":{summary},"results":{results}{omitted},"elapsed_seconds":{}}}"#,
         serde_json::Number::from_f64(elapsed).unwrap_or_else(|| 0.into())
     ))
+}
+
+/// Bytes of a stored result a list reads: its summary comes first and is far shorter.
+const HEAD_BYTES: i32 = 4096;
+
+/// The first [`HEAD_BYTES`] of `jobs.result` (`substr` is the same on both backends).
+pub(super) fn result_head() -> diesel::expression::SqlLiteral<Nullable<Text>> {
+    diesel::dsl::sql::<Nullable<Text>>(&format!("substr(jobs.result, 1, {HEAD_BYTES})"))
+}
+
+/// A jobs row as a list selects it: the columns before `result`, its head, the rest.
+pub(super) type ListRow = (
+    (
+        String,
+        String,
+        String,
+        String,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+    ),
+    Option<String>,
+    (
+        Option<String>,
+        String,
+        f64,
+        Option<f64>,
+        Option<f64>,
+        i32,
+        Option<f64>,
+        Option<String>,
+        Option<f64>,
+    ),
+);
+
+/// A list row made a [`JobRow`] whose result is [`brief_result`] of the stored head.
+pub(super) fn brief_row(row: ListRow) -> JobRow {
+    let (
+        (id, kind, status, spec, parallel, total, processed, succeeded, failed, skipped, cancelled),
+        head,
+        (
+            error,
+            metadata,
+            created_at,
+            started_at,
+            completed_at,
+            priority,
+            run_at,
+            idempotency_key,
+            paused_at,
+        ),
+    ) = row;
+    let result = head.map(|head| brief_result(&id, &head, started_at, completed_at, total));
+    JobRow {
+        id,
+        kind,
+        status,
+        spec,
+        parallel,
+        total,
+        processed,
+        succeeded,
+        failed,
+        skipped,
+        cancelled,
+        result,
+        error,
+        metadata,
+        created_at,
+        started_at,
+        completed_at,
+        priority,
+        run_at,
+        idempotency_key,
+        paused_at,
+    }
+}
+
+/// A finished job's result as `GET /batch/jobs` lists it: the stored `summary` (read from
+/// the head of the result, where [`build_result`] puts it), `elapsed_seconds`, how many
+/// results there are, and where to read them (`GET /batch/jobs/{id}` carries them whole,
+/// `/items` pages them, `results.jsonl` streams them). Without `results`: one job of a
+/// million items made a list of five jobs 5 MB.
+pub fn brief_result(
+    job_id: &str,
+    head: &str,
+    started_at: Option<f64>,
+    completed_at: Option<f64>,
+    total: i32,
+) -> String {
+    let summary = head
+        .strip_prefix(r#"{"summary":"#)
+        .and_then(|rest| {
+            serde_json::Deserializer::from_str(rest)
+                .into_iter::<serde_json::Value>()
+                .next()
+        })
+        .and_then(Result::ok)
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({"total": total}));
+    let elapsed = match (started_at, completed_at) {
+        (Some(s), Some(c)) => (c - s).max(0.0),
+        _ => 0.0,
+    };
+    let path = format!("/batch/jobs/{job_id}");
+    serde_json::json!({
+        "summary": summary,
+        "elapsed_seconds": elapsed,
+        "results_count": total,
+        "results_url": path,
+        "items_url": format!("{path}/items"),
+        "results_jsonl_url": format!("{path}/results.jsonl"),
+    })
+    .to_string()
 }
 
 #[cfg(test)]

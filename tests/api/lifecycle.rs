@@ -346,6 +346,45 @@ async fn jobs_list_filters_by_status_and_type_newest_first() {
     assert_eq!(health["status"], "ok");
 }
 
+/// Issue 18: a list entry carries its job's summary and where to read the results, not
+/// every item's result; `GET /batch/jobs/{id}` still carries them all.
+#[actix_web::test]
+async fn jobs_list_entries_carry_a_summary_not_every_result() {
+    let app = spawn_app().await;
+    app.write_file("f", "");
+    let targets: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("t{i}"), "path": "f"}))
+        .collect();
+    let id = app
+        .submit(
+            "/batch/validation",
+            &json!({"targets": targets, "check_command": "true"}),
+        )
+        .await;
+    let job = app.wait_finished(&id, Duration::from_secs(30)).await;
+    let full = &job["result"];
+    assert_eq!(full["results"].as_array().map(Vec::len), Some(3), "{job}");
+    assert_eq!(full["results"][1]["target_id"], "t1", "{job}");
+    let (status, list) = app.get("/batch/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+    let entry = &list["jobs"][0];
+    assert_eq!(entry["job_id"], id.as_str());
+    let brief = &entry["result"];
+    assert!(
+        brief.get("results").is_none(),
+        "a list carries no results: {brief}"
+    );
+    assert_eq!(brief["summary"], full["summary"], "{brief}");
+    assert_eq!(brief["summary"]["successful"], 3, "{brief}");
+    assert_eq!(brief["results_count"], 3, "{brief}");
+    assert_eq!(brief["results_url"], format!("/batch/jobs/{id}"));
+    assert_eq!(brief["items_url"], format!("/batch/jobs/{id}/items"));
+    let (status, page) = app.get(brief["items_url"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total"], 3, "{page}");
+    assert!(brief["elapsed_seconds"].as_f64().unwrap() >= 0.0, "{brief}");
+}
+
 #[actix_web::test]
 async fn many_short_jobs_in_a_row_never_stall_their_kind() {
     // One fast-failing item per job (a refused escape: nothing is spawned): each job is
