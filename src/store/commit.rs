@@ -27,6 +27,9 @@ pub struct Batch {
     pub lease: f64,
     /// Claimed items to put back in the queue.
     pub releases: Vec<Release>,
+    /// Claimed items whose processors begin once this write commits: their attempt
+    /// counts from now on ([`store::items::mark_started`]).
+    pub starts: Vec<Release>,
     /// Finished outcomes to record (shared with the actor, which keeps them for a retry).
     pub outcomes: Arc<Vec<FinishedItem>>,
     /// New jobs to insert: (id, job).
@@ -74,8 +77,8 @@ pub struct Committed {
     pub at: f64,
 }
 
-/// Runs one group commit on `conn` (inside the write transaction): releases, outcomes,
-/// submissions, group slots and claims, in that order.
+/// Runs one group commit on `conn` (inside the write transaction): releases, starts,
+/// outcomes, submissions, group slots and claims, in that order.
 pub fn commit(conn: &mut Conn, batch: Batch) -> Result<Committed, StoreError> {
     let t = crate::model::now();
     let node = &*batch.node;
@@ -91,6 +94,7 @@ pub fn commit(conn: &mut Conn, batch: Batch) -> Result<Committed, StoreError> {
             .chain(batch.claims.iter().filter(|c| c.first).map(|c| &*c.job_id)),
     )?;
     let released = release(conn, &batch.releases, node, t)?;
+    store::items::mark_started(conn, &batch.starts, node, t)?;
     let recorded = record(conn, &batch.outcomes, node, t)?;
     let mut inserted = Vec::with_capacity(batch.submissions.len());
     for (id, job) in &batch.submissions {

@@ -23,9 +23,13 @@ fn storable(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Claim: moves up to `limit` of a job's items `queued → running` in submission order,
-/// counting an attempt, owned by `node_id` with a lease of `lease` seconds (renewed by
+/// reserving an attempt, owned by `node_id` with a lease of `lease` seconds (renewed by
 /// the node's heartbeat); the job moves `queued → running` on its first claim (callers that
 /// know the job already runs pass `first_claim: false` to skip that statement).
+///
+/// A claimed item has no `started_at` until [`mark_started`] records that its processor
+/// began: until then it is only reserved, shown `queued`, and crash recovery gives its
+/// attempt back.
 #[allow(clippy::too_many_arguments)]
 pub fn claim_items(
     conn: &mut Conn,
@@ -52,7 +56,7 @@ pub fn claim_items(
                                   AND (available_at IS NULL OR available_at <= $1) \
                                 ORDER BY idx LIMIT $5 FOR UPDATE SKIP LOCKED) \
                  UPDATE job_items SET status = 'running', attempts = attempts + 1, \
-                        started_at = $1, node_id = $2, lease_expires_at = $3 \
+                        started_at = NULL, node_id = $2, lease_expires_at = $3 \
                  FROM chunk WHERE job_items.job_id = $4 AND job_items.idx = chunk.idx \
                  RETURNING job_items.idx, job_items.key, job_items.payload, job_items.attempts",
             )
@@ -92,7 +96,7 @@ pub fn claim_items(
             .set((
                 i::status.eq(ItemStatus::Running.as_str()),
                 i::attempts.eq(i::attempts + 1),
-                i::started_at.eq(now),
+                i::started_at.eq(None::<f64>),
                 i::node_id.eq(node_id),
                 i::lease_expires_at.eq(lease_until),
             ))
@@ -364,6 +368,32 @@ struct ChangedItem {
 /// An item claimed by this node and given back: `(job id, index, claimed attempt)`.
 pub type Release = (String, u32, u32);
 
+/// Start: records that the processor of these claimed items begins now (`started_at`),
+/// which makes their reserved attempt count. Fenced like [`record_finished`]: only this
+/// node's claim with the same attempt is marked. Returns how many were marked.
+pub fn mark_started(
+    conn: &mut Conn,
+    items: &[Release],
+    node_id: &str,
+    now: f64,
+) -> Result<u64, StoreError> {
+    use job_items::dsl as i;
+    let mut marked = 0;
+    for (job_id, idx, attempt) in items {
+        marked += diesel::update(
+            i::job_items
+                .filter(i::job_id.eq(job_id))
+                .filter(i::idx.eq(*idx as i32))
+                .filter(i::status.eq(ItemStatus::Running.as_str()))
+                .filter(i::node_id.eq(node_id))
+                .filter(i::attempts.eq(*attempt as i32)),
+        )
+        .set(i::started_at.eq(now))
+        .execute(conn)? as u64;
+    }
+    Ok(marked)
+}
+
 /// Release at shutdown: moves items this engine was still running `running → queued`,
 /// giving back the attempt, since the item itself did nothing wrong; items of a job that
 /// was cancelled meanwhile go `running → cancelled` instead (and may finish their job).
@@ -443,8 +473,22 @@ pub fn list_items(
         let mut q = i::job_items
             .filter(i::job_id.eq(job_id.to_string()))
             .into_boxed();
-        if let Some(s) = status {
-            q = q.filter(i::status.eq(s.as_str()));
+        // A claimed item whose processor has not begun (no `started_at`) is shown, and
+        // filtered, as `queued`: it has not started, whatever the claim reserved.
+        let reserved = i::status
+            .eq(ItemStatus::Running.as_str())
+            .and(i::started_at.is_null());
+        match status {
+            Some(ItemStatus::Queued) => {
+                q = q.filter(i::status.eq(ItemStatus::Queued.as_str()).or(reserved));
+            }
+            Some(ItemStatus::Running) => {
+                q = q
+                    .filter(i::status.eq(ItemStatus::Running.as_str()))
+                    .filter(i::started_at.is_not_null());
+            }
+            Some(s) => q = q.filter(i::status.eq(s.as_str())),
+            None => {}
         }
         q
     };
@@ -456,7 +500,16 @@ pub fn list_items(
         .select(ItemRow::as_select())
         .load(conn)?
         .into_iter()
-        .map(ItemRow::into_record)
+        .map(|row| {
+            ItemRow::into_record(row).map(|mut item| {
+                if item.status == ItemStatus::Running && item.started_at.is_none() {
+                    item.status = ItemStatus::Queued;
+                    item.attempts = item.attempts.saturating_sub(1);
+                    item.node = None;
+                }
+                item
+            })
+        })
         .collect::<Result<_, _>>()?;
     Ok((items, total as u64))
 }
@@ -492,9 +545,24 @@ mod tests {
         assert!(claim_items(&mut c, "j", 5, "n", 12.0, 30.0, false)
             .unwrap()
             .is_empty());
+        // Claimed items are only reserved until their start is recorded.
         let stored = items(&mut c, "j");
-        assert!(stored.iter().all(|i| i.status == ItemStatus::Running));
+        assert!(stored
+            .iter()
+            .all(|i| (i.status, i.attempts) == (ItemStatus::Queued, 0)));
+        let started = mark_started(&mut c, &[("j".to_string(), 0, 1)], "n", 13.0).unwrap();
+        assert_eq!(started, 1);
+        let stored = items(&mut c, "j");
+        assert_eq!(
+            (stored[0].status, stored[0].attempts),
+            (ItemStatus::Running, 1)
+        );
         assert_eq!(stored[0].node.as_deref(), Some("n"));
+        assert_eq!(stored[1].status, ItemStatus::Queued);
+        let running = list_items(&mut c, "j", Some(ItemStatus::Running), 10, 0).unwrap();
+        assert_eq!(running.1, 1);
+        let queued = list_items(&mut c, "j", Some(ItemStatus::Queued), 10, 0).unwrap();
+        assert_eq!(queued.1, 2);
     }
 
     #[test]
@@ -529,6 +597,7 @@ mod tests {
         let mut c = conn();
         insert_job(&mut c, "j", &job(1), 1.0).unwrap();
         claim_items(&mut c, "j", 1, "n", 10.0, 30.0, true).unwrap();
+        mark_started(&mut c, &[("j".to_string(), 0, 1)], "n", 11.0).unwrap();
         let ok = ItemOutcome::succeeded(json!({}));
         let other_node = record_finished(&mut c, &[finished("j", 0, 1, ok.clone())], "m", 20.0);
         assert_eq!(other_node.unwrap().refused, 1);
@@ -569,6 +638,8 @@ mod tests {
         let mut c = conn();
         insert_job(&mut c, "j", &job(2), 1.0).unwrap();
         claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let both = [("j".to_string(), 0, 1), ("j".to_string(), 1, 1)];
+        mark_started(&mut c, &both, "n", 11.0).unwrap();
         let wrong = [("j".to_string(), 0, 2), ("j".to_string(), 1, 1)];
         assert_eq!(release_items(&mut c, &wrong, "m", 20.0).unwrap(), 0);
         assert_eq!(release_items(&mut c, &wrong, "n", 20.0).unwrap(), 1);

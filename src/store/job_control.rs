@@ -389,6 +389,7 @@ mod tests {
         let mut c = conn();
         insert_job(&mut c, "j", &job(3), 1.0).unwrap();
         claim_items(&mut c, "j", 1, "n", 10.0, 30.0, true).unwrap();
+        crate::store::items::mark_started(&mut c, &[("j".to_string(), 0, 1)], "n", 11.0).unwrap();
         let outcome = cancel_job(&mut c, "j", 20.0).unwrap();
         assert_eq!(outcome, CancelOutcome::Cancelled { running: 1 });
         let statuses: Vec<ItemStatus> = items(&mut c).iter().map(|i| i.status).collect();

@@ -204,6 +204,8 @@ mod tests {
         insert_job(&mut c, "j", &job(2), 1.0).unwrap();
         claim_items(&mut c, "j", 1, "dead", 10.0, 30.0, true).unwrap();
         claim_items(&mut c, "j", 1, "live", 10.0, 30.0, false).unwrap();
+        crate::store::items::mark_started(&mut c, &[("j".to_string(), 1, 1)], "live", 11.0)
+            .unwrap();
         let ids = ["dead".to_string(), "live".to_string()];
         let (gone, recovery) = rescue_nodes(&mut c, &ids, Some(50.0), 120.0).unwrap();
         assert_eq!(gone, ["dead"]);

@@ -25,7 +25,8 @@ pub struct Recovery {
 }
 
 /// Crash recovery: items left `running` by a stopped engine go `running → queued` (their
-/// attempt stays counted), or `running → failed` once they have used `max_attempts`, or
+/// attempt stays counted if their processor had started, and is given back if they were
+/// only claimed: no `started_at`), or `running → failed` once they have used `max_attempts`, or
 /// `running → cancelled` when their job was cancelled meanwhile.
 pub fn recover_abandoned_items(conn: &mut Conn, now: f64) -> Result<Recovery, StoreError> {
     recover_items(conn, now, None)
@@ -95,6 +96,15 @@ pub(super) fn recover_items(
             tally.cancelled = n;
             report.cancelled += n as u64;
         } else {
+            // Claimed but never started: the attempt was only reserved, so it is given
+            // back; such an item never fails here, however often the engine died.
+            report.requeued += diesel::update(mine().filter(i::started_at.is_null()))
+                .set((
+                    i::status.eq(ItemStatus::Queued.as_str()),
+                    i::attempts.eq(i::attempts - 1),
+                    i::node_id.eq(None::<String>),
+                ))
+                .execute(conn)? as u64;
             let exhausted = diesel::update(mine().filter(i::attempts.ge(i::max_attempts)))
                 .set((
                     i::status.eq(ItemStatus::Failed.as_str()),
@@ -127,7 +137,7 @@ pub(super) fn recover_items(
 mod tests {
     use super::*;
     use crate::store::fixtures::{conn, job};
-    use crate::store::items::{claim_items, list_items};
+    use crate::store::items::{claim_items, list_items, mark_started};
     use crate::store::jobs::insert_job;
 
     #[test]
@@ -135,6 +145,8 @@ mod tests {
         let mut c = conn();
         insert_job(&mut c, "j", &job(2), 1.0).unwrap();
         claim_items(&mut c, "j", 2, "n", 10.0, 30.0, true).unwrap();
+        let both = [("j".to_string(), 0, 1), ("j".to_string(), 1, 1)];
+        assert_eq!(mark_started(&mut c, &both, "n", 11.0).unwrap(), 2);
         // Item 1 used its last attempt (3, the crash-recovery default).
         diesel::update(job_items::table.filter(job_items::idx.eq(1)))
             .set(job_items::attempts.eq(3))
@@ -153,5 +165,28 @@ mod tests {
         );
         assert_eq!(items[1].status, ItemStatus::Failed);
         assert_eq!(recover_abandoned_items(&mut c, 21.0).unwrap().requeued, 0);
+    }
+
+    #[test]
+    fn a_restart_gives_back_the_attempt_of_items_claimed_but_never_started() {
+        let mut c = conn();
+        insert_job(&mut c, "j", &job(2), 1.0).unwrap();
+        // Three crashes with the items claimed but never started: none is charged.
+        for round in 0..3 {
+            let t = 10.0 * (round as f64 + 1.0);
+            claim_items(&mut c, "j", 2, "n", t, 30.0, round == 0).unwrap();
+            let report = recover_abandoned_items(&mut c, t + 1.0).unwrap();
+            assert_eq!((report.requeued, report.failed), (2, 0));
+        }
+        let items = list_items(&mut c, "j", None, 10, 0).unwrap().0;
+        assert!(items
+            .iter()
+            .all(|i| (i.status, i.attempts) == (ItemStatus::Queued, 0)));
+        // A started one keeps its attempt.
+        claim_items(&mut c, "j", 2, "n", 50.0, 30.0, false).unwrap();
+        mark_started(&mut c, &[("j".to_string(), 0, 1)], "n", 51.0).unwrap();
+        recover_abandoned_items(&mut c, 52.0).unwrap();
+        let items = list_items(&mut c, "j", None, 10, 0).unwrap().0;
+        assert_eq!((items[0].attempts, items[1].attempts), (1, 0));
     }
 }

@@ -253,3 +253,73 @@ async fn commands_and_their_children_die_with_a_killed_engine() {
     )
     .await;
 }
+
+/// Issue 18 item 1: three kill -9 at moments a command has just started; an attempt is
+/// counted only for a real start, nothing is lost and nothing committed runs again.
+#[actix_web::test]
+async fn chaos_three_kill_9_charge_attempts_only_for_real_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "jobs.db");
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let n = 8;
+    for i in 0..n {
+        std::fs::write(ws.join(format!("f{i}")), "").unwrap();
+    }
+    let mut server = start_server(dir.path(), &ws, &[]).await;
+    let id = submit_files(
+        &server.address,
+        n,
+        "sh -c 'echo \"$0\" >> runs; sleep 1'",
+        2,
+    )
+    .await;
+    // Committed outcomes seen before each kill, with their run count then.
+    let mut committed: HashMap<String, usize> = HashMap::new();
+    for kill in 1..=3 {
+        let seen = lines(&ws.join("runs")).len();
+        wait_for(Duration::from_secs(60), "a new start", || async {
+            (lines(&ws.join("runs")).len() > seen).then_some(())
+        })
+        .await;
+        let runs = run_counts(&ws);
+        for item in all_items(&server.address, &id).await {
+            if item["status"] == "succeeded" {
+                let path = item["input"]["path"].as_str().unwrap().to_string();
+                committed.insert(path.clone(), runs[&path]);
+            }
+        }
+        let mut child = server.child;
+        child.start_kill().unwrap(); // SIGKILL
+        child.wait().await.unwrap();
+        server = start_server(dir.path(), &ws, &[]).await;
+        log::info!("chaos kill {kill} done");
+    }
+    let job = wait_server_job(&server.address, &id, Duration::from_secs(120), |j| {
+        j["status"] == "completed"
+    })
+    .await;
+    let items = all_items(&server.address, &id).await;
+    assert_eq!(items.len(), n);
+    let runs = run_counts(&ws);
+    for item in &items {
+        let path = item["input"]["path"].as_str().unwrap();
+        // An item killed mid-run at every kill used its 3 attempts for real: failed.
+        let ok =
+            item["status"] == "succeeded" || (item["status"] == "failed" && item["attempts"] == 3);
+        assert!(ok, "{item}");
+        let ran = runs.get(path).copied().unwrap_or(0);
+        assert!(ran >= 1, "{path} never ran");
+        assert_eq!(
+            item["attempts"].as_u64(),
+            Some(ran as u64),
+            "{path}: attempts must equal its real starts"
+        );
+    }
+    for (path, ran) in &committed {
+        assert_eq!(runs[path], *ran, "{path} was committed but ran again");
+    }
+    let mut child = server.child;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

@@ -5,7 +5,7 @@
 //! the single entry point, called whenever something may have become due.
 
 use super::groups::SlotAsk;
-use super::rotation::Claim;
+use super::rotation::{Claim, Start};
 use super::Supervisor;
 use crate::model::{
     new_job_id, now, AdmittedJob, ClaimedItem, FinishedItem, ItemOutcome, ItemStatus,
@@ -54,6 +54,9 @@ pub(super) struct Pipeline {
     /// Claimed items of paused jobs and kinds, to be put back in the queue by the next
     /// write.
     pub(super) releases: Vec<Release>,
+    /// Items picked to start: their start is written first and their processors begin
+    /// only once it committed, so an attempt is charged exactly when an item runs.
+    pub(super) starting: Vec<Start>,
     /// A write is in flight: nothing else is written until it is back.
     pub(super) writing: bool,
     /// A linger timer runs (`FLUSH_LINGER`); when it fires, the outcomes become due.
@@ -69,6 +72,7 @@ struct InFlight {
     submits: Vec<PendingSubmit>,
     claims: Vec<Claim>,
     releases: Vec<Release>,
+    starting: Vec<Start>,
     slot_asks: Vec<SlotAsk>,
     slot_releases: Vec<(String, Vec<i32>)>,
     reconcile: bool,
@@ -142,6 +146,7 @@ impl Supervisor {
         if plan.is_empty()
             && self.pipeline.submits.is_empty()
             && self.pipeline.releases.is_empty()
+            && self.pipeline.starting.is_empty()
             && !outcomes_due
             && !slots_due
         {
@@ -190,6 +195,7 @@ impl Supervisor {
             submits,
             claims,
             releases: std::mem::take(&mut self.pipeline.releases),
+            starting: std::mem::take(&mut self.pipeline.starting),
             slot_asks: std::mem::take(&mut self.groups.acquire),
             slot_releases: self.groups.take_releases(),
             reconcile: std::mem::take(&mut self.groups.reconcile) && self.cluster,
@@ -198,6 +204,12 @@ impl Supervisor {
             node: self.node_id.clone(),
             lease: self.lease,
             releases: sent.releases.clone(),
+            starts: sent
+                .starting
+                .iter()
+                .flat_map(|(_, _, items)| items.iter())
+                .map(|i| (i.job_id.clone(), i.index, i.attempt))
+                .collect(),
             outcomes: sent.outcomes.clone(),
             submissions: sent
                 .submits
@@ -231,7 +243,8 @@ impl Supervisor {
     }
 
     /// A write committed: apply it, start what became ready, and go on.
-    fn committed(&mut self, ctx: &mut Context<Self>, committed: Committed, sent: InFlight) {
+    fn committed(&mut self, ctx: &mut Context<Self>, committed: Committed, mut sent: InFlight) {
+        self.run_started(std::mem::take(&mut sent.starting));
         self.announce_items(&sent.outcomes);
         self.note_retries(&sent.outcomes);
         self.wake_later(ctx, &sent.outcomes, &committed.inserted);
@@ -277,6 +290,7 @@ impl Supervisor {
             submits,
             claims: asked,
             releases,
+            starting,
             slot_asks,
             slot_releases,
             reconcile,
@@ -301,6 +315,10 @@ impl Supervisor {
             }
         }
         self.pipeline.releases.extend(releases);
+        // Starts go back in front: their processors begin once a write records them.
+        let mut again = starting;
+        again.append(&mut self.pipeline.starting);
+        self.pipeline.starting = again;
         self.groups.reconcile |= reconcile;
         self.groups.failed(&slot_asks, slot_releases);
         // Outcomes go back in front, to be retried.

@@ -176,12 +176,19 @@ impl Supervisor {
         }
     }
 
-    /// Starts ready items while their kind and job have free slots.
+    /// Picks ready items to start while their kind and job have free slots; they begin
+    /// once the next write recorded their start (callers run `cycle` next).
     fn start_ready(&mut self) {
         if self.drain.stopping() {
             return;
         }
-        for (kind, job, items) in self.rotation.start_ready(&mut self.groups, now()) {
+        let starts = self.rotation.start_ready(&mut self.groups, now());
+        self.pipeline.starting.extend(starts);
+    }
+
+    /// Hands items whose start was committed to their kinds' workers.
+    fn run_started(&mut self, starts: Vec<rotation::Start>) {
+        for (kind, job, items) in starts {
             if let Some(k) = self.workers.get(&kind) {
                 k.worker.do_send(RunItems { job, items });
             }
