@@ -68,6 +68,11 @@ impl Application {
         for addr in addresses {
             security.check_exposure(&addr).map_err(StartError::Config)?;
         }
+        // Unreadable or unfitting certificate files refuse the start before anything listens.
+        let tls = match &security.tls {
+            Some(files) => Some(files.server_config().map_err(StartError::Config)?),
+            None => None,
+        };
         let listener = TcpListener::bind(&config.bind)
             .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.bind)))?;
         let local = listener
@@ -88,10 +93,12 @@ impl Application {
         if let Some(n) = config.http_workers {
             server = server.workers(n.max(1));
         }
-        let server = server
-            .listen(listener)
-            .map_err(|e| StartError::Config(format!("cannot serve on {}: {e}", config.bind)))?
-            .run();
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls),
+            None => server.listen(listener),
+        }
+        .map_err(|e| StartError::Config(format!("cannot serve on {}: {e}", config.bind)))?
+        .run();
         Ok(Application {
             engine,
             port,

@@ -138,6 +138,13 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     allowed_hosts: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. With a
+    /// token, the safe way to listen beyond loopback without a TLS proxy in front.
+    #[arg(long, env = "BATCHFORGE_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "BATCHFORGE_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Delete finished jobs (with their items) this long after they finished: 7d, 12h,
     /// 30m, 45s. Default: keep them.
     #[arg(long, env = "BATCHFORGE_RETENTION", value_parser = batchforge::services::retention::parse_duration)]
@@ -283,16 +290,19 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
         args.read_token_file.as_deref(),
         "--read-token",
     );
-    let security = match (tokens, read) {
-        (Ok(tokens), Ok(read_tokens)) => batchforge::api::guard::SecurityConfig {
+    let tls =
+        batchforge::api::tls::TlsFiles::from_flags(args.tls_cert.clone(), args.tls_key.clone());
+    let security = match (tokens, read, tls) {
+        (Ok(tokens), Ok(read_tokens), Ok(tls)) => batchforge::api::guard::SecurityConfig {
             allowed_origins: args.allowed_origins.clone(),
             allowed_hosts: args.allowed_hosts.clone(),
             bound: None,
             tokens,
             read_tokens,
             allow_unauthenticated: args.allow_unauthenticated,
+            tls,
         },
-        (Err(e), _) | (_, Err(e)) => {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("error: {e}");
             return std::process::ExitCode::from(2);
         }
@@ -401,6 +411,11 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
         http_workers: args.http_workers,
     };
     let noop = args.noop_processor;
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build_secured(config, security, |b| {
             if noop {
@@ -411,7 +426,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
         })
         .await?;
         let bind_host = app.port();
-        println!("batchforge listening on http://127.0.0.1:{bind_host}");
+        println!("batchforge listening on {scheme}://127.0.0.1:{bind_host}");
         let _ = std::io::stdout().flush();
         app.run_until_stopped()
             .await

@@ -43,6 +43,8 @@ pub struct SecurityConfig {
     pub read_tokens: Vec<String>,
     /// Listen on a non-loopback address without any token (refused otherwise).
     pub allow_unauthenticated: bool,
+    /// Serve HTTPS with these files; the server's own origin is then `https://` only.
+    pub tls: Option<super::tls::TlsFiles>,
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -58,6 +60,7 @@ impl std::fmt::Debug for SecurityConfig {
                 &format_args!("[{} hidden]", self.read_tokens.len()),
             )
             .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -170,6 +173,8 @@ struct Rules {
     bound: Option<SocketAddr>,
     tokens: Vec<[u8; 32]>,
     read_tokens: Vec<[u8; 32]>,
+    /// Served over TLS: a page of the same host and port is the server's own only under `https`.
+    https: bool,
 }
 
 /// What a bearer token grants.
@@ -201,6 +206,7 @@ impl Rules {
             bound: config.bound,
             tokens: config.tokens.iter().map(|t| digest(t)).collect(),
             read_tokens: config.read_tokens.iter().map(|t| digest(t)).collect(),
+            https: config.tls.is_some(),
         }
     }
 
@@ -224,7 +230,10 @@ impl Rules {
         let mut cors = None;
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("(not visible ASCII)");
-            if !host.as_deref().is_some_and(|h| same_origin(origin, h)) {
+            if !host
+                .as_deref()
+                .is_some_and(|h| same_origin(origin, h, self.https))
+            {
                 match normalize_origin(origin).filter(|o| self.allowed_origins.contains(o)) {
                     Some(_) => cors = Some(origin.to_string()),
                     None => return (Err(refuse_origin(origin)), None),
@@ -508,14 +517,19 @@ fn normalize_origin(origin: &str) -> Option<String> {
 }
 
 /// Whether `origin` is the server's own: the name and port it was reached on (the `Host`
-/// header), under either scheme (a TLS-terminating proxy in front changes only that).
-fn same_origin(origin: &str, host: &str) -> bool {
+/// header), under either scheme (a TLS-terminating proxy in front changes only that) or,
+/// when the server itself serves TLS (`https`), under `https` only: no `http://` page can
+/// share its origin then.
+fn same_origin(origin: &str, host: &str, https: bool) -> bool {
     let Some(origin) = normalize_origin(origin) else {
         return false;
     };
     let Some((scheme, _)) = origin.split_once("://") else {
         return false;
     };
+    if https && scheme != "https" {
+        return false;
+    }
     let Some((name, port)) = split_authority(host) else {
         return false;
     };
@@ -571,14 +585,38 @@ mod tests {
 
     #[test]
     fn the_own_origin_is_the_host_it_was_reached_on_with_default_ports() {
-        assert!(same_origin("http://127.0.0.1:8000", "127.0.0.1:8000"));
-        assert!(same_origin("http://localhost", "localhost"));
-        assert!(same_origin("http://localhost:80", "localhost"));
-        assert!(same_origin("https://build.example", "build.example:443"));
-        assert!(!same_origin("http://evil.example", "127.0.0.1:8000"));
-        assert!(!same_origin("http://127.0.0.1:8001", "127.0.0.1:8000"));
-        assert!(!same_origin("null", "127.0.0.1:8000"));
-        assert!(!same_origin("file://", "127.0.0.1:8000"));
+        assert!(same_origin(
+            "http://127.0.0.1:8000",
+            "127.0.0.1:8000",
+            false
+        ));
+        assert!(same_origin("http://localhost", "localhost", false));
+        assert!(same_origin("http://localhost:80", "localhost", false));
+        assert!(same_origin(
+            "https://build.example",
+            "build.example:443",
+            false
+        ));
+        assert!(!same_origin("http://evil.example", "127.0.0.1:8000", false));
+        assert!(!same_origin(
+            "http://127.0.0.1:8001",
+            "127.0.0.1:8000",
+            false
+        ));
+        assert!(!same_origin("null", "127.0.0.1:8000", false));
+        assert!(!same_origin("file://", "127.0.0.1:8000", false));
+        // Served over TLS, the own origin is the https one only.
+        assert!(same_origin(
+            "https://127.0.0.1:8443",
+            "127.0.0.1:8443",
+            true
+        ));
+        assert!(same_origin("https://localhost", "localhost", true));
+        assert!(!same_origin(
+            "http://127.0.0.1:8443",
+            "127.0.0.1:8443",
+            true
+        ));
         assert_eq!(
             normalize_origin("HTTPS://App.Example/").as_deref(),
             Some("https://app.example:443")

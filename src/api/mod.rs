@@ -12,6 +12,7 @@ pub mod responses;
 pub mod schedules;
 pub mod secrets;
 mod submit;
+pub mod tls;
 pub mod v1;
 
 use crate::engine::Engine;

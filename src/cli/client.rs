@@ -30,6 +30,10 @@ pub struct ClientArgs {
     /// this as the token that grants everything.
     #[arg(long, env = "BATCHFORGE_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM CA certificate to trust for an `https://` server (a private CA, or the
+    /// server's own self-signed certificate) instead of the system's roots.
+    #[arg(long, env = "BATCHFORGE_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -201,7 +205,7 @@ type Outcome = Result<ExitCode, Failure>;
 /// Runs a client command.
 pub fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async move {
-        let client = Client::new(args);
+        let client = Client::new(args)?;
         client.run(command).await
     });
     match result {
@@ -219,13 +223,56 @@ struct Client {
     http: awc::Client,
 }
 
+/// The TLS settings of `https://` servers: the `--ca-cert` file's certificates as the only
+/// roots, or else the system's (through the platform verifier, as reqwest does).
+fn tls_config(ca_cert: Option<&std::path::Path>) -> Result<rustls::ClientConfig, Failure> {
+    let builder = rustls::ClientConfig::builder_with_provider(batchforge::api::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure(format!("TLS: {e}")))?;
+    let config = match ca_cert {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in batchforge::api::tls::read_certs(path, "--ca-cert").map_err(Failure)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| Failure(format!("--ca-cert {}: {e}", path.display())))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            use rustls_platform_verifier::BuilderVerifierExt;
+            builder
+                .with_platform_verifier()
+                .map_err(|e| Failure(format!("TLS: the system's certificate roots: {e}")))?
+                .with_no_client_auth()
+        }
+    };
+    Ok(config)
+}
+
+/// A connection failure in words, with what to do when it is the server's certificate
+/// that was not trusted.
+fn unreachable(url: &str, e: impl std::fmt::Display) -> Failure {
+    let e = e.to_string();
+    let hint = if e.contains("certificate") || e.contains("UnknownIssuer") {
+        ": the server's TLS certificate is not trusted; for a private CA or a self-signed \
+         certificate pass --ca-cert FILE (or set BATCHFORGE_CA_CERT)"
+    } else {
+        ""
+    };
+    Failure(format!("cannot reach {url}: {e}{hint}"))
+}
+
 impl Client {
-    fn new(args: ClientArgs) -> Self {
-        Client {
+    fn new(args: ClientArgs) -> Result<Self, Failure> {
+        let tls = tls_config(args.ca_cert.as_deref())?;
+        Ok(Client {
             base: args.server.trim_end_matches('/').to_string(),
             json: args.json,
             http: {
-                let builder = awc::Client::builder().timeout(Duration::from_secs(300));
+                let builder = awc::Client::builder()
+                    .timeout(Duration::from_secs(300))
+                    .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(tls)));
                 match args
                     .token
                     .as_deref()
@@ -237,7 +284,7 @@ impl Client {
                 }
                 .finish()
             },
-        }
+        })
     }
 
     async fn call(
@@ -260,7 +307,7 @@ impl Client {
             }
             None => req.send().await,
         };
-        let mut resp = sent.map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+        let mut resp = sent.map_err(|e| unreachable(&url, e))?;
         let bytes = resp
             .body()
             .limit(1 << 30)
@@ -571,7 +618,7 @@ impl Client {
             .timeout(Duration::from_secs(24 * 3600))
             .send()
             .await
-            .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+            .map_err(|e| unreachable(&url, e))?;
         refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             let body = resp.body().await.unwrap_or_default();
@@ -650,7 +697,7 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|e| Failure(format!("cannot reach {url}: {e}")))?;
+            .map_err(|e| unreachable(&url, e))?;
         refused(resp.status(), &url)?;
         if !resp.status().is_success() {
             return Err(Failure(format!("GET {url}: {}", resp.status())));

@@ -29,4 +29,5 @@ mod schedules;
 mod scheduling;
 mod security;
 mod targets;
+mod tls;
 mod webhooks;
