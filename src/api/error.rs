@@ -57,6 +57,9 @@ pub enum ApiError {
     /// The engine cannot take the request now.
     #[error("{0}")]
     Unavailable(String),
+    /// The storage has no space left (disk full): 507.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Something failed inside; details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -100,6 +103,10 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             EngineError::Mailbox(_) => ApiError::Unavailable(e.to_string()),
             EngineError::Conflict(m) => ApiError::Conflict(m),
+            EngineError::Store(crate::store::StoreError::Storage { kind, detail }) => match kind {
+                crate::store::fault::FaultKind::Full => ApiError::InsufficientStorage(detail),
+                _ => ApiError::Unavailable(detail),
+            },
             EngineError::Store(err) => ApiError::Internal(err.to_string()),
         }
     }
@@ -115,6 +122,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotAvailable(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
