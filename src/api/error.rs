@@ -107,7 +107,17 @@ impl From<EngineError> for ApiError {
                 crate::store::fault::FaultKind::Full => ApiError::InsufficientStorage(detail),
                 _ => ApiError::Unavailable(detail),
             },
-            EngineError::Store(err) => ApiError::Internal(err.to_string()),
+            // The group commit hands each waiter the fault as text: classify that too.
+            EngineError::Store(err) => {
+                let text = err.to_string();
+                match crate::store::fault::classify_message(&text) {
+                    Some(crate::store::fault::FaultKind::Full) => {
+                        ApiError::InsufficientStorage(text)
+                    }
+                    Some(_) => ApiError::Unavailable(text),
+                    None => ApiError::Internal(text),
+                }
+            }
         }
     }
 }

@@ -27,5 +27,6 @@ mod sandbox;
 mod schedules;
 mod scheduling;
 mod security;
+mod storage_faults;
 mod targets;
 mod webhooks;
