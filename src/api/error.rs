@@ -57,6 +57,9 @@ pub enum ApiError {
     /// The engine cannot take the request now.
     #[error("{0}")]
     Unavailable(String),
+    /// The storage has no space left (disk full): 507.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Something failed inside; details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -100,7 +103,21 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             EngineError::Mailbox(_) => ApiError::Unavailable(e.to_string()),
             EngineError::Conflict(m) => ApiError::Conflict(m),
-            EngineError::Store(err) => ApiError::Internal(err.to_string()),
+            EngineError::Store(crate::store::StoreError::Storage { kind, detail }) => match kind {
+                crate::store::fault::FaultKind::Full => ApiError::InsufficientStorage(detail),
+                _ => ApiError::Unavailable(detail),
+            },
+            // The group commit hands each waiter the fault as text: classify that too.
+            EngineError::Store(err) => {
+                let text = err.to_string();
+                match crate::store::fault::classify_message(&text) {
+                    Some(crate::store::fault::FaultKind::Full) => {
+                        ApiError::InsufficientStorage(text)
+                    }
+                    Some(_) => ApiError::Unavailable(text),
+                    None => ApiError::Internal(text),
+                }
+            }
         }
     }
 }
@@ -115,6 +132,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotAvailable(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -755,13 +755,25 @@ async fn metrics(engine: web::Data<Engine>) -> Reply {
     description = "Whether the engine and its database answer.",
     responses(
         (status = 200, description = "Healthy", body = HealthResponse),
-        (status = 503, description = "The engine does not answer", body = ErrorBody),
+        (status = 503, description = "The engine does not answer (`detail`), or its storage is failing: `status` is `degraded` and `reason` names the cause", body = HealthResponse),
     )
 )]
 async fn health(engine: web::Data<Engine>) -> Reply {
     engine.supervisor().send(Ping).await.map_err(mailbox)??;
+    // A storage fault (disk full, unwritable files, unreachable server) seen on the last
+    // write: probes get 503 until a write succeeds again.
+    if let Some(fault) = engine.storage_fault() {
+        return Ok(HttpResponse::ServiceUnavailable().json(HealthResponse {
+            status: "degraded".into(),
+            reason: Some(fault.detail),
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_id: engine.node_id().to_string(),
+            sandbox: engine.sandbox_mode().into(),
+        }));
+    }
     Ok(HttpResponse::Ok().json(HealthResponse {
         status: "ok".into(),
+        reason: None,
         version: env!("CARGO_PKG_VERSION").into(),
         node_id: engine.node_id().to_string(),
         sandbox: engine.sandbox_mode().into(),

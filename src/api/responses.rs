@@ -173,8 +173,12 @@ pub struct CancelResponse {
 /// `GET /health`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthResponse {
-    /// `ok` when the engine and its database answer.
+    /// `ok` when the engine and its database answer; `degraded` (with HTTP 503) when
+    /// the last database write met a storage fault.
     pub status: String,
+    /// Why the status is `degraded`: the storage fault and the database it hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The server's version.
     pub version: String,
     /// This engine node's id.

@@ -362,7 +362,12 @@ impl Engine {
         &self.supervisor
     }
 
-    /// This engine's node id.
+    /// The storage fault the last database write met, until a write succeeds again.
+    pub fn storage_fault(&self) -> Option<crate::store::fault::Fault> {
+        self.store.fault()
+    }
+
+    /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
     }

@@ -20,6 +20,7 @@
 pub mod commit;
 mod counters;
 pub mod databases;
+pub mod fault;
 #[cfg(test)]
 mod fixtures;
 pub mod groups;
@@ -111,6 +112,15 @@ pub enum StoreError {
     /// The blocking task running the query panicked or was cancelled.
     #[error("database task failed: {0}")]
     Task(String),
+    /// The storage itself failed (disk full, files not writable, server unreachable);
+    /// the detail names the database.
+    #[error("{detail}")]
+    Storage {
+        /// Which fault.
+        kind: fault::FaultKind,
+        /// The cause and the database it hit.
+        detail: String,
+    },
 }
 
 impl From<String> for StoreError {
@@ -271,6 +281,8 @@ struct Inner {
     url: DatabaseUrl,
     /// Latency of write transactions, for `GET /metrics`.
     write_latency: Mutex<crate::metrics::Histogram>,
+    /// The storage fault the last write met, for `/health` and the API's status codes.
+    fault: fault::FaultState,
 }
 
 /// Handle to the database: cheap to clone, safe to share between threads.
@@ -295,9 +307,22 @@ impl Store {
     }
 
     fn open_sqlite(url: &DatabaseUrl, path: &std::path::Path) -> Result<Store, StoreError> {
-        let open_err = |reason: String| StoreError::Open {
-            url: path.display().to_string(),
-            reason,
+        let open_err = |reason: String| {
+            // A read-only file is a setup fault: say which file and how to fix it.
+            let reason = if fault::classify_message(&reason) == Some(fault::FaultKind::Unwritable) {
+                format!(
+                    "{reason}: {} (or its -wal/-shm files or directory) is not writable; \
+                     make it writable (check permissions, `lsattr` for the immutable flag, \
+                     read-only mounts) or point --database at a writable path",
+                    path.display()
+                )
+            } else {
+                reason
+            };
+            StoreError::Open {
+                url: path.display().to_string(),
+                reason,
+            }
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
@@ -341,6 +366,7 @@ impl Store {
             },
             url: url.clone(),
             write_latency: Mutex::default(),
+            fault: Default::default(),
         });
         spawn_checkpointer(Arc::downgrade(&inner), path_str);
         Ok(Store { inner })
@@ -381,6 +407,7 @@ impl Store {
                 },
                 url: url.clone(),
                 write_latency: Mutex::default(),
+                fault: Default::default(),
             }),
         })
     }
@@ -454,6 +481,12 @@ impl Store {
         self.inner.write_blocking(f)
     }
 
+    /// The storage fault the last write met (disk full, unwritable files, server
+    /// unreachable), until a write succeeds again.
+    pub fn fault(&self) -> Option<fault::Fault> {
+        self.inner.fault.current()
+    }
+
     /// The latency histogram of write transactions so far.
     pub fn write_latency(&self) -> crate::metrics::Histogram {
         self.inner
@@ -519,7 +552,11 @@ impl Inner {
                 .unwrap_or_else(|p| p.into_inner())
                 .observe(started.elapsed());
         }
-        result
+        let location = match &self.backend {
+            Backend::Sqlite { path, .. } => path.display().to_string(),
+            Backend::Postgres { .. } => "the PostgreSQL server".to_string(),
+        };
+        self.fault.observe(&location, result)
     }
 
     fn write_sqlite<R, F>(

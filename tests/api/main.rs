@@ -28,6 +28,7 @@ mod sandbox;
 mod schedules;
 mod scheduling;
 mod security;
+mod storage_faults;
 mod targets;
 mod tls;
 mod webhooks;
