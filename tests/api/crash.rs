@@ -295,7 +295,7 @@ async fn chaos_three_kill_9_charge_attempts_only_for_real_starts() {
         server = start_server(dir.path(), &ws, &[]).await;
         log::info!("chaos kill {kill} done");
     }
-    let job = wait_server_job(&server.address, &id, Duration::from_secs(120), |j| {
+    wait_server_job(&server.address, &id, Duration::from_secs(120), |j| {
         j["status"] == "completed"
     })
     .await;
