@@ -53,9 +53,13 @@ macro_rules! api_routes {
         /// OpenAPI's). The browser pages (`/`, `/ui/…`, `/docs/…`) are not in it.
         pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),+];
 
+        /// Fixed paths (with their 405s) before those with a `{param}`, so that
+        /// `GET /batch/jobs/bulk` is a 405, not a lookup of the job `bulk`.
         fn mount(cfg: &mut ServiceConfig) {
-            $(cfg.route($path, web::$method().to($handler));)+
-            mount_method_not_allowed(cfg);
+            $(if !$path.contains('{') { cfg.route($path, web::$method().to($handler)); })+
+            mount_method_not_allowed(cfg, false);
+            $(if $path.contains('{') { cfg.route($path, web::$method().to($handler)); })+
+            mount_method_not_allowed(cfg, true);
         }
     };
 }
@@ -105,11 +109,11 @@ api_routes! {
 }
 
 /// After the real routes: any other method on a known path answers 405 with `Allow`, not
-/// the 404 of an unknown path.
-fn mount_method_not_allowed(cfg: &mut ServiceConfig) {
+/// the 404 of an unknown path. `with_params` picks the paths with a `{param}` or the fixed ones.
+fn mount_method_not_allowed(cfg: &mut ServiceConfig, with_params: bool) {
     let mut seen: Vec<&str> = Vec::new();
     for (_, path) in ROUTES {
-        if seen.contains(path) {
+        if seen.contains(path) || path.contains('{') != with_params {
             continue;
         }
         seen.push(path);

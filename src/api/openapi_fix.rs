@@ -19,8 +19,9 @@ pub(super) fn tightened(doc: &utoipa::openapi::OpenApi) -> Value {
 
 /// The submission bodies, and whether their unknown fields are refused (`POST /batch/jobs`
 /// passes an embedder's kind its own options; see [`crate::submission::fields`]).
-const SUBMISSIONS: [(&str, bool); 5] = [
+const SUBMISSIONS: [(&str, bool); 6] = [
     ("ValidationRequest", true),
+    ("LlmBatchRequest", true),
     ("TestsRequest", true),
     ("AgentTasksRequest", true),
     ("McpRequest", true),

@@ -781,7 +781,7 @@ pub(super) async fn get_batch(engine: web::Data<Engine>, id: Segment) -> Reply {
     description = "Batches, newest first: `limit` (1–100, default 20) after the batch `after`.",
     params(
         ("after" = Option<String>, Query, description = "A batch id: list those after it"),
-        ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
     ),
     responses(
         (status = 200, description = "`{object: \"list\", data, first_id, last_id, has_more}`"),
