@@ -252,6 +252,15 @@ impl RetryPolicy {
     }
 }
 
+/// The HTTP client every LLM-calling processor uses: one connection pool for all endpoints.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("batchforge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 /// Concurrency limits per endpoint, shared by every task of every job.
 #[derive(Debug)]
 pub struct EndpointLimits {

@@ -152,17 +152,23 @@ impl EngineBuilder {
             let servers =
                 McpRegistry::resolve(&mcp_config, &workspace).map_err(StartError::Config)?;
             processors.push(Arc::new(mcp::McpProcessor::new(servers)));
+            // One in-flight limit per endpoint for agent tasks and LLM batches together.
+            let limits = Arc::new(crate::agent::llm::EndpointLimits::new(
+                config.agent.max_concurrent_requests_per_endpoint,
+            ));
             processors.push(Arc::new(
                 agent::AgentProcessor::new(&workspace, config.agent.clone())
                     .map_err(StartError::Config)?
-                    .with_sandbox(sandbox.clone()),
+                    .with_sandbox(sandbox.clone())
+                    .with_limits(limits.clone()),
             ));
             processors.push(Arc::new(
                 crate::processors::llm_batch::LlmBatchProcessor::new(
                     config.agent.clone(),
                     config.agent.routes.clone(),
                 )
-                .map_err(StartError::Config)?,
+                .map_err(StartError::Config)?
+                .with_limits(limits),
             ));
         }
         for p in custom {

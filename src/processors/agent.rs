@@ -30,6 +30,7 @@ use crate::processor::{FieldError, Item, ItemContext, Processor};
 use crate::sandbox::spawn::{find_program, split_command, DEFAULT_MAX_OUTPUT_BYTES};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The kind this processor handles.
@@ -234,28 +235,34 @@ pub struct AgentProcessor {
     config: AgentConfig,
     /// One HTTP client (and connection pool) for every endpoint.
     http: reqwest::Client,
-    limits: EndpointLimits,
+    /// Shared with the engine's other LLM processors (see `with_limits`).
+    limits: Arc<EndpointLimits>,
     workspaces: Workspaces,
     /// The sandbox the task's commands run in, its worktree writable.
     sandbox: std::sync::Arc<crate::sandbox::Sandbox>,
 }
 
 impl AgentProcessor {
+    /// Uses `limits` for its endpoints, so every LLM kind of an engine shares one
+    /// `max_concurrent_requests_per_endpoint` per endpoint instead of one each.
+    pub fn with_limits(mut self, limits: Arc<EndpointLimits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// A processor for the workspace `root` (canonical).
     pub fn new(root: &Path, config: AgentConfig) -> Result<Self, String> {
         let llm_url = normalize_url(&config.llm_url).map_err(|e| format!("LLM URL: {e}"))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("batchforge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = crate::agent::llm::http_client()?;
         let scratch = config
             .scratch_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("batchforge-agent"));
         Ok(AgentProcessor {
             root: root.to_path_buf(),
-            limits: EndpointLimits::new(config.max_concurrent_requests_per_endpoint),
+            limits: Arc::new(EndpointLimits::new(
+                config.max_concurrent_requests_per_endpoint,
+            )),
             config: AgentConfig { llm_url, ..config },
             http,
             workspaces: Workspaces::new(scratch),

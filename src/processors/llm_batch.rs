@@ -22,6 +22,7 @@ use crate::agent::{normalize_url, AgentConfig, LlmApi};
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The kind this processor handles.
@@ -332,20 +333,26 @@ pub struct LlmBatchProcessor {
     config: AgentConfig,
     routes: Vec<LlmRoute>,
     http: reqwest::Client,
-    limits: EndpointLimits,
+    /// Shared with the engine's other LLM processors (see `with_limits`).
+    limits: Arc<EndpointLimits>,
 }
 
 impl LlmBatchProcessor {
+    /// Uses `limits` for its endpoints, so every LLM kind of an engine shares one
+    /// `max_concurrent_requests_per_endpoint` per endpoint instead of one each.
+    pub fn with_limits(mut self, limits: Arc<EndpointLimits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// A processor with the engine's LLM settings and model routes.
     pub fn new(config: AgentConfig, routes: Vec<LlmRoute>) -> Result<Self, String> {
         let llm_url = normalize_url(&config.llm_url).map_err(|e| format!("LLM URL: {e}"))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("batchforge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = crate::agent::llm::http_client()?;
         Ok(LlmBatchProcessor {
-            limits: EndpointLimits::new(config.max_concurrent_requests_per_endpoint),
+            limits: Arc::new(EndpointLimits::new(
+                config.max_concurrent_requests_per_endpoint,
+            )),
             config: AgentConfig { llm_url, ..config },
             routes,
             http,
