@@ -2,15 +2,15 @@
 //! `run_command`, and `finish` to say it is done.
 //!
 //! They work inside the task's workspace only, with the same confinement as batchforge's
-//! MCP server ([`Root::resolve_existing`] for what exists, [`Root::resolve_new_file`] for
-//! what is written)
+//! MCP server ([`Root::open_existing`] for what exists, [`Root::open_new_file`] for what
+//! is written, both opened by descriptor beneath the root and refusing hard-linked files)
 //! and the engine's command runner (argv without a shell, a timeout, capped output, the
 //! process group killed on timeout and on cancellation). Their answers are text for the
 //! model; a tool error is an answer too, so the model can correct itself.
 
 use super::llm::{ToolCall, ToolSpec};
 use crate::mcp::args::{optional_str, required_str, Blank};
-use crate::sandbox::confine::Root;
+use crate::sandbox::confine::{fd_path, OpenFor, Root};
 use crate::sandbox::spawn::{run_sandboxed, tool_command, CommandEnv};
 use crate::sandbox::ItemSandbox;
 use serde_json::{json, Map, Value};
@@ -219,14 +219,12 @@ impl Workbench {
             .get("recursive")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let dir = self
-            .root
-            .join(Root::new(&self.root).resolve_existing(path)?);
+        let root = self.root.clone();
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || {
-            if !dir.is_dir() {
-                return Err(format!("'{shown}' is not a directory"));
-            }
+            let handle = Root::new(&root).open_existing(&shown, OpenFor::List)?;
+            // Listed through its descriptor: the directory opened beneath the root.
+            let dir = fd_path(&handle);
             let mut lines = Vec::new();
             let mut omitted = 0usize;
             walk(&dir, &dir, recursive, &mut lines, &mut omitted)
@@ -246,13 +244,14 @@ impl Workbench {
 
     async fn read_file(&self, args: &Map<String, Value>) -> Result<String, String> {
         let path = required_str(args, "path", Blank::Whitespace)?.to_string();
-        let file = self
-            .root
-            .join(Root::new(&self.root).resolve_existing(&path)?);
+        let root = self.root.clone();
         // Off the async threads, and never more than a prefix of a large file.
-        tokio::task::spawn_blocking(move || read_prefix(&file, &path))
-            .await
-            .map_err(|e| format!("read_file failed: {e}"))?
+        tokio::task::spawn_blocking(move || {
+            let file = Root::new(&root).open_existing(&path, OpenFor::Read)?;
+            read_prefix(file, &path)
+        })
+        .await
+        .map_err(|e| format!("read_file failed: {e}"))?
     }
 
     async fn write_file(&mut self, args: &Map<String, Value>) -> Result<String, String> {
@@ -276,18 +275,17 @@ impl Workbench {
                 return Err(format!("writes into .git are not allowed ('{shown}')"));
             }
             use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // No symlink is left in the resolved path; O_NOFOLLOW keeps it that way.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&target)
-                .map_err(|e| format!("cannot write '{shown}': {e}"))?;
-            f.write_all(content.as_bytes())
-                .map_err(|e| format!("cannot write '{shown}': {e}"))?;
-            let rel = target.strip_prefix(&root).unwrap_or(&target).to_path_buf();
+            let cannot = |e: std::io::Error| format!("cannot write '{shown}': {e}");
+            // Opened beneath the root and cut only once known to be a regular file with
+            // one link.
+            let (mut f, rel) = confined.open_new_file(&shown)?;
+            if !f.metadata().map_err(cannot)?.is_file() {
+                return Err(format!(
+                    "'{shown}' is not a regular file; refusing to write to it"
+                ));
+            }
+            f.set_len(0).map_err(cannot)?;
+            f.write_all(content.as_bytes()).map_err(cannot)?;
             Ok::<_, String>((rel.to_string_lossy().into_owned(), content.len()))
         })
         .await
@@ -340,15 +338,22 @@ impl Workbench {
 
 /// Reads at most [`MAX_READ_BYTES`] of a text file; a longer one is cut at
 /// [`MAX_READ_CHARS`] characters with a note.
-fn read_prefix(file: &Path, path: &str) -> Result<String, String> {
+fn read_prefix(file: std::fs::File, path: &str) -> Result<String, String> {
     use std::io::Read;
-    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read '{path}': {e}"))?;
     if meta.is_dir() {
         return Err(format!("'{path}' is a directory; list it with list_files"));
     }
+    if !meta.is_file() {
+        return Err(format!(
+            "'{path}' is not a regular file; refusing to read it"
+        ));
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_READ_BYTES).read_to_end(&mut bytes))
+    file.take(MAX_READ_BYTES)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read '{path}': {e}"))?;
     let cut_bytes = meta.len() > bytes.len() as u64 || bytes.len() as u64 >= MAX_READ_BYTES;
     let text = match String::from_utf8(bytes) {

@@ -5,8 +5,10 @@
 //! Every path a tool takes goes through the same confinement as command targets
 //! ([`crate::sandbox::confine::Root`]): `..`,
 //! absolute paths elsewhere and symlinks that lead out are refused with a tool error
-//! (`isError: true`, the reason as text), as are files too big to read and anything that
-//! is not a regular file (a FIFO, socket or device would block the server). `run_command`
+//! (`isError: true`, the reason as text), as are files too big to read, anything that
+//! is not a regular file (a FIFO, socket or device would block the server) and files with
+//! more than one hard link. Files are opened by descriptor beneath the root, so a path
+//! swapped for a symlink after its check still cannot lead out. `run_command`
 //! uses the engine's own runner ([`crate::sandbox::spawn`]): argv without a shell, its cwd the root or a directory
 //! inside it, a timeout and capped output, its process group killed on timeout, on
 //! `notifications/cancelled` and when the server dies. Like the `command` processor's
@@ -19,7 +21,7 @@
 
 use crate::mcp::args::{optional_str, required_str, Blank};
 use crate::mcp::ops::{encoded_len, MAX_MESSAGE_BYTES, MAX_WRITE_BYTES};
-use crate::sandbox::confine::Root;
+use crate::sandbox::confine::{fd_path, OpenFor, Root};
 use crate::sandbox::spawn::{run_sandboxed, tool_command, CommandEnv};
 use crate::sandbox::{ItemSandbox, Limits};
 use rmcp::model::{
@@ -268,11 +270,13 @@ impl SandboxServer {
 
     async fn list_files(&self, args: &Map<String, Value>) -> ToolOutcome {
         let path = optional_str(args, "path", Blank::Empty)?.unwrap_or(".");
-        let dir = self
-            .root
-            .join(Root::new(&self.root).resolve_existing(path)?);
+        let root = self.root.clone();
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || {
+            let handle = Root::new(&root).open_existing(&shown, OpenFor::List)?;
+            // Listed through its descriptor: the directory opened beneath the root, not
+            // whatever its name leads to now.
+            let dir = fd_path(&handle);
             let read = std::fs::read_dir(&dir).map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOTDIR) => format!("'{shown}' is not a directory"),
                 _ => format!("cannot list '{shown}': {e}"),
@@ -319,22 +323,13 @@ impl SandboxServer {
 
     async fn read_file(&self, args: &Map<String, Value>) -> ToolOutcome {
         let path = required_str(args, "path", Blank::Empty)?;
-        let file = self
-            .root
-            .join(Root::new(&self.root).resolve_existing(path)?);
+        let root = self.root.clone();
         let shown = path.to_string();
         let max = self.max_read_bytes;
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
-            use std::os::unix::fs::OpenOptionsExt;
             let cannot = |e: std::io::Error| format!("cannot read '{shown}': {e}");
-            // O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the
-            // confined path has no symlink left, and one swapped in is not followed.
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&file)
-                .map_err(cannot)?;
+            let f = Root::new(&root).open_existing(&shown, OpenFor::Read)?;
             // Checked on the open handle: what the path names may have changed.
             let meta = f.metadata().map_err(cannot)?;
             if meta.is_dir() {
@@ -398,33 +393,18 @@ impl SandboxServer {
         let root = self.root.clone();
         let shown = path.to_string();
         tokio::task::spawn_blocking(move || {
-            let target = Root::new(&root).resolve_new_file(&shown)?;
             use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
             let cannot = |e: std::io::Error| format!("cannot write '{shown}': {e}");
-            // The resolved path has no symlink left in it; O_NOFOLLOW keeps it that way
-            // should one appear there between the check and the open. O_NONBLOCK: a FIFO
-            // without a reader fails at once (ENXIO) instead of blocking the open. No
-            // O_TRUNC: nothing is truncated before the handle is known to be a file.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&target)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ENXIO) => format!(
-                        "'{shown}' is not a regular file (a FIFO or socket); refusing to write to it"
-                    ),
-                    _ => cannot(e),
-                })?;
+            // Opened beneath the root, not truncated (nothing is cut before the handle is
+            // known to be a regular file with one link); a FIFO without a reader fails at
+            // once instead of blocking the open.
+            let (mut f, rel) = Root::new(&root).open_new_file(&shown)?;
             let meta = f.metadata().map_err(cannot)?;
             if !meta.is_file() {
                 return Err(not_regular(&shown, &meta));
             }
             f.set_len(0).map_err(cannot)?;
             f.write_all(content.as_bytes()).map_err(cannot)?;
-            let rel = target.strip_prefix(root.as_path()).unwrap_or(&target);
             Ok(structured(
                 format!("wrote {} bytes to {}", content.len(), rel.display()),
                 json!({"path": rel.to_string_lossy(), "bytes": content.len()}),

@@ -9,7 +9,9 @@
 //!   part, before the first `::` (unless the whole target is an existing file), and passed
 //!   whole. The file part must stay inside the workspace (`..`, absolute paths elsewhere
 //!   and symlinks out are refused, naming the path) but need not exist: a missing file is
-//!   the command's business, as it was the original's. One argv word, spaces and all.
+//!   the command's business, as it was the original's. One argv word, spaces and all: the
+//!   resolved path (symlinks followed), not the submitted words. A regular file with more
+//!   than one hard link is refused (the command would reach its other names).
 //! - `argument`: the target is split into words as the command is (quotes group, nothing
 //!   is expanded) and each word is appended as it is, unconfined, except that a word that
 //!   is a path which could escape (absolute, or with a `..` component), or an option's
@@ -63,6 +65,7 @@ fn path_target(root: Root, target: &str) -> Result<String, String> {
         _ => (target, ""),
     };
     let relative = root.resolve_inside(file)?;
+    root.check_single_link(&relative, file)?;
     let arg = relative.to_string_lossy();
     // `./` keeps a file named like an option (`-rf`) from being read as one.
     let arg = if arg.starts_with('-') {

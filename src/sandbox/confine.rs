@@ -20,7 +20,21 @@
 //!
 //! Their messages differ too ("outside the workspace root" for the runners, "outside the
 //! workspace" for the guardrail): tests and clients read them, so each keeps its own.
+//!
+//! A path checked by name can change before it is opened (a directory swapped for a
+//! symlink out). The file tools therefore never open the checked name from `/`:
+//! [`Root::open_existing`] and [`Root::open_new_file`] open the resolved path relative to
+//! a descriptor of the root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, so
+//! the kernel itself refuses any step out, or, where the kernel lacks `openat2`
+//! (`ENOSYS`), walk it one component at a time with `openat(O_NOFOLLOW)`. A regular file
+//! with more than one hard link is refused by both (reading it, or writing it, would
+//! reach whatever other name it has, possibly outside the workspace), and so is a command
+//! target that is one ([`Root::check_single_link`]).
 
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Top directories of the system, named in the guardrail's refusals of writes there.
@@ -39,6 +53,27 @@ pub enum Access {
     Read,
     /// Writing: also refused into `.git`, and system paths are named.
     Write,
+}
+
+/// What a file opened beneath the root is for: the open flags and the words of refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFor {
+    /// Reading a file (a directory opens too; the caller says what it thinks of that).
+    Read,
+    /// Listing a directory.
+    List,
+    /// Writing a file: created when missing, never truncated by the open.
+    Write,
+}
+
+impl OpenFor {
+    fn verb(self) -> &'static str {
+        match self {
+            OpenFor::Read => "read",
+            OpenFor::List => "list",
+            OpenFor::Write => "write",
+        }
+    }
 }
 
 /// A workspace root every path is confined to; the path must already be canonical.
@@ -201,6 +236,76 @@ impl<'a> Root<'a> {
         Ok(parent.join(real.file_name().ok_or_else(outside)?))
     }
 
+    /// Opens an existing path (confined as [`Root::resolve_existing`] confines it) for
+    /// reading or listing, by descriptor beneath the root: a symlink swapped in after the
+    /// check cannot lead out. Opened `O_NONBLOCK` (a FIFO does not wait for a writer) and
+    /// refused when it is a regular file with more than one hard link.
+    pub fn open_existing(&self, path: &str, purpose: OpenFor) -> Result<File, String> {
+        let rel = self.resolve_existing(path)?;
+        let flags = match purpose {
+            OpenFor::List => libc::O_RDONLY | libc::O_DIRECTORY,
+            _ => libc::O_RDONLY | libc::O_NONBLOCK,
+        };
+        let file = self
+            .open_beneath(&rel, flags, 0)
+            .map_err(|e| open_refusal(path, purpose, &e))?;
+        refuse_linked(&file, path, purpose)?;
+        Ok(file)
+    }
+
+    /// Opens a file to write (confined and its parents created as
+    /// [`Root::resolve_new_file`] does), by descriptor beneath the root, creating it when
+    /// missing and never truncating it: the caller truncates once it knows the handle is
+    /// a regular file with one link. Returns the file and its path relative to the root.
+    pub fn open_new_file(&self, path: &str) -> Result<(File, PathBuf), String> {
+        let target = self.resolve_new_file(path)?;
+        let rel = target
+            .strip_prefix(self.path)
+            .map_err(|_| format!("path '{path}' is outside the workspace root"))?
+            .to_path_buf();
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK;
+        let file = self
+            .open_beneath(&rel, flags, 0o666)
+            .map_err(|e| open_refusal(path, OpenFor::Write, &e))?;
+        refuse_linked(&file, path, OpenFor::Write)?;
+        Ok((file, rel))
+    }
+
+    /// Refuses `rel` (relative to the root, as [`Root::resolve_inside`] returns it) when
+    /// it is a regular file with more than one hard link: a command handed it would read
+    /// or write whatever other name it has. A missing path passes (it is the command's
+    /// business).
+    pub fn check_single_link(&self, rel: &Path, shown: &str) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        match self.path.join(rel).symlink_metadata() {
+            Ok(m) if m.is_file() && m.nlink() > 1 => Err(linked(shown, m.nlink(), "use")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens `rel` (relative, no `..`) beneath the root with `openat2`, or by walking it
+    /// component by component where the kernel has no `openat2`. The last component is
+    /// never followed if it is a symlink.
+    fn open_beneath(
+        &self,
+        rel: &Path,
+        flags: libc::c_int,
+        mode: libc::mode_t,
+    ) -> std::io::Result<File> {
+        let root = open_at(
+            libc::AT_FDCWD,
+            self.path.as_os_str().as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        match openat2_beneath(root.as_raw_fd(), rel, flags, mode) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                walk_beneath(&root, rel, flags, mode)
+            }
+            other => other,
+        }
+    }
+
     /// The guardrail's check of a path relative to `base` (a directory inside the root),
     /// without touching the filesystem: refuses `~`, `..` above `/`, paths elsewhere,
     /// symlinks that lead out, and for [`Access::Write`] anything through `.git`.
@@ -262,6 +367,151 @@ impl<'a> Root<'a> {
             .components()
             .any(is_git)
     }
+}
+
+/// A path that names the open `file` itself (`/proc/self/fd/N`), for APIs that take a
+/// path (`read_dir`): it reaches what was opened, whatever its name leads to now.
+pub fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// `openat2`'s `struct open_how` (libc's is `#[non_exhaustive]`, so not constructible).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(dir, rel, flags | O_NOFOLLOW | O_CLOEXEC)` that the kernel keeps beneath
+/// `dir`: `..`, absolute symlinks and symlinks out fail with `EXDEV`, `/proc` magic links
+/// with `ELOOP`.
+fn openat2_beneath(
+    dir: RawFd,
+    rel: &Path,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> std::io::Result<File> {
+    let name = c_path(rel.as_os_str().as_bytes())?;
+    let how = OpenHow {
+        flags: (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: if flags & libc::O_CREAT != 0 {
+            mode as u64
+        } else {
+            0
+        },
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `name` is NUL-terminated, `how` lives across the call and its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd as RawFd) })
+}
+
+/// The fallback of [`openat2_beneath`]: each directory opened with
+/// `O_DIRECTORY | O_NOFOLLOW` relative to the one before, so a component that became a
+/// symlink fails instead of being followed. `rel` comes resolved (no symlink, no `..`),
+/// so any symlink met was swapped in.
+fn walk_beneath(
+    root: &OwnedFd,
+    rel: &Path,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> std::io::Result<File> {
+    let mut names = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => names.push(n.as_bytes()),
+            Component::CurDir => {}
+            _ => return Err(std::io::Error::from_raw_os_error(libc::EXDEV)),
+        }
+    }
+    let Some((last, dirs)) = names.split_last() else {
+        return open_at(root.as_raw_fd(), b".", flags, mode).map(File::from);
+    };
+    let mut dir: Option<OwnedFd> = None;
+    for name in dirs {
+        let at = dir.as_ref().map_or(root.as_raw_fd(), |d| d.as_raw_fd());
+        dir = Some(open_at(at, name, libc::O_PATH | libc::O_DIRECTORY, 0)?);
+    }
+    let at = dir.as_ref().map_or(root.as_raw_fd(), |d| d.as_raw_fd());
+    open_at(at, last, flags, mode).map(File::from)
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+fn open_at(
+    dir: RawFd,
+    name: &[u8],
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> std::io::Result<OwnedFd> {
+    let name = c_path(name)?;
+    // SAFETY: `name` is NUL-terminated; the mode is read only with O_CREAT.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_path(bytes: &[u8]) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The refusal for an open beneath the root that failed, in the words of the checks.
+fn open_refusal(path: &str, purpose: OpenFor, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EXDEV) => format!("path '{path}' is outside the workspace root"),
+        Some(libc::ELOOP) => format!(
+            "path '{path}' became a symlink while it was being opened; refusing to follow it"
+        ),
+        Some(libc::ENOENT) => format!("path '{path}' does not exist in the workspace"),
+        Some(libc::ENOTDIR) if purpose == OpenFor::List => format!("'{path}' is not a directory"),
+        Some(libc::ENOTDIR) => format!("path '{path}': a parent is not a directory"),
+        Some(libc::EISDIR) => format!("'{path}' is a directory"),
+        Some(libc::ENXIO) if purpose == OpenFor::Write => {
+            format!("'{path}' is not a regular file (a FIFO or socket); refusing to write to it")
+        }
+        _ => format!("cannot {} '{path}': {e}", purpose.verb()),
+    }
+}
+
+/// Refuses an open regular file with more than one hard link.
+fn refuse_linked(file: &File, path: &str, purpose: OpenFor) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot {} '{path}': {e}", purpose.verb()))?;
+    if meta.is_file() && meta.nlink() > 1 {
+        return Err(linked(path, meta.nlink(), purpose.verb()));
+    }
+    Ok(())
+}
+
+fn linked(path: &str, links: u64, verb: &str) -> String {
+    format!(
+        "'{path}' has {links} hard links; refusing to {verb} a file that is also linked \
+         elsewhere (possibly outside the workspace)"
+    )
 }
 
 fn is_git(c: Component) -> bool {

@@ -253,3 +253,95 @@ fn a_target_may_be_missing_but_must_stay_inside() {
     }
     assert!(inside("").is_err());
 }
+
+#[test]
+fn files_open_beneath_the_root_and_hard_links_are_refused() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    let root = root.canonicalize().unwrap();
+    std::fs::write(root.join("d/a.txt"), "alpha").unwrap();
+    std::fs::write(tmp.path().join("secret"), "secret").unwrap();
+    std::fs::hard_link(tmp.path().join("secret"), root.join("hard")).unwrap();
+    let r = Root::new(&root);
+    let mut text = String::new();
+    r.open_existing("d/a.txt", OpenFor::Read)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "alpha");
+    assert!(r.open_existing("d", OpenFor::List).is_ok());
+    assert_eq!(
+        r.open_existing("d/a.txt", OpenFor::List).unwrap_err(),
+        "'d/a.txt' is not a directory"
+    );
+    for purpose in [OpenFor::Read, OpenFor::List] {
+        let e = r.open_existing("../secret", purpose).unwrap_err();
+        assert!(e.contains("outside the workspace root"), "{e}");
+    }
+    let e = r.open_existing("hard", OpenFor::Read).unwrap_err();
+    assert!(e.contains("has 2 hard links"), "{e}");
+    let e = r.open_new_file("hard").unwrap_err();
+    assert!(e.contains("refusing to write"), "{e}");
+    assert!(r
+        .check_single_link(Path::new("hard"), "hard")
+        .unwrap_err()
+        .contains("hard links"));
+    assert!(r.check_single_link(Path::new("d/a.txt"), "d/a.txt").is_ok());
+    assert!(r.check_single_link(Path::new("absent"), "absent").is_ok());
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("secret")).unwrap(),
+        "secret"
+    );
+    let (_, rel) = r.open_new_file("new/b.txt").unwrap();
+    assert_eq!(rel, PathBuf::from("new/b.txt"));
+    assert!(root.join("new/b.txt").is_file());
+}
+
+/// What a check cannot see: a directory swapped for a symlink out after it was resolved.
+/// Both ways of opening refuse to step through it.
+#[test]
+fn a_directory_swapped_for_a_symlink_after_the_check_is_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    let root = root.canonicalize().unwrap();
+    std::fs::create_dir(tmp.path().join("out")).unwrap();
+    std::fs::write(tmp.path().join("out/a.txt"), "secret").unwrap();
+    std::fs::write(root.join("d/a.txt"), "inside").unwrap();
+    let rel = Root::new(&root).resolve_existing("d/a.txt").unwrap();
+    std::fs::remove_dir_all(root.join("d")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("out"), root.join("d")).unwrap();
+    let dir = open_at(
+        libc::AT_FDCWD,
+        root.as_os_str().as_bytes(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .unwrap();
+    let e = openat2_beneath(dir.as_raw_fd(), &rel, libc::O_RDONLY, 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+    let e = walk_beneath(&dir, &rel, libc::O_RDONLY, 0).unwrap_err();
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)),
+        "{e}"
+    );
+    // The last component swapped for a symlink: neither follows it.
+    std::fs::remove_file(root.join("d")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("out/a.txt"), root.join("f")).unwrap();
+    let f = Path::new("f");
+    assert!(openat2_beneath(dir.as_raw_fd(), f, libc::O_RDONLY, 0).is_err());
+    assert_eq!(
+        walk_beneath(&dir, f, libc::O_RDONLY, 0)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ELOOP)
+    );
+    // The fallback opens plain paths like openat2 does.
+    std::fs::create_dir(root.join("e")).unwrap();
+    std::fs::write(root.join("e/b.txt"), "b").unwrap();
+    assert!(walk_beneath(&dir, Path::new("e/b.txt"), libc::O_RDONLY, 0).is_ok());
+    assert!(walk_beneath(&dir, Path::new("."), libc::O_RDONLY, 0).is_ok());
+    assert!(walk_beneath(&dir, Path::new("e/../e/b.txt"), libc::O_RDONLY, 0).is_err());
+}

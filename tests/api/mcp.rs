@@ -909,3 +909,114 @@ async fn mcp_server_refuses_escapes_when_spoken_to_directly_as_an_mcp_client() {
     assert!(!err, "{text}");
     service.cancel().await.ok();
 }
+
+#[actix_web::test]
+async fn hard_links_to_outside_files_are_neither_read_nor_written() {
+    let app = spawn_app().await;
+    // Beside the workspace, on the same filesystem, so `ln` can link it.
+    let secret = app.dir.path().join("secret");
+    std::fs::write(&secret, "outside secret\n").unwrap();
+    let (_, r) = run(
+        &app,
+        json!({"operations": [
+            {"type": "command", "command": format!("ln -f {} hard_file", secret.display())}
+        ]}),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r[0]["status"], "success", "{}", r[0]);
+    let (_, r) = run(
+        &app,
+        json!({"operations": [
+            {"type": "read", "path": "hard_file"},
+            {"type": "write", "path": "hard_file", "content": "overwritten"},
+            {"type": "list", "path": "."}
+        ], "parallel": 1}),
+        Duration::from_secs(30),
+    )
+    .await;
+    for item in &r[..2] {
+        let e = error_of(item);
+        assert!(e.contains("'hard_file' has 2 hard links"), "{e}");
+        assert!(!item.to_string().contains("outside secret"), "{item}");
+    }
+    assert!(error_of(&r[1]).contains("refusing to write"), "{}", r[1]);
+    assert_eq!(r[2]["status"], "success", "{}", r[2]);
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "outside secret\n",
+        "the outside file is untouched"
+    );
+}
+
+/// A loop swaps a file for a symlink out and a directory for a symlink to an outside
+/// directory while 1,500 reads run: none may print the outside secret.
+#[actix_web::test]
+async fn reads_racing_a_symlink_swap_never_leak_the_outside_file() {
+    use rmcp::ServiceExt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(root.join("d.dir")).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(root.join("d.dir/a.txt"), "inside\n").unwrap();
+    std::fs::write(root.join("t.file"), "inside\n").unwrap();
+    std::fs::write(out.join("a.txt"), "secret\n").unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"));
+    cmd.args(["mcp-server", "--root"])
+        .arg(&root)
+        .kill_on_drop(true);
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).expect("mcp-server starts");
+    let client = rmcp::model::ClientConfig::new(
+        rmcp::model::ClientCapabilities::default(),
+        rmcp::model::Implementation::new("race-test", "0"),
+    );
+    let service = client.serve(transport).await.expect("initialized");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicUsize::new(0));
+    let swapper = {
+        let (stop, swaps, root, out) = (stop.clone(), swaps.clone(), root.clone(), out.clone());
+        std::thread::spawn(move || {
+            let (d, t) = (root.join("d"), root.join("t"));
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::rename(root.join("d.dir"), &d).unwrap();
+                std::fs::rename(root.join("t.file"), &t).unwrap();
+                std::fs::rename(&d, root.join("d.dir")).unwrap();
+                std::fs::rename(&t, root.join("t.file")).unwrap();
+                std::os::unix::fs::symlink(&out, &d).unwrap();
+                std::os::unix::fs::symlink(out.join("a.txt"), &t).unwrap();
+                std::fs::remove_file(&d).unwrap();
+                std::fs::remove_file(&t).unwrap();
+                swaps.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let (mut leaks, mut inside, mut refused) = (0, 0, 0);
+    for i in 0..1500 {
+        let path = if i % 2 == 0 { "d/a.txt" } else { "t" };
+        let (err, text) = raw_call(&service, "read_file", json!({ "path": path })).await;
+        if text.contains("secret\\n") {
+            leaks += 1;
+        } else if err {
+            refused += 1;
+        } else if text.contains("inside\\n") {
+            inside += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    service.cancel().await.ok();
+    eprintln!(
+        "{inside} reads inside, {refused} refused, {leaks} leaks, {} swaps",
+        swaps.load(Ordering::Relaxed)
+    );
+    assert_eq!(leaks, 0, "{leaks} of 1500 reads printed the outside secret");
+    assert!(swaps.load(Ordering::Relaxed) > 10, "the swap loop ran");
+    assert!(
+        inside > 0 && refused > 0,
+        "{inside} inside, {refused} refused"
+    );
+}

@@ -329,3 +329,31 @@ async fn a_jsonl_submission_takes_target_kind_in_its_query_string() {
     assert_eq!(r["stdout"], "-p my-crate\n", "{r}");
     assert_eq!(job["result"]["summary"]["passed"], 1);
 }
+
+#[actix_web::test]
+async fn a_target_hard_linked_to_another_file_is_refused_before_the_command_runs() {
+    let app = spawn_app().await;
+    let secret = app.dir.path().join("secret");
+    std::fs::write(&secret, "outside secret\n").unwrap();
+    std::fs::hard_link(&secret, app.workspace.join("linked.txt")).unwrap();
+    app.write_file("plain.txt", "inside\n");
+    let job = finished(
+        &app,
+        "/batch/validation",
+        json!({"targets": [{"id": "linked", "path": "linked.txt"}, {"id": "plain", "path": "plain.txt"}],
+               "check_command": "cat"}),
+    )
+    .await;
+    let linked = by_id(&job, "target_id", "linked");
+    assert_eq!(linked["status"], "error", "{linked}");
+    assert!(
+        linked["error"]
+            .as_str()
+            .unwrap()
+            .contains("'linked.txt' has 2 hard links"),
+        "{linked}"
+    );
+    assert!(!job.to_string().contains("outside secret"), "{job}");
+    let plain = by_id(&job, "target_id", "plain");
+    assert_eq!(plain["stdout"], "inside\n", "{plain}");
+}
