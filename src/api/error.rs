@@ -60,6 +60,10 @@ pub enum ApiError {
     /// The storage has no space left (disk full): 507.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The database file is damaged (a corrupt page): 500 naming the cause, since no
+    /// retry will read it.
+    #[error("the database is damaged: {0}")]
+    Damaged(String),
     /// Something failed inside; details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -115,11 +119,21 @@ impl From<EngineError> for ApiError {
                         ApiError::InsufficientStorage(text)
                     }
                     Some(_) => ApiError::Unavailable(text),
+                    None if is_damage(&text) => ApiError::Damaged(text),
                     None => ApiError::Internal(text),
                 }
             }
         }
     }
+}
+
+/// Whether a database error says the file itself is damaged (SQLite's `SQLITE_CORRUPT`
+/// and `SQLITE_NOTADB`), not that a query or the connection failed.
+fn is_damage(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("database disk image is malformed")
+        || m.contains("file is not a database")
+        || m.contains("database corruption")
 }
 
 impl ResponseError for ApiError {
@@ -133,7 +147,7 @@ impl ResponseError for ApiError {
             ApiError::NotAvailable(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Damaged(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -143,6 +157,10 @@ impl ResponseError for ApiError {
                 detail: format!("{field}: {message}"),
                 field: Some(field.clone()),
             },
+            ApiError::Damaged(cause) => {
+                log::error!("the database is damaged: {cause}");
+                ErrorBody::new(self.to_string())
+            }
             ApiError::Internal(cause) => {
                 log::error!("internal error: {cause}");
                 ErrorBody::new("internal error; the server log has the cause")

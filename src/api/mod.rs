@@ -529,7 +529,7 @@ fn push_result_line(out: &mut String, (idx, key, status, result, error): &Result
 /// order, streamed a page at a time.
 #[utoipa::path(
     get, path = "/batch/jobs/{id}/results.jsonl", tag = "jobs",
-    description = "Every item's result, one JSON object a line (`ResultLine`), in submission order, streamed a page at a time.",
+    description = "Every item's result, one JSON object a line (`ResultLine`), in submission order, streamed a page at a time. A page that cannot be read mid-stream (a damaged database, a lost connection) ends the stream with one line `{\"error\": \"…\"}` (no `custom_id`) and then aborts the chunked body without its terminating chunk: a client must treat either as a failed export, never as a short one.",
     params(("id" = String, Path, description = "The job id", example = "batch_validation-3f2a9c1d8e7b")),
     responses(
         (status = 200, description = "One `ResultLine` per item", content_type = "application/x-ndjson", body = String,
@@ -543,20 +543,30 @@ async fn results_jsonl(engine: web::Data<Engine>, id: Segment) -> Reply {
         return Err(ApiError::NotFound(format!("job '{id}' not found")));
     };
     let engine = engine.into_inner();
-    // State: the next page to send, or why the export cannot go on.
-    let start: Option<Result<Vec<ResultRow>, String>> = Some(Ok(first));
-    let pages = futures_util::stream::unfold(start, move |state| {
+    let pages = futures_util::stream::unfold(Export::Page(first), move |state| {
         let engine = engine.clone();
         let id = id.clone();
         async move {
-            let page = match state? {
-                Ok(page) => page,
-                Err(why) => {
-                    // Abort the body: the client sees a broken transfer, not a short
-                    // export that looks whole.
+            let page = match state {
+                Export::Page(page) => page,
+                Export::Failed(why) => {
                     log::error!("results.jsonl of {id} stopped: {why}");
-                    return Some((Err(actix_web::error::ErrorInternalServerError(why)), None));
+                    // A last line a line reader can tell from a result (no `custom_id`)...
+                    let line = format!("{}\n", json!({ "error": why }));
+                    return Some((Ok(Bytes::from(line)), Export::Abort(why)));
                 }
+                // ...then the body is aborted: no terminating chunk, so a client reading
+                // the transfer sees it break instead of a short export that looks whole.
+                Export::Abort(why) => {
+                    // Once pending first, so the server writes the error line out before
+                    // the error drops the connection (and whatever it still buffers).
+                    tokio::task::yield_now().await;
+                    return Some((
+                        Err(actix_web::error::ErrorInternalServerError(why)),
+                        Export::Done,
+                    ));
+                }
+                Export::Done => return None,
             };
             if page.is_empty() {
                 return None;
@@ -566,21 +576,34 @@ async fn results_jsonl(engine: web::Data<Engine>, id: Segment) -> Reply {
                 push_result_line(&mut chunk, row);
             }
             let next = if page.len() < EXPORT_PAGE as usize {
-                Ok(Vec::new())
+                Export::Done
             } else {
                 let after = page.last().map_or(-1, |r| r.0);
                 match read_results(&engine, &id, after).await {
-                    Ok(Some(next)) => Ok(next),
-                    Ok(None) => Err(format!("job '{id}' vanished during the export")),
-                    Err(e) => Err(e.to_string()),
+                    Ok(Some(next)) => Export::Page(next),
+                    Ok(None) => Export::Failed(format!("job '{id}' vanished during the export")),
+                    Err(ApiError::Internal(cause)) => Export::Failed(cause),
+                    Err(e) => Export::Failed(e.to_string()),
                 }
             };
-            Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), Some(next)))
+            Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), next))
         }
     });
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(pages))
+}
+
+/// Where a `results.jsonl` export stands between two chunks.
+enum Export {
+    /// A page read, to send next.
+    Page(Vec<ResultRow>),
+    /// A page could not be read: the error line goes next.
+    Failed(String),
+    /// The error line went: the body is aborted next.
+    Abort(String),
+    /// Nothing more to send.
+    Done,
 }
 
 /// How long an event stream may stay silent before a keep-alive comment goes out.

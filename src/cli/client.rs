@@ -107,10 +107,16 @@ pub enum ClientCommand {
     Kinds,
     /// Jobs per status.
     Stats,
-    /// Every item's result as JSONL on stdout.
+    /// Every item's result as JSONL on stdout (or into --output). A transfer the server
+    /// broke off, or ended with an error line, exits non-zero.
     Export {
         /// The job id.
         id: String,
+        /// Write into this file instead of stdout: written beside it under a temporary
+        /// name and renamed into place only once the whole export arrived, so a failed
+        /// export leaves no file that looks complete.
+        #[arg(long, short = 'o')]
+        output: Option<std::path::PathBuf>,
     },
     /// List the cron schedules.
     Schedules,
@@ -465,7 +471,7 @@ impl Client {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            ClientCommand::Export { id } => self.export(&id).await,
+            ClientCommand::Export { id, output } => self.export(&id, output.as_deref()).await,
             ClientCommand::Schedules => self.list_schedules().await,
             ClientCommand::Schedule(command) => self.schedule(command).await,
         }
@@ -689,8 +695,9 @@ impl Client {
         Ok(exit_for(&last))
     }
 
-    /// Streams `results.jsonl` to stdout.
-    async fn export(&self, id: &str) -> Outcome {
+    /// Streams `results.jsonl` to stdout or into `output`; fails when the server broke
+    /// the transfer off or ended it with an error line.
+    async fn export(&self, id: &str, output: Option<&std::path::Path>) -> Outcome {
         let url = format!("{}/batch/jobs/{id}/results.jsonl", self.base);
         let mut resp = self
             .http
@@ -702,14 +709,100 @@ impl Client {
         if !resp.status().is_success() {
             return Err(Failure(format!("GET {url}: {}", resp.status())));
         }
-        let mut out = std::io::stdout().lock();
-        while let Some(chunk) = resp.next().await {
-            let chunk = chunk.map_err(|e| Failure(format!("{url}: {e}")))?;
-            out.write_all(&chunk)
-                .map_err(|e| Failure(format!("writing stdout: {e}")))?;
+        let Some(path) = output else {
+            let mut out = std::io::stdout().lock();
+            let lines = copy_export(&mut resp, &mut out, &url).await?;
+            log::debug!("exported {lines} lines");
+            return Ok(ExitCode::SUCCESS);
+        };
+        // Beside the target, so the rename stays on one filesystem.
+        let name = path
+            .file_name()
+            .ok_or_else(|| Failure(format!("--output {}: not a file name", path.display())))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let written = async {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| Failure(format!("cannot write {}: {e}", tmp.display())))?;
+            let mut out = std::io::BufWriter::new(file);
+            copy_export(&mut resp, &mut out, &url).await?;
+            out.flush()
+                .map_err(|e| Failure(format!("writing {}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, path)
+                .map_err(|e| Failure(format!("cannot write {}: {e}", path.display())))
+        }
+        .await;
+        if let Err(Failure(e)) = written {
+            // No partial file is left that could pass for the whole export.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Failure(format!("{e}; {} was not written", path.display())));
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Copies an export's body into `out` line by line and returns how many lines came; an
+/// aborted transfer, an error line from the server or a last line without its newline is
+/// a failure naming the cause.
+async fn copy_export<S, W>(
+    resp: &mut awc::ClientResponse<S>,
+    out: &mut W,
+    url: &str,
+) -> Result<u64, Failure>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+    W: Write,
+{
+    let mut lines = 0u64;
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.next().await {
+        let chunk = chunk.map_err(|e| {
+            Failure(format!(
+                "{url}: the transfer broke off after {lines} lines: {e}"
+            ))
+        })?;
+        pending.extend_from_slice(&chunk);
+        // Whole lines only: an error line must be seen before anything after it is kept.
+        let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let rest = pending.split_off(end + 1);
+        for line in pending.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Some(why) = export_error(line) {
+                return Err(Failure(format!(
+                    "{url}: the server stopped the export after {lines} lines: {why}"
+                )));
+            }
+            lines += 1;
+        }
+        out.write_all(&pending)
+            .map_err(|e| Failure(format!("writing the export: {e}")))?;
+        pending = rest;
+    }
+    if !pending.is_empty() {
+        return Err(Failure(format!(
+            "{url}: the transfer ended in the middle of a line after {lines} lines"
+        )));
+    }
+    Ok(lines)
+}
+
+/// The cause of the export's final error line (`{"error": …}`, no `custom_id`), if
+/// `line` is one.
+fn export_error(line: &[u8]) -> Option<String> {
+    if !line.starts_with(b"{\"error\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(line).ok()?;
+    v.get("custom_id")
+        .is_none()
+        .then(|| v["error"].as_str().unwrap_or("unknown error").to_string())
 }
 
 fn print_json(v: &Value) {

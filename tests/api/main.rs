@@ -17,6 +17,7 @@ mod dashboard;
 mod edge_input;
 mod embedding;
 mod events;
+mod exports;
 mod lifecycle;
 mod llm_batches;
 mod mcp;
