@@ -19,6 +19,7 @@ mod embedding;
 mod events;
 mod lifecycle;
 mod llm_batches;
+mod llm_limits;
 mod mcp;
 mod metrics;
 mod openapi;
