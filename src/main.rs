@@ -92,6 +92,11 @@ struct ServeArgs {
     /// flag, first match wins; other models go to --llm-url.
     #[arg(long = "llm-route", value_name = "MODEL_GLOB=URL[,api=…]", value_parser = batchforge::processors::llm_batch::parse_route)]
     llm_routes: Vec<batchforge::processors::llm_batch::LlmRoute>,
+    /// Rate-limit LLM requests of every LLM kind: URL_OR_MODEL=rpm:N,tpm:N[,window:5s]
+    /// (a key with :// is an endpoint, else a model glob); repeat the flag, or separate
+    /// limits with ';' in BATCHFORGE_LLM_LIMITS.
+    #[arg(long = "llm-limit", env = "BATCHFORGE_LLM_LIMITS", value_delimiter = ';', value_name = "URL_OR_MODEL=rpm:N,tpm:N", value_parser = batchforge::agent::ratelimit::parse_limit)]
+    llm_limits: Vec<batchforge::agent::ratelimit::LlmLimit>,
     /// Bearer token for the LLM server (vLLM --api-key, hosted OpenAI-compatible APIs).
     #[arg(long, env = "BATCHFORGE_LLM_API_KEY", hide_env_values = true)]
     llm_api_key: Option<String>,
@@ -368,6 +373,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
         max_concurrent_requests_per_endpoint: args.llm_concurrency as usize,
         request_timeout: Duration::from_secs_f64(args.llm_timeout),
         routes: args.llm_routes,
+        rate_limits: args.llm_limits,
         ..Default::default()
     };
     // A --mcp-server flag beats a file entry of the same name.

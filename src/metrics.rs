@@ -75,6 +75,79 @@ impl Metrics {
     }
 }
 
+/// LLM requests per model: answered, refused by a 429, and the tokens answers reported.
+#[derive(Debug, Default, Clone, Copy)]
+struct ModelCounters {
+    answered: u64,
+    rate_limited: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// Per model, for the process: every LLM client of every engine in it counts here (the
+/// client knows no engine), which in a server is the one engine.
+fn llm_counters() -> &'static Mutex<BTreeMap<String, ModelCounters>> {
+    static COUNTERS: std::sync::OnceLock<Mutex<BTreeMap<String, ModelCounters>>> =
+        std::sync::OnceLock::new();
+    COUNTERS.get_or_init(Default::default)
+}
+
+fn with_model(model: &str, f: impl FnOnce(&mut ModelCounters)) {
+    let mut map = llm_counters().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get_mut(model) {
+        f(c);
+    } else {
+        f(map.entry(model.to_string()).or_default());
+    }
+}
+
+/// An LLM answered a request for `model` that used `usage`.
+pub fn llm_answered(model: &str, usage: crate::agent::llm::Usage) {
+    with_model(model, |c| {
+        c.answered += 1;
+        c.prompt_tokens += usage.prompt_tokens;
+        c.completion_tokens += usage.completion_tokens;
+    });
+}
+
+/// An LLM refused a request for `model` with a 429.
+pub fn llm_rate_limited(model: &str) {
+    with_model(model, |c| c.rate_limited += 1);
+}
+
+fn render_llm(out: &mut String, help: impl Fn(&mut String, &str, &str, &str)) {
+    let counters = llm_counters().lock().unwrap_or_else(|p| p.into_inner());
+    type Field = fn(&ModelCounters) -> u64;
+    let series: [(&str, &str, Field); 4] = [
+        (
+            "batchforge_llm_requests_total",
+            "LLM requests answered, per model.",
+            |c| c.answered,
+        ),
+        (
+            "batchforge_llm_rate_limited_total",
+            "LLM requests refused with HTTP 429 (and sent again), per model.",
+            |c| c.rate_limited,
+        ),
+        (
+            "batchforge_llm_prompt_tokens_total",
+            "Prompt tokens LLM answers reported, per model.",
+            |c| c.prompt_tokens,
+        ),
+        (
+            "batchforge_llm_completion_tokens_total",
+            "Completion tokens LLM answers reported, per model.",
+            |c| c.completion_tokens,
+        ),
+    ];
+    for (name, text, field) in series {
+        help(out, name, "counter", text);
+        for (model, c) in counters.iter() {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), field(c));
+        }
+    }
+}
+
 /// Everything `GET /metrics` shows, gathered by the Supervisor.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -176,6 +249,7 @@ pub fn render(snapshot: &Snapshot, metrics: &Metrics) -> String {
     snapshot
         .store_writes
         .render(&mut out, "batchforge_store_write_seconds", "");
+    render_llm(&mut out, help);
     out
 }
 
@@ -195,6 +269,32 @@ mod tests {
         assert!(out.contains("x_bucket{kind=\"k\",le=\"5\"} 2"));
         assert!(out.contains("x_bucket{kind=\"k\",le=\"+Inf\"} 2"));
         assert!(out.contains("x_count{kind=\"k\"} 2"));
+    }
+
+    #[test]
+    fn llm_counters_are_rendered_per_model() {
+        let model = "metrics-test-model\"x";
+        llm_answered(
+            model,
+            crate::agent::llm::Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3,
+            },
+        );
+        llm_rate_limited(model);
+        let out = render(&Snapshot::default(), &Metrics::default());
+        assert!(out.contains("# TYPE batchforge_llm_prompt_tokens_total counter"));
+        assert!(
+            out.contains("batchforge_llm_prompt_tokens_total{model=\"metrics-test-model\\\"x\"} 7"),
+            "{out}"
+        );
+        assert!(out.contains(
+            "batchforge_llm_completion_tokens_total{model=\"metrics-test-model\\\"x\"} 3"
+        ));
+        assert!(
+            out.contains("batchforge_llm_rate_limited_total{model=\"metrics-test-model\\\"x\"} 1")
+        );
+        assert!(out.contains("batchforge_llm_requests_total{model=\"metrics-test-model\\\"x\"} 1"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! a message that names the server. Cancellation drops the request in flight, which closes
 //! its connection.
 
+use super::ratelimit::{estimate_tokens, LlmLimit, RateLimiter, DEFAULT_429_PAUSE};
 use super::LlmApi;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -214,16 +215,34 @@ pub enum LlmError {
         /// What was wrong, with the start of the body.
         detail: String,
     },
+    /// The server refused the request for its rate limit (HTTP 429) more often than a
+    /// request waits out ([`MAX_RATE_LIMIT_WAITS`]).
+    #[error("LLM at {url} answered HTTP 429 (rate limited): {detail}")]
+    RateLimited {
+        /// The endpoint's base URL.
+        url: String,
+        /// Seconds its `Retry-After` asked for, when it sent a readable one.
+        retry_after: Option<f64>,
+        /// The server's message.
+        detail: String,
+    },
     /// The item was cancelled.
     #[error("cancelled")]
     Cancelled,
 }
 
+/// How many 429 answers one request waits out (each pausing its endpoint for the
+/// answer's `Retry-After`) before it fails as [`LlmError::RateLimited`]; they do not use
+/// the request's retries.
+pub const MAX_RATE_LIMIT_WAITS: u32 = 30;
+
 impl LlmError {
     /// Whether trying again may help: connection trouble and server errors.
     pub fn is_transient(&self) -> bool {
         match self {
-            LlmError::Unreachable { .. } | LlmError::Connection { .. } => true,
+            LlmError::Unreachable { .. }
+            | LlmError::Connection { .. }
+            | LlmError::RateLimited { .. } => true,
             LlmError::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -266,6 +285,8 @@ pub fn http_client() -> Result<reqwest::Client, String> {
 pub struct EndpointLimits {
     per_endpoint: usize,
     semaphores: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Requests and tokens per minute (`--llm-limit`) and 429 pauses.
+    rates: Arc<RateLimiter>,
 }
 
 impl EndpointLimits {
@@ -274,7 +295,19 @@ impl EndpointLimits {
         EndpointLimits {
             per_endpoint: per_endpoint.max(1),
             semaphores: Mutex::new(HashMap::new()),
+            rates: Arc::new(RateLimiter::default()),
         }
+    }
+
+    /// Enforces `limits` (see [`super::ratelimit`]) for every client made from these limits.
+    pub fn with_rates(mut self, limits: Vec<LlmLimit>) -> Self {
+        self.rates = Arc::new(RateLimiter::new(limits));
+        self
+    }
+
+    /// The rate limiter every request of these endpoints goes through.
+    pub fn rates(&self) -> Arc<RateLimiter> {
+        self.rates.clone()
     }
 
     /// The semaphore of `url`.
@@ -296,6 +329,7 @@ pub struct LlmClient {
     timeout: Duration,
     retry: RetryPolicy,
     permits: Arc<Semaphore>,
+    rates: Arc<RateLimiter>,
 }
 
 impl LlmClient {
@@ -317,7 +351,14 @@ impl LlmClient {
             timeout,
             retry,
             permits,
+            rates: Arc::new(RateLimiter::default()),
         }
+    }
+
+    /// Sends every request through `rates` (the engine's `--llm-limit`s and 429 pauses).
+    pub fn with_rates(mut self, rates: Arc<RateLimiter>) -> Self {
+        self.rates = rates;
+        self
     }
 
     /// The base URL, as errors name it.
@@ -444,7 +485,8 @@ impl LlmClient {
         Ok((value, usage))
     }
 
-    /// The request loop: attempts with backoff between transient failures.
+    /// The request loop: attempts with backoff between transient failures; a 429 is sent
+    /// again once the limiter's pause for it is over, without using a retry.
     async fn send(
         &self,
         api: LlmApi,
@@ -452,15 +494,23 @@ impl LlmClient {
         model: &str,
         cancel: &CancellationToken,
     ) -> Result<(Value, Vec<u8>), LlmError> {
+        let estimate = estimate_tokens(body, 0);
         let body = serde_json::to_vec(body).expect("a JSON value serializes");
+        let estimate = estimate + (body.len() as u64).div_ceil(4);
         let url = self.url_for(api);
         let mut attempt = 0;
+        let mut refusals = 0;
         loop {
             let result = tokio::select! {
                 _ = cancel.cancelled() => return Err(LlmError::Cancelled),
-                r = self.attempt(api, &url, &body, model) => r,
+                r = self.attempt(api, &url, &body, model, estimate) => r,
             };
             match result {
+                Err(e @ LlmError::RateLimited { .. }) if refusals < MAX_RATE_LIMIT_WAITS => {
+                    refusals += 1;
+                    crate::metrics::llm_rate_limited(model);
+                    log::warn!("{e}; waiting it out ({refusals}/{MAX_RATE_LIMIT_WAITS})");
+                }
                 Err(e) if e.is_transient() && attempt < self.retry.max_retries => {
                     let delay = self.retry.delay(attempt, jitter_unit());
                     attempt += 1;
@@ -474,24 +524,55 @@ impl LlmClient {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
+                Ok(answer) => {
+                    crate::metrics::llm_answered(model, usage_of(&answer.0));
+                    return Ok(answer);
+                }
                 other => return other,
             }
         }
     }
 
+    /// One request: an in-flight permit of the endpoint, then room under its rate limits
+    /// (charged the estimate, corrected to the answer's usage), then the exchange.
     async fn attempt(
         &self,
         api: LlmApi,
         url: &str,
         body: &[u8],
         model: &str,
+        estimate: u64,
     ) -> Result<(Value, Vec<u8>), LlmError> {
         // Held while the request is on the wire; dropped (even by cancellation) after.
+        // Taken before the rate limit, so a request is charged when it really goes out.
         let _permit = self
             .permits
             .acquire()
             .await
             .expect("endpoint semaphores are never closed");
+        let charge = self.rates.acquire(&self.base_url, model, estimate).await;
+        let result = self.exchange(api, url, body, model).await;
+        match &result {
+            Ok((value, _)) => self.rates.settle(&charge, usage_of(value)),
+            Err(LlmError::RateLimited { retry_after, .. }) => {
+                let pause = retry_after
+                    .map(Duration::from_secs_f64)
+                    .unwrap_or(DEFAULT_429_PAUSE);
+                self.rates.refused(&self.base_url, &charge, pause);
+            }
+            // Other failures keep their estimate: the server may have done the work.
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        api: LlmApi,
+        url: &str,
+        body: &[u8],
+        model: &str,
+    ) -> Result<(Value, Vec<u8>), LlmError> {
         let mut request = self
             .http
             .post(url)
@@ -504,6 +585,11 @@ impl LlmClient {
         }
         let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let too_large = || LlmError::BadAnswer {
             url: self.base_url.clone(),
             api: api.name(),
@@ -528,6 +614,18 @@ impl LlmClient {
                 return Err(too_large());
             }
             bytes.extend_from_slice(&chunk);
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let detail = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| error_message(&v).map(str::to_string))
+                .unwrap_or_else(|| snippet(&bytes));
+            return Err(LlmError::RateLimited {
+                url: self.base_url.clone(),
+                retry_after: super::ratelimit::retry_after(retry_after.as_deref())
+                    .map(|d| d.as_secs_f64()),
+                detail,
+            });
         }
         if !status.is_success() {
             return Err(self.status_error(status.as_u16(), &bytes, model));

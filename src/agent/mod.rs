@@ -4,6 +4,8 @@
 //! - [`llm`]: the chat client for both protocols, with timeouts, retries and a per-endpoint
 //!   concurrency limit (one Ollama host serializes its work; flooding it only makes every
 //!   request time out).
+//! - [`ratelimit`]: requests and tokens per minute per endpoint or model (`--llm-limit`),
+//!   and the pause a 429 imposes, shared by every LLM kind.
 //! - [`parse`]: tool calls a model wrote as JSON in its text instead of calling natively.
 //! - [`guardrail`]: what a tool call may not do (destructive commands, system paths,
 //!   leaving the workspace, git beyond local reading and committing, `.git`, changes in
@@ -19,6 +21,7 @@
 pub mod guardrail;
 pub mod llm;
 pub mod parse;
+pub mod ratelimit;
 pub mod session;
 pub mod tools;
 pub mod workspace;
@@ -89,6 +92,9 @@ pub struct AgentConfig {
     pub scratch_dir: Option<PathBuf>,
     /// `batch_llm`'s per-model routes (`--llm-route`), first match wins.
     pub routes: Vec<crate::processors::llm_batch::LlmRoute>,
+    /// Requests and tokens per minute per endpoint or model (`--llm-limit`), for every
+    /// LLM kind.
+    pub rate_limits: Vec<ratelimit::LlmLimit>,
 }
 
 impl Default for AgentConfig {
@@ -103,6 +109,7 @@ impl Default for AgentConfig {
             retry_backoff: Duration::from_millis(500),
             scratch_dir: None,
             routes: Vec::new(),
+            rate_limits: Vec::new(),
         }
     }
 }

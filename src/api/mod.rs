@@ -277,10 +277,12 @@ async fn get_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let msg = GetJob { job_id: id.clone() };
     match engine.supervisor().send(msg).await.map_err(mailbox)?? {
         Some(view) => {
-            let llm = view.record.kind == crate::processors::llm_batch::KIND;
+            let kind = view.record.kind.as_str();
+            let llm = kind == crate::processors::llm_batch::KIND
+                || kind == crate::processors::agent::KIND;
             let mut job = JobResponse::from(view);
             if llm {
-                // Token totals of an LLM batch, summed from its items' usage when asked.
+                // Token totals of an LLM job, summed from its items' stored usage when asked.
                 let (prompt, completion) = engine.llm_token_totals(&id).await?;
                 if let Some(p) = job
                     .metadata

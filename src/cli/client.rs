@@ -671,8 +671,15 @@ impl Client {
                 if let Some(total) = progress["total"].as_u64() {
                     bar.set_length(total);
                     bar.set_position(progress["processed"].as_u64().unwrap_or(0));
+                    let tokens = match progress["prompt_tokens"].as_u64() {
+                        Some(p) => format!(
+                            "  tokens {}",
+                            p + progress["completion_tokens"].as_u64().unwrap_or(0)
+                        ),
+                        None => String::new(),
+                    };
                     bar.set_message(format!(
-                        "✓ {}  ✗ {}",
+                        "✓ {}  ✗ {}{tokens}",
                         progress["successful"], progress["failed"]
                     ));
                 }
@@ -809,6 +816,16 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// The token totals of an LLM job's progress, when it has any.
+fn tokens_line(progress: &Value) -> Option<String> {
+    let prompt = progress["prompt_tokens"].as_u64()?;
+    let completion = progress["completion_tokens"].as_u64().unwrap_or(0);
+    Some(format!(
+        "tokens: {prompt} prompt + {completion} completion = {}",
+        prompt + completion
+    ))
+}
+
 /// One line a human reads at the end of a batch.
 fn print_summary(job: &Value) {
     let p = &job["metadata"]["progress"];
@@ -823,6 +840,9 @@ fn print_summary(job: &Value) {
         p["cancelled"],
         p["elapsed_seconds"].as_f64().unwrap_or(0.0)
     );
+    if let Some(tokens) = tokens_line(p) {
+        println!("{tokens}");
+    }
     if let Some(e) = job["error"].as_str() {
         println!("error: {e}");
     }

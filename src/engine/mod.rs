@@ -153,9 +153,12 @@ impl EngineBuilder {
                 McpRegistry::resolve(&mcp_config, &workspace).map_err(StartError::Config)?;
             processors.push(Arc::new(mcp::McpProcessor::new(servers)));
             // One in-flight limit per endpoint for agent tasks and LLM batches together.
-            let limits = Arc::new(crate::agent::llm::EndpointLimits::new(
-                config.agent.max_concurrent_requests_per_endpoint,
-            ));
+            let limits = Arc::new(
+                crate::agent::llm::EndpointLimits::new(
+                    config.agent.max_concurrent_requests_per_endpoint,
+                )
+                .with_rates(config.agent.rate_limits.clone()),
+            );
             processors.push(Arc::new(
                 agent::AgentProcessor::new(&workspace, config.agent.clone())
                     .map_err(StartError::Config)?

@@ -32,6 +32,10 @@ pub struct JobOptions {
     pub item_timeout: Option<Duration>,
     /// `concurrency_group`: the group whose limit the job's items count against.
     pub concurrency_group: Option<String>,
+    /// `max_total_tokens`: once the prompt and completion tokens its items' results report
+    /// (`usage`, written by the LLM kinds) reach this, the job is cancelled: nothing new
+    /// starts, running items are stopped, the rest cancelled with the budget as reason.
+    pub max_total_tokens: Option<u64>,
 }
 
 impl JobOptions {
@@ -47,12 +51,14 @@ impl JobOptions {
         let dependencies = Dependencies::from_options(options)?;
         let item_timeout = item_timeout(options)?;
         let deadline = deadline(options)?;
+        let max_total_tokens = max_total_tokens(options)?;
         Ok(JobOptions {
             retry,
             dependencies,
             deadline,
             item_timeout,
             concurrency_group,
+            max_total_tokens,
         })
     }
 
@@ -68,7 +74,22 @@ impl JobOptions {
                 .get("concurrency_group")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            max_total_tokens: max_total_tokens(options).ok().flatten(),
         }
+    }
+}
+
+/// The option `max_total_tokens`, checked: a positive integer.
+fn max_total_tokens(options: &Value) -> Result<Option<u64>, FieldError> {
+    match options.get("max_total_tokens") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(FieldError::new(
+                "max_total_tokens",
+                format!("must be a positive integer (tokens), got {v}"),
+            )),
+        },
     }
 }
 
@@ -293,7 +314,7 @@ mod tests {
                 "max_attempts": 3, "retry_delay_seconds": 2, "retry_max_delay_seconds": 10,
                 "depends_on": ["a", "b", "a"], "run_on_failure": true,
                 "deadline": "1970-01-01T00:01:40Z", "item_timeout_seconds": 1.5,
-                "concurrency_group": "gpu",
+                "concurrency_group": "gpu", "max_total_tokens": 5000,
             }),
             &["gpu"],
         )
@@ -311,6 +332,7 @@ mod tests {
         assert_eq!(o.deadline, Some(100.0));
         assert_eq!(o.item_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(o.concurrency_group.as_deref(), Some("gpu"));
+        assert_eq!(o.max_total_tokens, Some(5000));
     }
 
     #[test]
@@ -332,6 +354,10 @@ mod tests {
             ),
             (json!({"deadline": "tomorrow"}), "deadline"),
             (json!({"concurrency_group": 5}), "concurrency_group"),
+            (json!({"max_total_tokens": 0}), "max_total_tokens"),
+            (json!({"max_total_tokens": -5}), "max_total_tokens"),
+            (json!({"max_total_tokens": 1.5}), "max_total_tokens"),
+            (json!({"max_total_tokens": "100"}), "max_total_tokens"),
         ] {
             assert_eq!(refused(options.clone(), &["gpu"]).field, field, "{options}");
         }

@@ -260,9 +260,10 @@ impl AgentProcessor {
             .unwrap_or_else(|| std::env::temp_dir().join("batchforge-agent"));
         Ok(AgentProcessor {
             root: root.to_path_buf(),
-            limits: Arc::new(EndpointLimits::new(
-                config.max_concurrent_requests_per_endpoint,
-            )),
+            limits: Arc::new(
+                EndpointLimits::new(config.max_concurrent_requests_per_endpoint)
+                    .with_rates(config.rate_limits.clone()),
+            ),
             config: AgentConfig { llm_url, ..config },
             http,
             workspaces: Workspaces::new(scratch),
@@ -293,6 +294,7 @@ impl AgentProcessor {
             },
             self.limits.get(&url),
         )
+        .with_rates(self.limits.rates())
     }
 }
 

@@ -350,9 +350,10 @@ impl LlmBatchProcessor {
         let llm_url = normalize_url(&config.llm_url).map_err(|e| format!("LLM URL: {e}"))?;
         let http = crate::agent::llm::http_client()?;
         Ok(LlmBatchProcessor {
-            limits: Arc::new(EndpointLimits::new(
-                config.max_concurrent_requests_per_endpoint,
-            )),
+            limits: Arc::new(
+                EndpointLimits::new(config.max_concurrent_requests_per_endpoint)
+                    .with_rates(config.rate_limits.clone()),
+            ),
             config: AgentConfig { llm_url, ..config },
             routes,
             http,
@@ -388,6 +389,7 @@ impl LlmBatchProcessor {
             },
             self.limits.get(&url),
         )
+        .with_rates(self.limits.rates())
     }
 }
 
@@ -402,6 +404,7 @@ fn error_code(e: &LlmError) -> (Option<u16>, &'static str) {
         LlmError::ToolsUnsupported { .. } => (Some(400), "tools_unsupported"),
         LlmError::Status { status, .. } => (Some(*status), "upstream_error"),
         LlmError::BadAnswer { .. } => (None, "bad_upstream_answer"),
+        LlmError::RateLimited { .. } => (Some(429), "rate_limited"),
         LlmError::Cancelled => (None, "cancelled"),
     }
 }

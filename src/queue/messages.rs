@@ -291,6 +291,13 @@ pub enum ProgressUpdate {
         /// A short note.
         note: String,
     },
+    /// The tokens the job's items reported so far (LLM kinds).
+    Tokens {
+        /// The job id.
+        job_id: Arc<str>,
+        /// Prompt and completion tokens, summed.
+        usage: crate::agent::llm::Usage,
+    },
     /// Items whose outcomes were just committed (sent only while someone listens).
     ItemsFinished {
         /// The job id.
@@ -367,6 +374,13 @@ pub struct Progress {
     pub estimated_remaining_seconds: Option<f64>,
     /// What the job is doing now, as its processor last said.
     pub current_item: Option<String>,
+    /// Prompt tokens its items' results reported (`batch_llm`, agent tasks; absent for
+    /// other kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens its items' results reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
 }
 
 impl Progress {
@@ -405,7 +419,18 @@ impl Progress {
             items_per_second: round3(rate),
             estimated_remaining_seconds: eta.map(round3),
             current_item,
+            prompt_tokens: None,
+            completion_tokens: None,
         }
+    }
+
+    /// The snapshot with the job's token totals.
+    pub fn with_tokens(mut self, usage: Option<crate::agent::llm::Usage>) -> Progress {
+        if let Some(u) = usage {
+            self.prompt_tokens = Some(u.prompt_tokens);
+            self.completion_tokens = Some(u.completion_tokens);
+        }
+        self
     }
 
     /// The snapshot a stored job implies, for jobs the Tracker does not follow.

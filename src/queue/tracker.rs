@@ -19,6 +19,8 @@ struct Live {
     counts: Counts,
     started_at: f64,
     current_item: Option<String>,
+    /// Token totals, once the Supervisor told any.
+    tokens: Option<crate::agent::llm::Usage>,
 }
 
 /// How often coalesced progress events go out.
@@ -92,7 +94,8 @@ impl Tracker {
                 Some(live.started_at),
                 t,
                 live.current_item.clone(),
-            );
+            )
+            .with_tokens(live.tokens);
             self.emit(&job_id, TrackerEventKind::Progress(p));
         }
     }
@@ -137,6 +140,7 @@ impl Handler<ProgressUpdate> for Tracker {
                         counts,
                         started_at,
                         current_item: None,
+                        tokens: None,
                     },
                 );
             }
@@ -149,6 +153,12 @@ impl Handler<ProgressUpdate> for Tracker {
             ProgressUpdate::CurrentItem { job_id, note } => {
                 if let Some(live) = self.live.get_mut(&job_id) {
                     live.current_item = Some(note);
+                    self.dirty.insert(job_id);
+                }
+            }
+            ProgressUpdate::Tokens { job_id, usage } => {
+                if let Some(live) = self.live.get_mut(&job_id) {
+                    live.tokens = Some(usage);
                     self.dirty.insert(job_id);
                 }
             }
@@ -185,7 +195,8 @@ impl Handler<GetProgress> for Tracker {
                         Some(live.started_at),
                         t,
                         live.current_item.clone(),
-                    );
+                    )
+                    .with_tokens(live.tokens);
                     Some((id, p))
                 })
                 .collect(),

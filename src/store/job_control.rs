@@ -244,6 +244,24 @@ pub fn cancel_job_because(
     )
 }
 
+/// Cancellation on the engine's own account for a reason of the job's own (its token
+/// budget spent): like [`cancel_job_because`], its queued items' error naming the reason.
+pub fn stop_job_because(
+    conn: &mut Conn,
+    job_id: &str,
+    reason: &str,
+    now: f64,
+) -> Result<CancelOutcome, StoreError> {
+    end_job(
+        conn,
+        job_id,
+        JobStatus::Cancelled,
+        &format!("cancelled: {reason}"),
+        Some(reason),
+        now,
+    )
+}
+
 /// Expiry: like [`cancel_job`], for a job whose `deadline` passed: `queued | running →
 /// expired`, its queued items cancelled, its finished results kept, `reason` its `error`.
 pub fn expire_job(

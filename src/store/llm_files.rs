@@ -153,14 +153,15 @@ struct TokenRow {
     c: i64,
 }
 
-/// Read: the prompt and completion tokens of a `batch_llm` job's succeeded items, summed
-/// from their results' `usage` (one aggregate over the job's items).
+/// Read: the prompt and completion tokens of an LLM job's finished items, summed from
+/// their results' `usage` (one aggregate over the job's items; a failed agent task spent
+/// tokens too).
 pub fn token_totals(conn: &mut Conn, job_id: &str) -> Result<(u64, u64), StoreError> {
     let row: TokenRow = if let Conn::Pg(c) = conn {
         diesel::sql_query(
             "SELECT COALESCE(SUM((result::jsonb -> 'usage' ->> 'prompt_tokens')::bigint), 0)::bigint AS p, \
                     COALESCE(SUM((result::jsonb -> 'usage' ->> 'completion_tokens')::bigint), 0)::bigint AS c \
-             FROM job_items WHERE job_id = $1 AND status = 'succeeded' AND result IS NOT NULL",
+             FROM job_items WHERE job_id = $1 AND result IS NOT NULL",
         )
         .bind::<diesel::sql_types::Text, _>(job_id)
         .get_result(c)?
@@ -168,7 +169,7 @@ pub fn token_totals(conn: &mut Conn, job_id: &str) -> Result<(u64, u64), StoreEr
         diesel::sql_query(
             "SELECT CAST(COALESCE(SUM(json_extract(result, '$.usage.prompt_tokens')), 0) AS INTEGER) AS p, \
                     CAST(COALESCE(SUM(json_extract(result, '$.usage.completion_tokens')), 0) AS INTEGER) AS c \
-             FROM job_items WHERE job_id = ? AND status = 'succeeded' AND result IS NOT NULL",
+             FROM job_items WHERE job_id = ? AND result IS NOT NULL",
         )
         .bind::<diesel::sql_types::Text, _>(job_id)
         .get_result(conn)?

@@ -58,7 +58,7 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 }
 
 /// Query options of a JSONL submission that are numbers; every other one is a string.
-const NUMERIC_OPTIONS: [&str; 14] = [
+const NUMERIC_OPTIONS: [&str; 15] = [
     "parallel",
     "priority",
     "max_attempts",
@@ -73,6 +73,7 @@ const NUMERIC_OPTIONS: [&str; 14] = [
     "temperature",
     "llm_timeout_seconds",
     "llm_retries",
+    "max_total_tokens",
 ];
 
 /// Query options of a JSONL submission that are booleans.

@@ -83,6 +83,7 @@ pub const AGENT_OPTIONS: &[&str] = &[
     "timeout_seconds",
     "llm_timeout_seconds",
     "llm_retries",
+    "max_total_tokens",
     "max_output_bytes",
     "sandbox",
     "network",
@@ -95,7 +96,13 @@ pub const AGENT_OPTIONS: &[&str] = &[
 /// Options of `batch_mcp` (read by its processor).
 pub const MCP_OPTIONS: &[&str] = &["server", "timeout_seconds"];
 /// Options of `batch_llm` (read by `LlmBatchOptions::parse`).
-pub const LLM_OPTIONS: &[&str] = &["llm_url", "api", "llm_timeout_seconds", "llm_retries"];
+pub const LLM_OPTIONS: &[&str] = &[
+    "llm_url",
+    "api",
+    "llm_timeout_seconds",
+    "llm_retries",
+    "max_total_tokens",
+];
 /// Options of `noop`: none (its items carry `sleep_ms` themselves).
 pub const NOOP_OPTIONS: &[&str] = &[];
 

@@ -205,6 +205,11 @@ pub struct AgentTasksRequest {
     /// Retries of an LLM request that could not connect or got a 5xx (default 3).
     #[schema(value_type = Option<u64>, minimum = 0, maximum = 10)]
     pub llm_retries: Option<Value>,
+    /// Token budget of the job: once its items' results report this many prompt plus
+    /// completion tokens, nothing new starts and the job is cancelled, its unstarted items
+    /// naming the budget.
+    #[schema(value_type = Option<u64>, minimum = 1, example = 200000)]
+    pub max_total_tokens: Option<Value>,
     /// Bytes of each command's stdout and stderr kept for the model and the result.
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 16777216)]
     pub max_output_bytes: Option<Value>,
@@ -283,6 +288,11 @@ pub struct LlmBatchRequest {
     /// (default 3).
     #[schema(value_type = Option<u64>, minimum = 0, maximum = 10)]
     pub llm_retries: Option<Value>,
+    /// Token budget of the job: once its items' results report this many prompt plus
+    /// completion tokens, nothing new starts and the job is cancelled, its unstarted items
+    /// naming the budget.
+    #[schema(value_type = Option<u64>, minimum = 1, example = 200000)]
+    pub max_total_tokens: Option<Value>,
     /// Per-job concurrency (default 8); the server's `--llm-concurrency` bounds each
     /// endpoint across jobs.
     #[schema(minimum = 1, maximum = 1000)]

@@ -23,6 +23,8 @@ pub enum Reply {
     Raw(u16, &'static str, String),
     /// Waits, then answers.
     Delay(Duration, Box<Reply>),
+    /// HTTP 429, with this `Retry-After` when given.
+    TooMany(Option<String>),
 }
 
 /// A native call, for brevity.
@@ -98,6 +100,8 @@ struct State {
     openai_only: bool,
     /// `GET /api/version` requests seen.
     version_probes: AtomicUsize,
+    /// When each chat request arrived.
+    arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 /// A running fake server; stops when dropped.
@@ -133,6 +137,7 @@ impl FakeLlm {
         let state = Arc::new(State {
             openai_only,
             version_probes: AtomicUsize::new(0),
+            arrivals: Mutex::new(Vec::new()),
             script: Box::new(script),
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -172,6 +177,11 @@ impl FakeLlm {
         self.state.version_probes.load(Ordering::SeqCst)
     }
 
+    /// When each chat request arrived, in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
@@ -206,6 +216,11 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         Ok(v) => v,
         Err(e) => return HttpResponse::BadRequest().json(json!({"error": e.to_string()})),
     };
+    state
+        .arrivals
+        .lock()
+        .unwrap()
+        .push(std::time::Instant::now());
     state.requests.lock().unwrap().push((path, body.clone()));
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -234,6 +249,14 @@ fn render(chat: &Chat, reply: Reply, n: usize) -> HttpResponse {
             return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
                 .content_type(content_type)
                 .body(body)
+        }
+        Reply::TooMany(retry_after) => {
+            let mut r = HttpResponse::TooManyRequests();
+            if let Some(v) = retry_after {
+                r.insert_header(("Retry-After", v));
+            }
+            return r
+                .json(json!({"error": {"message": "rate limit reached", "type": "rate_limit"}}));
         }
         Reply::Delay(..) => unreachable!("delays are awaited first"),
     };

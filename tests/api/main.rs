@@ -20,6 +20,7 @@ mod events;
 mod exports;
 mod lifecycle;
 mod llm_batches;
+mod llm_limits;
 mod mcp;
 mod metrics;
 mod openapi;

@@ -61,6 +61,7 @@ impl Supervisor {
         if let Some(slot) = self.rotation.kinds.get_mut(&job.kind) {
             slot.claimable.push_back(id.clone());
         }
+        let id_for_seed = id.clone();
         self.rotation.jobs.insert(
             id,
             ActiveJob {
@@ -92,8 +93,16 @@ impl Supervisor {
                     .concurrency_group
                     .clone()
                     .filter(|g| self.groups.contains(g)),
+                tokens: Default::default(),
+                token_budget: job.options.max_total_tokens,
+                stop_reason: None,
             },
         );
+        if job.started_at.is_some()
+            && (job.options.max_total_tokens.is_some() || super::budget::counts_tokens(&job.kind))
+        {
+            self.gates.token_seeds.push(id_for_seed);
+        }
         if let Some(d) = deadline {
             self.gates.deadline_set(d);
         }

@@ -78,13 +78,18 @@ struct InFlight {
     reconcile: bool,
 }
 
-/// The outcome recorded for a claimed item of a cancelled job.
-pub(super) fn cancelled_outcome(item: &ClaimedItem, t: f64) -> FinishedItem {
+/// The outcome recorded for a claimed item of a cancelled job, with the engine's reason
+/// as its error when it gave one (a spent token budget).
+pub(super) fn cancelled_because(item: &ClaimedItem, t: f64, reason: Option<&str>) -> FinishedItem {
+    let mut outcome = ItemOutcome::cancelled(json!({"key": item.key, "status": "cancelled"}));
+    if let Some(r) = reason {
+        outcome.error = Some(r.to_string());
+    }
     FinishedItem {
         job_id: item.job_id.clone(),
         index: item.index,
         key: item.key.clone(),
-        outcome: ItemOutcome::cancelled(json!({"key": item.key, "status": "cancelled"})),
+        outcome,
         finished_at: t,
         attempt: item.attempt,
         retry_at: None,
@@ -119,6 +124,9 @@ impl Supervisor {
         }
         if self.gates.deadline_due() {
             self.expire_overdue(ctx);
+        }
+        if !self.gates.token_seeds.is_empty() {
+            self.seed_tokens(ctx);
         }
         if self.pipeline.writing {
             return;
@@ -460,9 +468,10 @@ impl Supervisor {
         }
         // Cancellation wins over shutdown: a cancelled job's items never go back to the queue.
         if job.cancelled {
+            let reason = job.stop_reason.as_deref();
             self.pipeline
                 .finished
-                .extend(items.iter().map(|i| cancelled_outcome(i, t)));
+                .extend(items.iter().map(|i| cancelled_because(i, t, reason)));
             if job.idle() && got == 0 {
                 self.forget(job_id);
             }

@@ -3,13 +3,24 @@
 //! the retry of a finished job. [`Gates`] keeps the counters and soonest times that spare
 //! the cycle a scan over every job when nothing waits.
 
-use super::commit::cancelled_outcome;
+use super::commit::cancelled_because;
 use super::Supervisor;
 use crate::model::{now, ClaimedItem, FinishedItem, ItemStatus, JobStatus};
 use crate::queue::messages::{EngineError, KindInfo, ProgressUpdate};
 use crate::store::{self, job_control::CancelOutcome};
 use actix::prelude::*;
 use std::sync::Arc;
+
+/// Why the engine ends a job on its own account.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Ending {
+    /// A dependency did not complete: `cancelled`.
+    Dependency,
+    /// Its deadline (Unix seconds) passed: `expired`.
+    Deadline(f64),
+    /// Its `max_total_tokens` is spent: `cancelled`, its unstarted items naming the budget.
+    Budget,
+}
 
 /// What waits on a time or on another job, counted so the cycle looks only when due.
 pub(super) struct Gates {
@@ -25,6 +36,8 @@ pub(super) struct Gates {
     pub(super) waiting_jobs: usize,
     /// Jobs others depend on whose state must be read (admitted dependents, ended jobs).
     pub(super) deps_to_check: Vec<String>,
+    /// Jobs just admitted that ran before, whose spent tokens must be read.
+    pub(super) token_seeds: Vec<Arc<str>>,
 }
 
 impl Default for Gates {
@@ -36,6 +49,7 @@ impl Default for Gates {
             next_deadline: f64::INFINITY,
             waiting_jobs: 0,
             deps_to_check: Vec::new(),
+            token_seeds: Vec::new(),
         }
     }
 }
@@ -106,6 +120,7 @@ impl Supervisor {
                 slot.active = slot.active.saturating_sub(1);
             }
         }
+        self.count_tokens(&item, ctx);
         if release {
             self.drain
                 .to_release
@@ -259,7 +274,7 @@ impl Supervisor {
             }
         }
         for (id, reason) in to_cancel {
-            self.end_for(ctx, id, reason, None);
+            self.end_for(ctx, id, reason, Ending::Dependency);
         }
         self.cycle(ctx);
     }
@@ -289,32 +304,35 @@ impl Supervisor {
         for (id, at) in overdue {
             self.gates.deadlines = self.gates.deadlines.saturating_sub(1);
             let reason = format!("deadline passed at {at:.3}");
-            self.end_for(ctx, id.to_string(), reason, Some(at));
+            self.end_for(ctx, id.to_string(), reason, Ending::Deadline(at));
         }
     }
 
     /// Ends a job on the engine's own account, recording why in its `error`: `expired`
-    /// when it is for the deadline `deadline`, else `cancelled`.
-    fn end_for(
+    /// for its deadline, else `cancelled`.
+    pub(super) fn end_for(
         &mut self,
         ctx: &mut Context<Self>,
         job_id: String,
         reason: String,
-        deadline: Option<f64>,
+        ending: Ending,
     ) {
-        let verb = if deadline.is_some() {
-            "expired"
-        } else {
-            "cancelled"
+        let verb = match ending {
+            Ending::Deadline(_) => "expired",
+            Ending::Dependency | Ending::Budget => "cancelled",
         };
         log::info!("job {job_id}: {verb}: {reason}");
         let id = job_id.clone();
         let node = self.node_id.clone();
         self.store
             .write(move |conn| {
-                let outcome = match deadline {
-                    Some(_) => store::job_control::expire_job(conn, &id, &reason, now())?,
-                    None => store::job_control::cancel_job_because(conn, &id, &reason, now())?,
+                let t = now();
+                let outcome = match ending {
+                    Ending::Deadline(_) => store::job_control::expire_job(conn, &id, &reason, t)?,
+                    Ending::Dependency => {
+                        store::job_control::cancel_job_because(conn, &id, &reason, t)?
+                    }
+                    Ending::Budget => store::job_control::stop_job_because(conn, &id, &reason, t)?,
                 };
                 store::notice::notify(conn, &format!("job:{id}:{node}"))?;
                 Ok(outcome)
@@ -330,8 +348,8 @@ impl Supervisor {
                 Err(e) => {
                     log::error!("could not end job {job_id} ({verb}): {e}");
                     // A deadline is tried again by the next cycle.
-                    if let (Some(at), Some(job)) =
-                        (deadline, act.rotation.jobs.get_mut(job_id.as_str()))
+                    if let (Ending::Deadline(at), Some(job)) =
+                        (ending, act.rotation.jobs.get_mut(job_id.as_str()))
                     {
                         job.deadline = Some(at);
                         act.gates.deadline_set(at);
@@ -380,6 +398,7 @@ impl Supervisor {
         job.ctx.cancel.cancel();
         let t = now();
         let ready: Vec<ClaimedItem> = job.ready.drain(..).collect();
+        let reason = job.stop_reason.clone();
         if let Some(slot) = self.rotation.kinds.get_mut(&job.kind) {
             slot.buffered = slot.buffered.saturating_sub(ready.len() as u32);
         }
@@ -389,9 +408,11 @@ impl Supervisor {
             // forgets it then, so the end event carries the final job.
             self.forget(job_id);
         }
-        self.pipeline
-            .finished
-            .extend(ready.iter().map(|i| cancelled_outcome(i, t)));
+        self.pipeline.finished.extend(
+            ready
+                .iter()
+                .map(|i| cancelled_because(i, t, reason.as_deref())),
+        );
     }
 
     /// Pauses or resumes a job in the store, then here.

@@ -17,6 +17,7 @@
 //! - `reads`: requests answered from the store and the Tracker alone.
 
 mod admission;
+mod budget;
 mod commit;
 mod drain;
 mod follow;

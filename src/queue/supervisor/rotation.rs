@@ -124,6 +124,12 @@ pub(super) struct ActiveJob {
     pub(super) deadline: Option<f64>,
     /// The concurrency group its items count against.
     pub(super) group: Option<String>,
+    /// Tokens its items reported (see `budget.rs`).
+    pub(super) tokens: crate::agent::llm::Usage,
+    /// Its `max_total_tokens`, until the budget is spent.
+    pub(super) token_budget: Option<u64>,
+    /// Why the engine stops it, for its claimed items' errors (a spent budget).
+    pub(super) stop_reason: Option<String>,
 }
 
 impl ActiveJob {
@@ -445,6 +451,9 @@ mod tests {
             run_on_failure: false,
             deadline: None,
             group: None,
+            tokens: Default::default(),
+            token_budget: None,
+            stop_reason: None,
         }
     }
 
