@@ -43,6 +43,74 @@ pub fn classify_message(message: &str) -> Option<FaultKind> {
     }
 }
 
+/// Why SQLite's files at `db` (the database, its `-wal` and `-shm`) cannot be written now,
+/// if they cannot: immutable or append-only (`chattr +i`/`+a`), or on a read-only mount.
+///
+/// Checked before each write and checkpoint because SQLite keeps the `-shm` file mapped in
+/// memory: once it is immutable, the next store to a clean page of that mapping is a
+/// SIGBUS that kills the process with no log line, where a refused write would have been
+/// an error. Two `statx` and one `statvfs` calls, a few microseconds.
+#[cfg(target_os = "linux")]
+pub fn sqlite_files_unwritable(db: &std::path::Path) -> Option<String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let mut names = [
+        db.as_os_str().to_owned(),
+        db.as_os_str().to_owned(),
+        db.as_os_str().to_owned(),
+    ];
+    names[1].push("-wal");
+    names[2].push("-shm");
+    for name in &names {
+        let Ok(c) = CString::new(name.as_bytes()) else {
+            continue;
+        };
+        // SAFETY: `c` is a NUL-terminated path, `stx` a zeroed struct statx written by the call.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                0,
+                libc::STATX_BASIC_STATS,
+                &mut stx,
+            )
+        };
+        if rc != 0 {
+            continue; // absent (no WAL yet): nothing mapped to fault on
+        }
+        let flags = stx.stx_attributes & stx.stx_attributes_mask;
+        if flags & libc::STATX_ATTR_IMMUTABLE as u64 != 0 {
+            return Some(format!(
+                "operation not permitted: {} is immutable (chattr -i clears it)",
+                std::path::Path::new(name).display()
+            ));
+        }
+        if flags & libc::STATX_ATTR_APPEND as u64 != 0 {
+            return Some(format!(
+                "operation not permitted: {} is append-only (chattr -a clears it)",
+                std::path::Path::new(name).display()
+            ));
+        }
+    }
+    let c = CString::new(db.as_os_str().as_bytes()).ok()?;
+    // SAFETY: as above; `vfs` is written by the call.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } == 0 && vfs.f_flag & libc::ST_RDONLY != 0 {
+        return Some(format!(
+            "read-only file system: {} is on a read-only mount",
+            db.display()
+        ));
+    }
+    None
+}
+
+/// Elsewhere there is no cheap way to ask; SQLite's own errors report the fault.
+#[cfg(not(target_os = "linux"))]
+pub fn sqlite_files_unwritable(_db: &std::path::Path) -> Option<String> {
+    None
+}
+
 /// A fault seen on the last write, with a detail naming the database.
 #[derive(Debug, Clone)]
 pub struct Fault {

@@ -519,10 +519,41 @@ fn spawn_checkpointer(store: std::sync::Weak<Inner>, url: String) {
                 }
             };
             let _ = conn.batch_execute("PRAGMA busy_timeout = 10000;");
+            // While checkpoints fail (a full disk, an immutable file), one line when they
+            // start failing, one a minute after, one when they work again.
+            let mut failing_since: Option<std::time::Instant> = None;
+            let mut last_logged = std::time::Instant::now();
             while store.strong_count() > 0 {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
-                if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
-                    log::warn!("WAL checkpoint failed: {e}");
+                // A checkpoint writes to the mapped `-shm` too: see `sqlite_files_unwritable`.
+                let checked = match fault::sqlite_files_unwritable(std::path::Path::new(&url)) {
+                    Some(reason) => Err(reason),
+                    None => conn
+                        .batch_execute("PRAGMA wal_checkpoint(PASSIVE);")
+                        .map_err(|e| e.to_string()),
+                };
+                match checked {
+                    Ok(()) => {
+                        if let Some(since) = failing_since.take() {
+                            log::info!(
+                                "WAL checkpoints work again (failed for {:.0?})",
+                                since.elapsed()
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let first = failing_since.is_none();
+                        failing_since.get_or_insert_with(std::time::Instant::now);
+                        if first || last_logged.elapsed() >= Duration::from_secs(60) {
+                            log::warn!("WAL checkpoint failed: {e}");
+                            last_logged = std::time::Instant::now();
+                        }
+                        // A connection that met a read-only file stays read-only: reopen.
+                        if let Ok(mut fresh) = SqliteConnection::establish(&url) {
+                            let _ = fresh.batch_execute("PRAGMA busy_timeout = 10000;");
+                            conn = fresh;
+                        }
+                    }
                 }
             }
         });
@@ -570,6 +601,9 @@ impl Inner {
         // A panic in an earlier write poisons the mutex; the connection was replaced then,
         // so the guard's contents are sound.
         let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = fault::sqlite_files_unwritable(path) {
+            return Err(StoreError::Task(reason));
+        }
         // `broken`: a COMMIT or ROLLBACK failed, so the connection may still be inside
         // the transaction.
         let mut broken = false;
@@ -595,7 +629,14 @@ impl Inner {
         }));
         match outcome {
             Ok(result) => {
-                if broken {
+                // A write refused as read-only (the file made immutable or read-only
+                // while running) leaves SQLite's pager read-only for the connection's
+                // life, even once the fault clears: reopen, so the next write after the
+                // fault clears succeeds without a restart.
+                let unwritable = result.as_ref().is_err_and(|e| {
+                    fault::classify_message(&e.to_string()) == Some(fault::FaultKind::Unwritable)
+                });
+                if broken || unwritable {
                     // Start afresh rather than fail every later write.
                     match fresh_writer(path) {
                         Ok(fresh) => *conn = fresh,

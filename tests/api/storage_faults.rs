@@ -128,3 +128,101 @@ async fn a_full_disk_answers_507_naming_the_database_and_recovers_without_restar
     assert_eq!(status.as_u16(), 200, "{health}");
     assert_eq!(health["status"], "ok");
 }
+
+/// Sets (`+i`) or clears (`-i`) the immutable flag on the database's files; `false` (with
+/// the reason printed) where the filesystem or the user cannot.
+fn chattr(flag: &str, db: &Path) -> bool {
+    let files: Vec<std::path::PathBuf> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
+        .filter(|p| p.exists())
+        .collect();
+    match std::process::Command::new("chattr")
+        .arg(flag)
+        .args(&files)
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!(
+                "skipping: chattr {flag} is not possible here: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("skipping: cannot run chattr: {e}");
+            false
+        }
+    }
+}
+
+/// Clears the immutable flag when dropped, so a failing test leaves a removable file.
+struct Immutable(std::path::PathBuf);
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        chattr("-i", &self.0);
+    }
+}
+
+#[actix_web::test]
+async fn database_files_made_immutable_answer_503_and_recover_once_writable() {
+    if on_postgres() {
+        eprintln!("skipping: an immutable database file is a SQLite-file fault");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir(&workspace).unwrap();
+    let db = dir.path().join("jobs.db");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--database-url".as_ref(),
+        db.as_os_str(),
+        "--workspace".as_ref(),
+        workspace.as_os_str(),
+    ];
+    let (mut child, address) = spawn_serve(&args, log).await;
+    let (status, _) = submit(&address, 5).await;
+    assert!(status.is_success(), "a first submit works: {status}");
+
+    if !chattr("+i", &db) {
+        return;
+    }
+    let guard = Immutable(db.clone());
+    for _ in 0..3 {
+        let (status, body) = submit(&address, 5).await;
+        assert_eq!(status.as_u16(), 503, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(db.to_str().unwrap()), "{detail}");
+    }
+    let (status, health) = send(&client(), "GET", &format!("{address}/health"), None).await;
+    assert_eq!(status.as_u16(), 503, "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server survives writes to an immutable database"
+    );
+
+    // Writable again: the next submits are accepted without a restart.
+    drop(guard);
+    wait_for(
+        Duration::from_secs(60),
+        "a submit accepted once the files are writable",
+        || {
+            let address = address.clone();
+            async move { submit(&address, 5).await.0.is_success().then_some(()) }
+        },
+    )
+    .await;
+    let (status, health) = send(&client(), "GET", &format!("{address}/health"), None).await;
+    assert_eq!(status.as_u16(), 200, "{health}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let checkpoint_lines = log.matches("WAL checkpoint failed").count();
+    assert!(
+        checkpoint_lines <= 2,
+        "checkpoint failures are logged once, not per attempt: {checkpoint_lines}\n{log}"
+    );
+}
