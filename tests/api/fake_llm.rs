@@ -98,6 +98,8 @@ struct State {
     openai_only: bool,
     /// `GET /api/version` requests seen.
     version_probes: AtomicUsize,
+    /// The `Authorization` header of every chat request (empty when absent).
+    authorizations: Mutex<Vec<String>>,
 }
 
 /// A running fake server; stops when dropped.
@@ -133,6 +135,7 @@ impl FakeLlm {
         let state = Arc::new(State {
             openai_only,
             version_probes: AtomicUsize::new(0),
+            authorizations: Mutex::new(Vec::new()),
             script: Box::new(script),
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -165,6 +168,11 @@ impl FakeLlm {
     /// Every request so far: (path, body).
     pub fn requests(&self) -> Vec<(String, Value)> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The `Authorization` header of every chat request so far (`""` when absent).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.authorizations.lock().unwrap().clone()
     }
 
     /// `GET /api/version` requests so far (protocol detection).
@@ -207,6 +215,13 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         Err(e) => return HttpResponse::BadRequest().json(json!({"error": e.to_string()})),
     };
     state.requests.lock().unwrap().push((path, body.clone()));
+    state.authorizations.lock().unwrap().push(
+        req.headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    );
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let _guard = InFlight {
