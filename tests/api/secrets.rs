@@ -176,7 +176,9 @@ async fn secrets_given_to_jobs_are_used_and_appear_on_no_surface_nor_in_the_debu
     }
     let config_path = dir.path().join("mcp.json");
     std::fs::write(&config_path, config.to_string()).unwrap();
-    let db = format!("sqlite://{}", dir.path().join("s.db").display());
+    // The backend under test (BATCHFORGE_TEST_DATABASE).
+    let _db = TestDb::create(dir.path(), "s.db");
+    let db = database_url(dir.path(), "s.db");
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
     let ws = dir.path().as_os_str();
     let (_child, a) = spawn_serve_in_env(
