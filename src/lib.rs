@@ -37,6 +37,7 @@ pub mod processor;
 pub mod processors;
 pub mod queue;
 pub mod sandbox;
+pub mod secrets;
 pub mod services;
 pub mod store;
 pub mod submission;

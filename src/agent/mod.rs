@@ -72,7 +72,8 @@ impl std::str::FromStr for LlmApi {
 }
 
 /// Engine-wide agent settings; a job may override the endpoint with its own options.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the API key as `***`.
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Base URL of the LLM server, e.g. `http://127.0.0.1:11434` (see [`normalize_url`]).
     pub llm_url: String,
@@ -95,6 +96,25 @@ pub struct AgentConfig {
     /// Requests and tokens per minute per endpoint or model (`--llm-limit`), for every
     /// LLM kind.
     pub rate_limits: Vec<ratelimit::LlmLimit>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("llm_url", &crate::secrets::mask_url(&self.llm_url))
+            .field("api", &self.api)
+            .field("api_key", &crate::secrets::debug_option(&self.api_key))
+            .field(
+                "max_concurrent_requests_per_endpoint",
+                &self.max_concurrent_requests_per_endpoint,
+            )
+            .field("request_timeout", &self.request_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("scratch_dir", &self.scratch_dir)
+            .field("routes", &self.routes)
+            .finish()
+    }
 }
 
 impl Default for AgentConfig {

@@ -10,7 +10,6 @@ mod openapi_fix;
 pub mod operator;
 pub mod responses;
 pub mod schedules;
-pub mod secrets;
 mod submit;
 pub mod tls;
 pub mod v1;

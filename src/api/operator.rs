@@ -141,7 +141,7 @@ pub(super) async fn job_webhooks(engine: web::Data<Engine>, id: Segment) -> Repl
                 .into_iter()
                 .map(|mut d| {
                     // A receiver's URL may carry a token in its query: not shown.
-                    d.url = super::secrets::mask_secrets(Value::String(d.url))
+                    d.url = crate::secrets::mask_secrets(Value::String(d.url))
                         .as_str()
                         .unwrap_or_default()
                         .to_string();

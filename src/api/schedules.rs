@@ -78,7 +78,7 @@ pub struct ScheduleResponse {
 impl From<ScheduleRecord> for ScheduleResponse {
     fn from(s: ScheduleRecord) -> Self {
         ScheduleResponse {
-            job: super::secrets::mask_secrets(serde_json::from_str(&s.job).unwrap_or(Value::Null)),
+            job: crate::secrets::mask_secrets(serde_json::from_str(&s.job).unwrap_or(Value::Null)),
             id: s.id,
             name: s.name,
             cron: s.cron,

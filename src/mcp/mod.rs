@@ -54,8 +54,9 @@ pub struct McpServerConfig {
     pub transport: McpTransport,
 }
 
-/// How batchforge talks to a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How batchforge talks to a server. Its `Debug` shows environment and header values as
+/// `***`: they are where a server's credentials live.
+#[derive(Clone, PartialEq, Eq)]
 pub enum McpTransport {
     /// A child process speaking MCP on its stdin/stdout; its stderr goes to the log.
     Stdio {
@@ -72,7 +73,77 @@ pub enum McpTransport {
     Http {
         /// The endpoint URL.
         url: String,
+        /// Headers sent with every request (`Authorization: Bearer …`), from the
+        /// configuration file's `headers`; a job's `headers` option adds to them.
+        headers: BTreeMap<String, String>,
     },
+}
+
+impl std::fmt::Debug for McpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |m: &BTreeMap<String, String>| -> BTreeMap<String, &'static str> {
+            m.keys()
+                .map(|k| (k.clone(), crate::secrets::MASK))
+                .collect()
+        };
+        match self {
+            McpTransport::Stdio {
+                command,
+                args,
+                env,
+                cwd,
+            } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("args", args)
+                .field("env", &masked(env))
+                .field("cwd", cwd)
+                .finish(),
+            McpTransport::Http { url, headers } => f
+                .debug_struct("Http")
+                .field("url", &crate::secrets::mask_url(url))
+                .field("headers", &masked(headers))
+                .finish(),
+        }
+    }
+}
+
+/// Headers that a configuration or a job may not set: the MCP transport's own, and those
+/// HTTP itself manages.
+const RESERVED_HEADERS: [&str; 8] = [
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+];
+
+/// `headers` as HTTP headers; the error names the header that is invalid or reserved
+/// (never its value, which may be a secret).
+pub fn header_map(
+    headers: &BTreeMap<String, String>,
+) -> Result<
+    std::collections::HashMap<reqwest::header::HeaderName, reqwest::header::HeaderValue>,
+    String,
+> {
+    let mut map = std::collections::HashMap::new();
+    for (name, value) in headers {
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "header '{name}' is set by the MCP transport itself and cannot be given"
+            ));
+        }
+        let n = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("'{name}' is not a valid HTTP header name"))?;
+        let mut v = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header '{name}' is not a valid header value"))?;
+        v.set_sensitive(true);
+        map.insert(n, v);
+    }
+    Ok(map)
 }
 
 impl McpTransport {
@@ -84,7 +155,7 @@ impl McpTransport {
                 words.extend(args.iter().cloned());
                 shell_words::join(words)
             }
-            McpTransport::Http { url } => url.clone(),
+            McpTransport::Http { url, .. } => crate::secrets::mask_url(url).into_owned(),
         }
     }
 }
@@ -197,14 +268,18 @@ fn check_server(s: &McpServerConfig) -> Result<(), String> {
             "MCP server '{}': the command must not be empty",
             s.name
         )),
-        McpTransport::Http { url }
+        McpTransport::Http { url, .. }
             if !(url.starts_with("http://") || url.starts_with("https://")) =>
         {
             Err(format!(
-                "MCP server '{}': url '{url}' must start with http:// or https://",
-                s.name
+                "MCP server '{}': url '{}' must start with http:// or https://",
+                s.name,
+                crate::secrets::mask_url(url)
             ))
         }
+        McpTransport::Http { headers, .. } => header_map(headers)
+            .map(|_| ())
+            .map_err(|e| format!("MCP server '{}': {e}", s.name)),
         _ => Ok(()),
     }
 }
@@ -229,7 +304,10 @@ pub fn parse_server_flag(s: &str) -> Result<McpServerConfig, String> {
         .ok_or_else(|| format!("'{s}': expected NAME=COMMAND [ARGS…] or NAME=URL"))?;
     let (name, spec) = (name.trim(), spec.trim());
     let transport = if spec.starts_with("http://") || spec.starts_with("https://") {
-        McpTransport::Http { url: spec.into() }
+        McpTransport::Http {
+            url: spec.into(),
+            headers: BTreeMap::new(),
+        }
     } else {
         let mut argv = crate::sandbox::spawn::split_command(spec)
             .map_err(|e| format!("'{s}': the command {e}"))?;
@@ -262,6 +340,8 @@ struct FileEntry {
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
     url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,13 +355,19 @@ struct FileConfig {
 
 /// Parses a configuration file's text:
 /// `{"mcpServers": {"fs": {"command": "node", "args": […], "env": {…}},
-/// "remote": {"url": "http://127.0.0.1:9000/mcp"}}, "defaultServer": "fs"}`.
+/// "remote": {"url": "http://127.0.0.1:9000/mcp", "headers": {"Authorization": "Bearer …"}}},
+/// "defaultServer": "fs"}`.
 /// Returns the servers and the default server, if the file names one.
 pub fn parse_config_file(text: &str) -> Result<(Vec<McpServerConfig>, Option<String>), String> {
     let file: FileConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let mut servers = Vec::new();
     for (name, e) in file.mcp_servers {
         let transport = match (e.kind.as_deref(), e.command, e.url) {
+            (None | Some("stdio"), Some(_), None) if !e.headers.is_empty() => {
+                return Err(format!(
+                    "mcpServers.{name}.headers: headers are for \"url\" (streamable HTTP) servers; a stdio server takes \"env\""
+                ))
+            }
             (None | Some("stdio"), Some(command), None) => McpTransport::Stdio {
                 command,
                 args: e.args,
@@ -289,7 +375,10 @@ pub fn parse_config_file(text: &str) -> Result<(Vec<McpServerConfig>, Option<Str
                 cwd: e.cwd,
             },
             (None | Some("http" | "streamable-http" | "streamableHttp"), None, Some(url)) => {
-                McpTransport::Http { url }
+                McpTransport::Http {
+                    url,
+                    headers: e.headers,
+                }
             }
             (Some(kind), _, _)
                 if !matches!(
@@ -335,7 +424,8 @@ mod tests {
         assert_eq!(
             s.transport,
             McpTransport::Http {
-                url: "http://127.0.0.1:9000/mcp".into()
+                url: "http://127.0.0.1:9000/mcp".into(),
+                headers: BTreeMap::new(),
             }
         );
         assert!(parse_server_flag("no-equals-sign").is_err());
@@ -348,10 +438,16 @@ mod tests {
         let (servers, default) = parse_config_file(
             r#"{"mcpServers": {
                 "fs": {"command": "node", "args": ["a.js"], "env": {"K": "V"}},
-                "web": {"type": "http", "url": "https://example.invalid/mcp"}
+                "web": {"type": "http", "url": "https://example.invalid/mcp",
+                        "headers": {"Authorization": "Bearer web-secret-1"}}
             }, "defaultServer": "fs"}"#,
         )
         .unwrap();
+        let shown = format!("{servers:?}");
+        assert!(
+            !shown.contains("web-secret-1") && !shown.contains("\"V\"") && shown.contains("***"),
+            "{shown}"
+        );
         assert_eq!(default.as_deref(), Some("fs"));
         assert_eq!(servers.len(), 2);
         assert!(
@@ -363,6 +459,31 @@ mod tests {
         let err = parse_config_file(r#"{"mcpServers": {"x": {"command": "a", "bogus": 1}}}"#)
             .unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+        for (entry, says) in [
+            (
+                r#"{"url": "http://x/mcp", "headers": {"Accept": "a"}}"#,
+                "'Accept'",
+            ),
+            (
+                r#"{"url": "http://x/mcp", "headers": {"bad name": "a"}}"#,
+                "'bad name'",
+            ),
+            (
+                r#"{"url": "http://x/mcp", "headers": {"X": "line\nbreak"}}"#,
+                "header 'X'",
+            ),
+            (
+                r#"{"command": "a", "headers": {"X": "y"}}"#,
+                "mcpServers.x.headers",
+            ),
+        ] {
+            let err =
+                parse_config_file(&format!(r#"{{"mcpServers": {{"x": {entry}}}}}"#)).unwrap_err();
+            assert!(
+                err.contains(says) && !err.contains("break"),
+                "{entry}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, Implementation, ServerResult,
 };
 use rmcp::service::{PeerRequestOptions, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceError, ServiceExt};
 use serde_json::{Map, Value};
@@ -326,8 +327,14 @@ impl ServerPool {
                     }
                 }
             }
-            McpTransport::Http { url } => {
-                let transport = StreamableHttpClientTransport::from_uri(url.as_str());
+            McpTransport::Http { url, headers } => {
+                // Checked when configured and when a job was submitted.
+                let headers =
+                    super::header_map(headers).map_err(|e| format!("MCP server '{name}': {e}"))?;
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .custom_headers(headers);
+                let transport = StreamableHttpClientTransport::from_config(config);
+                let url = crate::secrets::mask_url(url);
                 let service = client
                     .serve(transport)
                     .await

@@ -28,6 +28,7 @@ use crate::agent::{normalize_url, AgentConfig, LlmApi};
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
 use crate::sandbox::spawn::{find_program, split_command, DEFAULT_MAX_OUTPUT_BYTES};
+use crate::secrets::Secret;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub struct AgentOptions {
     pub llm_url: Option<String>,
     /// Overrides the engine's protocol.
     pub api: Option<LlmApi>,
+    /// `llm_api_key`: sent as `Authorization: Bearer …` to the job's endpoint.
+    pub llm_api_key: Option<Secret>,
     /// Sampling temperature.
     pub temperature: Option<f64>,
     /// Extra model options.
@@ -176,6 +179,7 @@ impl AgentOptions {
             None => None,
             Some(a) => Some(a.parse::<LlmApi>().map_err(|e| FieldError::new("api", e))?),
         };
+        let llm_api_key = string_opt(o, "llm_api_key")?.map(Secret::new);
         let temperature = match o.get("temperature") {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_f64() {
@@ -216,6 +220,7 @@ impl AgentOptions {
             workspace_mode,
             llm_url,
             api,
+            llm_api_key,
             temperature,
             options,
             keep_alive,
@@ -226,6 +231,22 @@ impl AgentOptions {
                 .map(|n| n as usize)
                 .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
         })
+    }
+}
+
+/// The key sent to an endpoint: the job's own `llm_api_key`, else the engine's
+/// `--llm-api-key` when the endpoint is one of the engine's own (`own_endpoint`: its
+/// `--llm-url` or a `--llm-route`). A job that names another server gets no engine key: a
+/// job must not be able to send the operator's key to a server of its choosing.
+pub fn api_key(
+    job_key: Option<&Secret>,
+    engine_key: &Option<String>,
+    own_endpoint: bool,
+) -> Option<String> {
+    match job_key {
+        Some(k) => Some(k.expose().to_string()),
+        None if own_endpoint => engine_key.clone(),
+        None => None,
     }
 }
 
@@ -285,7 +306,11 @@ impl AgentProcessor {
             self.http.clone(),
             url.clone(),
             opts.api.unwrap_or(self.config.api),
-            self.config.api_key.clone(),
+            api_key(
+                opts.llm_api_key.as_ref(),
+                &self.config.api_key,
+                url == self.config.llm_url || self.config.routes.iter().any(|r| r.url == url),
+            ),
             opts.llm_timeout.unwrap_or(self.config.request_timeout),
             RetryPolicy {
                 max_retries: opts.llm_retries.unwrap_or(self.config.max_retries),

@@ -98,6 +98,8 @@ pub struct LlmBatchOptions {
     pub llm_url: Option<String>,
     /// Overrides the protocol.
     pub api: Option<LlmApi>,
+    /// `llm_api_key`: sent as `Authorization: Bearer …` to the job's endpoint.
+    pub llm_api_key: Option<crate::secrets::Secret>,
     /// Per request.
     pub llm_timeout: Option<Duration>,
     /// Retries of a transient failure inside one attempt.
@@ -125,6 +127,7 @@ impl LlmBatchOptions {
             None => None,
             Some(a) => Some(a.parse::<LlmApi>().map_err(|e| FieldError::new("api", e))?),
         };
+        let llm_api_key = string("llm_api_key")?.map(crate::secrets::Secret::new);
         let llm_timeout =
             crate::model::options::seconds(o, "llm_timeout_seconds", MAX_TIMEOUT_SECONDS)?
                 .map(Duration::from_secs_f64);
@@ -143,6 +146,7 @@ impl LlmBatchOptions {
         Ok(LlmBatchOptions {
             llm_url,
             api,
+            llm_api_key,
             llm_timeout,
             llm_retries,
         })
@@ -380,7 +384,13 @@ impl LlmBatchProcessor {
             self.http.clone(),
             url.clone(),
             api,
-            self.config.api_key.clone(),
+            crate::processors::agent::api_key(
+                opts.llm_api_key.as_ref(),
+                &self.config.api_key,
+                opts.llm_url.is_none()
+                    || url == self.config.llm_url
+                    || self.routes.iter().any(|r| r.url == url),
+            ),
             opts.llm_timeout.unwrap_or(self.config.request_timeout),
             RetryPolicy {
                 max_retries: opts.llm_retries.unwrap_or(self.config.max_retries),

@@ -10,12 +10,12 @@
 
 use crate::mcp::ops::Operation;
 use crate::mcp::pool::{CallError, ServerPool};
-use crate::mcp::McpRegistry;
+use crate::mcp::{McpRegistry, McpTransport};
 use crate::model::ItemOutcome;
 use crate::processor::{FieldError, Item, ItemContext, Processor};
 use rmcp::model::{CallToolResult, ContentBlock};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +27,15 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// built-in server runs with it as its `--command-timeout`.
 pub use crate::mcp::MAX_TIMEOUT_SECONDS;
 
+/// A server's name and the headers its sessions send.
+type JobPoolKey = (String, BTreeMap<String, String>);
+
 /// Runs MCP operations against the configured servers.
 pub struct McpProcessor {
     pools: HashMap<String, Arc<ServerPool>>,
+    /// Pools of jobs that send their own `headers`: one per server and header set, so a
+    /// session made with one job's credentials never serves another's.
+    job_pools: std::sync::Mutex<HashMap<JobPoolKey, Arc<ServerPool>>>,
     registry: McpRegistry,
 }
 
@@ -41,7 +47,45 @@ impl McpProcessor {
             .iter()
             .map(|s| (s.name.clone(), ServerPool::new(s.clone())))
             .collect();
-        McpProcessor { pools, registry }
+        McpProcessor {
+            pools,
+            job_pools: Default::default(),
+            registry,
+        }
+    }
+
+    /// The pool an item of a job with `options` borrows from: the server's own, or, for a
+    /// job with `headers`, one for the server with those headers over its configured ones.
+    fn pool_for(&self, server: &str, options: &Value) -> Option<Arc<ServerPool>> {
+        let pool = self.pools.get(server)?;
+        let Some(Value::Object(given)) = options.get("headers") else {
+            return Some(pool.clone());
+        };
+        let mut config = self
+            .registry
+            .servers
+            .iter()
+            .find(|s| s.name == server)?
+            .clone();
+        let McpTransport::Http { headers, .. } = &mut config.transport else {
+            // Refused at submission; a stored job that bypassed it runs without them.
+            return Some(pool.clone());
+        };
+        for (name, value) in given {
+            let Some(value) = value.as_str() else {
+                continue;
+            };
+            headers.retain(|k, _| !k.eq_ignore_ascii_case(name));
+            headers.insert(name.clone(), value.to_string());
+        }
+        let key = (server.to_string(), headers.clone());
+        let mut pools = self.job_pools.lock().unwrap_or_else(|p| p.into_inner());
+        Some(
+            pools
+                .entry(key)
+                .or_insert_with(|| ServerPool::new(config))
+                .clone(),
+        )
     }
 
     /// The pool of server `name`, if configured.
@@ -64,6 +108,49 @@ impl McpProcessor {
             .and_then(|t| Duration::try_from_secs_f64(t.min(MAX_TIMEOUT_SECONDS)).ok())
             .filter(|t| !t.is_zero())
             .unwrap_or(DEFAULT_OPERATION_TIMEOUT)
+    }
+}
+
+impl McpProcessor {
+    /// The job option `headers`: an object of strings, for a streamable-HTTP server. The
+    /// errors name the header, never its value.
+    fn check_headers(&self, options: &Value) -> Result<(), FieldError> {
+        let headers = match options.get("headers") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Object(h)) => h,
+            Some(_) => {
+                return Err(FieldError::new(
+                    "headers",
+                    "must be an object of header names to string values, like {\"Authorization\": \"Bearer …\"}",
+                ))
+            }
+        };
+        let server = self.server_name(options);
+        let is_http = self
+            .registry
+            .servers
+            .iter()
+            .any(|s| s.name == server && matches!(s.transport, McpTransport::Http { .. }));
+        if !is_http && !headers.is_empty() {
+            return Err(FieldError::new(
+                "headers",
+                format!(
+                    "MCP server '{server}' is not a streamable-HTTP server; headers are sent only to those"
+                ),
+            ));
+        }
+        let mut map = BTreeMap::new();
+        for (name, value) in headers {
+            let Some(value) = value.as_str() else {
+                return Err(FieldError::new(
+                    format!("headers.{name}"),
+                    "must be a string",
+                ));
+            };
+            map.insert(name.clone(), value.to_string());
+        }
+        crate::mcp::header_map(&map).map_err(|e| FieldError::new("headers", e))?;
+        Ok(())
     }
 }
 
@@ -98,7 +185,7 @@ impl Processor for McpProcessor {
             }
         }
         crate::model::options::seconds(options, "timeout_seconds", MAX_TIMEOUT_SECONDS)?;
-        Ok(())
+        self.check_headers(options)
     }
 
     async fn process(&self, item: Item, ctx: ItemContext) -> ItemOutcome {
@@ -134,7 +221,7 @@ impl Processor for McpProcessor {
             }
             Err(e) => return fail(result, format!("{}: {}", e.field, e.message)),
         };
-        let Some(pool) = self.pools.get(&server) else {
+        let Some(pool) = self.pool_for(&server, &ctx.options) else {
             let message = format!(
                 "MCP server '{server}' is not configured (configured: {})",
                 self.registry.names()

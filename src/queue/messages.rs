@@ -241,6 +241,8 @@ pub struct JobContext {
     pub id: Arc<str>,
     /// The job's options.
     pub options: Arc<Value>,
+    /// The secret values among its options, scrubbed from what its items produce.
+    pub secrets: crate::secrets::Redactor,
     /// Its `item_timeout_seconds`, read once for all its items.
     pub item_timeout: Option<std::time::Duration>,
     /// Cancelled with the job (a child of the engine's shutdown token).

@@ -59,6 +59,7 @@ impl Handler<RunItems> for Worker {
                     attempt,
                 } = claimed;
                 let cancel = job.cancel.child_token();
+                let item_secrets = crate::secrets::Redactor::of([&payload]);
                 let outcome = if cancel.is_cancelled() {
                     ItemOutcome::cancelled(json!({"key": key, "status": "cancelled"}))
                 } else {
@@ -115,6 +116,8 @@ impl Handler<RunItems> for Worker {
                         }
                     }
                 };
+                // Before the store sees it: every read surface and export then has it clean.
+                let outcome = scrub(scrub(outcome, &job.secrets), &item_secrets);
                 metrics.item_finished(processor.kind(), outcome.status.as_str(), started.elapsed());
                 supervisor.do_send(ItemFinished(FinishedItem {
                     job_id,
@@ -128,4 +131,15 @@ impl Handler<RunItems> for Worker {
             });
         }
     }
+}
+
+/// `outcome` without the secret values of `secrets` in its result or error (an upstream
+/// error message or a tool may echo the key it was given).
+fn scrub(mut outcome: ItemOutcome, secrets: &crate::secrets::Redactor) -> ItemOutcome {
+    if secrets.is_empty() {
+        return outcome;
+    }
+    outcome.result = secrets.scrub(std::mem::take(&mut outcome.result));
+    outcome.error = outcome.error.map(|e| secrets.scrub_str(&e).into_owned());
+    outcome
 }

@@ -467,7 +467,8 @@ impl Dispatcher {
             .body(d.payload.clone())
             .send()
             .await
-            .map_err(|e| Failure::Transient(error_chain(&e)))?;
+            // The error's URL may hold a token in its query: only the origin is logged.
+            .map_err(|e| Failure::Transient(error_chain(&e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             Ok(())

@@ -77,6 +77,7 @@ pub const AGENT_OPTIONS: &[&str] = &[
     "workspace_mode",
     "llm_url",
     "api",
+    "llm_api_key",
     "temperature",
     "options",
     "keep_alive",
@@ -94,11 +95,12 @@ pub const AGENT_OPTIONS: &[&str] = &[
     "max_file_mb",
 ];
 /// Options of `batch_mcp` (read by its processor).
-pub const MCP_OPTIONS: &[&str] = &["server", "timeout_seconds"];
+pub const MCP_OPTIONS: &[&str] = &["server", "timeout_seconds", "headers"];
 /// Options of `batch_llm` (read by `LlmBatchOptions::parse`).
 pub const LLM_OPTIONS: &[&str] = &[
     "llm_url",
     "api",
+    "llm_api_key",
     "llm_timeout_seconds",
     "llm_retries",
     "max_total_tokens",

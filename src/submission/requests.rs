@@ -187,6 +187,11 @@ pub struct AgentTasksRequest {
     /// `ollama` (`/api/chat`) or `openai` (`/v1/chat/completions`); default the engine's `--llm-api`.
     #[schema(value_type = Option<String>, example = "ollama")]
     pub api: Option<Value>,
+    /// API key for this job's LLM server, sent as `Authorization: Bearer …` (default: the
+    /// engine's `--llm-api-key`, which is only ever sent to the engine's own endpoints).
+    /// Used, never shown: answers, events and exports have it as `***`.
+    #[schema(value_type = Option<String>, example = "sk-…")]
+    pub llm_api_key: Option<Value>,
     /// Sampling temperature.
     #[schema(value_type = Option<f64>, minimum = 0, maximum = 2)]
     pub temperature: Option<Value>,
@@ -281,6 +286,11 @@ pub struct LlmBatchRequest {
     /// or the engine's `--llm-api`.
     #[schema(value_type = Option<String>, example = "openai")]
     pub api: Option<Value>,
+    /// API key for this job's LLM server, sent as `Authorization: Bearer …` (default: the
+    /// engine's `--llm-api-key`, which is only ever sent to the engine's own endpoints).
+    /// Used, never shown: answers, events and exports have it as `***`.
+    #[schema(value_type = Option<String>, example = "sk-…")]
+    pub llm_api_key: Option<Value>,
     /// Seconds each LLM request may take (default the engine's `--llm-timeout`).
     #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 86400)]
     pub llm_timeout_seconds: Option<Value>,
@@ -366,6 +376,11 @@ pub struct McpRequest {
     /// Seconds one operation may take (default 300).
     #[schema(value_type = Option<f64>, exclusive_minimum = 0)]
     pub timeout_seconds: Option<Value>,
+    /// HTTP headers sent to a streamable-HTTP server with every request of this job
+    /// (`{"Authorization": "Bearer …"}`), over the server's configured ones. Used, never
+    /// shown: every value is `***` in answers, events and exports.
+    #[schema(value_type = Option<Object>)]
+    pub headers: Option<Value>,
     /// Per-job concurrency (default 5).
     #[schema(minimum = 1, maximum = 1000)]
     pub parallel: Option<i64>,

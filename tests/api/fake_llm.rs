@@ -102,6 +102,8 @@ struct State {
     version_probes: AtomicUsize,
     /// When each chat request arrived.
     arrivals: Mutex<Vec<std::time::Instant>>,
+    /// The `Authorization` header of every chat request (empty when absent).
+    authorizations: Mutex<Vec<String>>,
 }
 
 /// A running fake server; stops when dropped.
@@ -138,6 +140,7 @@ impl FakeLlm {
             openai_only,
             version_probes: AtomicUsize::new(0),
             arrivals: Mutex::new(Vec::new()),
+            authorizations: Mutex::new(Vec::new()),
             script: Box::new(script),
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -170,6 +173,11 @@ impl FakeLlm {
     /// Every request so far: (path, body).
     pub fn requests(&self) -> Vec<(String, Value)> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The `Authorization` header of every chat request so far (`""` when absent).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.authorizations.lock().unwrap().clone()
     }
 
     /// `GET /api/version` requests so far (protocol detection).
@@ -222,6 +230,13 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         .unwrap()
         .push(std::time::Instant::now());
     state.requests.lock().unwrap().push((path, body.clone()));
+    state.authorizations.lock().unwrap().push(
+        req.headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    );
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let _guard = InFlight {

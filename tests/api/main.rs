@@ -29,6 +29,7 @@ mod retries;
 mod sandbox;
 mod schedules;
 mod scheduling;
+mod secrets;
 mod security;
 mod storage_faults;
 mod targets;

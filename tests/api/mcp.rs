@@ -353,6 +353,7 @@ async fn servers_that_cannot_start_fail_their_items_with_the_reason() {
             name: "remote".into(),
             transport: McpTransport::Http {
                 url: format!("http://127.0.0.1:{port}/mcp"),
+                headers: Default::default(),
             },
         },
     ])
@@ -545,9 +546,9 @@ async fn a_server_that_dies_mid_batch_is_restarted_and_its_items_retried_once() 
 
 /// The official "everything" reference server in its streamable-HTTP mode, on a free
 /// loopback port; killed on drop.
-struct HttpServer {
+pub(crate) struct HttpServer {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for HttpServer {
@@ -557,7 +558,7 @@ impl Drop for HttpServer {
     }
 }
 
-async fn start_everything_server() -> Option<HttpServer> {
+pub(crate) async fn start_everything_server() -> Option<HttpServer> {
     let index_js = installed_node_server("server-everything")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -598,6 +599,7 @@ async fn mcp_operations_reach_a_streamable_http_server() {
         name: "everything".into(),
         transport: McpTransport::Http {
             url: server.url.clone(),
+            headers: Default::default(),
         },
     }])
     .await;

@@ -260,3 +260,65 @@ async fn serve_refuses_missing_or_invalid_certificate_files_naming_them() {
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
+
+/// A row of `pg_stat_ssl` for the asking connection.
+#[derive(diesel::QueryableByName)]
+struct SslRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    ssl: bool,
+}
+
+#[actix_web::test]
+async fn the_engine_reaches_postgres_over_tls_with_sslmode_require() {
+    if !on_postgres() {
+        // TLS to PostgreSQL needs the server under test (BATCHFORGE_TEST_DATABASE=postgres).
+        return;
+    }
+    use diesel::{Connection, RunQueryDsl};
+    let dir = tempfile::tempdir().unwrap();
+    let _db = TestDb::create(dir.path(), "tls.db");
+    let url = format!("{}?sslmode=require", database_url(dir.path(), "tls.db"));
+    // The libpq this build links speaks TLS: the server says this very connection is.
+    let mut conn = diesel::PgConnection::establish(&url).expect("connects with sslmode=require");
+    let rows: Vec<SslRow> =
+        diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .load(&mut conn)
+            .unwrap();
+    assert!(rows.len() == 1 && rows[0].ssl, "the connection is not TLS");
+    // And a served engine on that URL runs a job.
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let (_child, address) = spawn_serve(
+        &[
+            "--database-url".as_ref(),
+            url.as_ref(),
+            "--workspace".as_ref(),
+            dir.path().as_os_str(),
+        ],
+        log,
+    )
+    .await;
+    std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+    let body =
+        serde_json::json!({"targets": [{"id": "a", "path": "a.txt"}], "check_command": "true"})
+            .to_string();
+    let (status, job) = send(
+        &client(),
+        "POST",
+        &format!("{address}/batch/validation"),
+        Some(body.as_bytes()),
+    )
+    .await;
+    assert_eq!(status, awc::http::StatusCode::OK, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(30), "the job over TLS", || async {
+        let (_, job) = send(
+            &client(),
+            "GET",
+            &format!("{address}/batch/jobs/{id}"),
+            None,
+        )
+        .await;
+        (job["status"] == "completed").then_some(())
+    })
+    .await;
+}

@@ -425,6 +425,7 @@ mod tests {
             ctx: Arc::new(JobContext {
                 id: Arc::from(id),
                 options: Arc::new(serde_json::json!({})),
+                secrets: Default::default(),
                 item_timeout: None,
                 cancel: CancellationToken::new(),
                 progress: ProgressReporter::detached(id),
