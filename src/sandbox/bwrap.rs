@@ -483,7 +483,7 @@ mod tests {
             .chain([PathBuf::from("/usr/bin")]),
         )
         .unwrap();
-        let found = tool_roots_in(&[h.clone()], &path, &|_| None);
+        let found = tool_roots_in(std::slice::from_ref(&h), &path, &|_| None);
         let expected: Vec<PathBuf> = [
             ".pyenv",
             ".cargo",
@@ -517,10 +517,10 @@ mod tests {
         let elsewhere = h.join("go/rustup");
         std::fs::create_dir_all(&elsewhere).unwrap();
         let e = elsewhere.to_string_lossy().into_owned();
-        let found = tool_roots_in(&[h.clone()], std::ffi::OsStr::new(""), &|k| {
+        let found = tool_roots_in(std::slice::from_ref(&h), std::ffi::OsStr::new(""), &|k| {
             (k == "RUSTUP_HOME").then(|| e.clone())
         });
-        assert_eq!(found.roots, [elsewhere.clone()]);
+        assert_eq!(found.roots, std::slice::from_ref(&elsewhere));
         assert_eq!(found.env, [("RUSTUP_HOME".to_string(), e.clone())]);
     }
 
