@@ -162,10 +162,18 @@ struct ServeArgs {
     /// the others. At least twice the heartbeat interval.
     #[arg(long, env = "BATCHFORGE_NODE_TIMEOUT", default_value = "10s", value_parser = batchforge::services::retention::parse_duration)]
     node_timeout: Duration,
-    /// How commands are isolated: none (the default), auto (bubblewrap when a probe at
-    /// start works, else none with a warning), bwrap (or refuse to start).
-    #[arg(long, env = "BATCHFORGE_SANDBOX", default_value = "none")]
+    /// How commands are isolated: auto (the default: bubblewrap when a probe at start
+    /// works, else none with a warning), bwrap (or refuse to start), none.
+    #[arg(long, env = "BATCHFORGE_SANDBOX", default_value = "auto")]
     sandbox: batchforge::sandbox::SandboxMode,
+    /// A path sandboxed commands may read (bound read-only, even inside the hidden
+    /// $HOME), besides the tool roots found on PATH. Repeat the flag, or separate with ':'.
+    #[arg(
+        long = "sandbox-ro-path",
+        env = "BATCHFORGE_SANDBOX_RO_PATHS",
+        value_delimiter = ':'
+    )]
+    sandbox_ro_paths: Vec<PathBuf>,
     /// Default `memory_mb` of every command whose job sets none: address space in MiB (RLIMIT_AS).
     #[arg(long = "sandbox-memory-mb", env = "BATCHFORGE_SANDBOX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
     sandbox_memory_mb: Option<u64>,
@@ -408,7 +416,18 @@ fn serve(args: ServeArgs, token: Option<String>) -> std::process::ExitCode {
                 mode: args.sandbox,
                 defaults: sandbox_defaults,
                 maxima: sandbox_maxima,
-                hidden: Vec::new(),
+                // The engine's secrets, wherever the user keeps them.
+                hidden: [
+                    &args.token_file,
+                    &args.read_token_file,
+                    &args.tls_key,
+                    &args.mcp_config,
+                ]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+                read_only: args.sandbox_ro_paths,
             },
             ..EngineConfig::default()
         },

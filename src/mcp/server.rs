@@ -76,6 +76,13 @@ pub struct SandboxArgs {
     /// A path to hide from commands (repeatable); $HOME and its secrets always are.
     #[arg(long)]
     pub sandbox_hide: Vec<PathBuf>,
+    /// A path bound read-only, even inside a hidden one (repeatable): the tool roots
+    /// and `--sandbox-ro-path`s of the engine.
+    #[arg(long)]
+    pub sandbox_ro_bind: Vec<PathBuf>,
+    /// A variable NAME=VALUE set in every command's environment (repeatable).
+    #[arg(long, value_parser = parse_env_pair)]
+    pub sandbox_env: Vec<(String, String)>,
     /// Address space of each command, in MiB.
     #[arg(long)]
     pub sandbox_memory_mb: Option<u64>,
@@ -94,6 +101,13 @@ pub struct SandboxArgs {
 pub const DEFAULT_MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
 /// Longest `--command-timeout`: a year.
 const MAX_COMMAND_TIMEOUT_SECONDS: f64 = 365.0 * 86_400.0;
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("'{s}': expected NAME=VALUE"))
+}
 
 fn parse_command_timeout(s: &str) -> Result<f64, String> {
     let t: f64 = s.trim().parse().map_err(|e| format!("'{s}': {e}"))?;
@@ -173,6 +187,8 @@ impl SandboxServer {
                     max_file_mb: args.sandbox.sandbox_max_file_mb,
                 },
                 writable: vec![root.clone()],
+                readable: args.sandbox.sandbox_ro_bind.clone(),
+                env: args.sandbox.sandbox_env.clone(),
                 hidden: args.sandbox.sandbox_hide.clone(),
                 ..ItemSandbox::default()
             }),

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 /// How a server isolates the commands it runs (`serve --sandbox`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SandboxMode {
-    /// bubblewrap when a probe run at start works, else none (with a warning).
+    /// bubblewrap when a probe run at start works, else none (with a warning). The
+    /// default, for `serve` and for embedders alike: tools installed under `$HOME` stay
+    /// reachable through their read-only tool roots (see [`super::bwrap::tool_roots`]).
+    #[default]
     Auto,
     /// bubblewrap, or refuse to start.
     Bwrap,
-    /// No isolation; resource limits still apply. The default for now: under bubblewrap
-    /// `$HOME` is hidden, and with it tools installed there (pyenv, cargo, nvm), so the
-    /// default commands would break for many users until those stay reachable.
-    #[default]
+    /// No isolation; resource limits still apply.
     None,
 }
 
@@ -89,6 +89,9 @@ pub struct SandboxConfig {
     pub maxima: Limits,
     /// More paths to hide from sandboxed commands (the engine adds its database's).
     pub hidden: Vec<PathBuf>,
+    /// More paths bound read-only, visible even inside a hidden directory
+    /// (`--sandbox-ro-path`); each must exist.
+    pub read_only: Vec<PathBuf>,
 }
 
 /// The sandbox in force in an engine, resolved once at start; its default is
@@ -102,6 +105,11 @@ pub struct Sandbox {
     defaults: Limits,
     maxima: Limits,
     hidden: Vec<PathBuf>,
+    /// Bound read-only in every sandbox: the tool roots found on `PATH` and the
+    /// configured read-only paths.
+    readable: Vec<PathBuf>,
+    /// Set in every sandbox before the job's `env`: the tools' root variables.
+    tool_env: Vec<(String, String)>,
 }
 
 /// What one command runs under: derived from the server's [`Sandbox`] and its job's
@@ -112,7 +120,8 @@ pub struct ItemSandbox {
     pub bwrap: Option<PathBuf>,
     /// Keep the network (bwrap only; without bwrap the network is always there).
     pub network: bool,
-    /// The job's `env`, set over the allowlisted environment.
+    /// The tools' root variables, then the job's `env`, set over the allowlisted
+    /// environment.
     pub env: Vec<(String, String)>,
     /// Resource limits.
     pub limits: Limits,
@@ -139,6 +148,8 @@ impl Sandbox {
             defaults: Limits::default(),
             maxima: Limits::default(),
             hidden: Vec::new(),
+            readable: Vec::new(),
+            tool_env: Vec::new(),
         }
     }
 
@@ -155,10 +166,18 @@ impl Sandbox {
                 }
             }
         }
+        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let mut read_only = Vec::new();
+        for p in &config.read_only {
+            let real = p
+                .canonicalize()
+                .map_err(|e| format!("--sandbox-ro-path {}: {e}", p.display()))?;
+            read_only.push(real);
+        }
         let mut sandbox = Sandbox {
             defaults: config.defaults,
             maxima: config.maxima,
-            hidden: config.hidden.clone(),
+            hidden: config.hidden.iter().map(absolute).collect(),
             ..Sandbox::none()
         };
         if config.mode == SandboxMode::None {
@@ -167,7 +186,33 @@ impl Sandbox {
         }
         match probe() {
             Ok(bwrap) => {
-                log::info!("sandbox: bwrap ({})", bwrap.display());
+                let tools =
+                    super::bwrap::tool_roots(&std::env::var_os("PATH").unwrap_or_default(), &|k| {
+                        std::env::var(k).ok()
+                    });
+                let list = |paths: &[PathBuf]| {
+                    if paths.is_empty() {
+                        "none".to_string()
+                    } else {
+                        paths
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                };
+                log::info!(
+                    "sandbox: bwrap ({}); tool roots bound read-only: {}; --sandbox-ro-path: {}",
+                    bwrap.display(),
+                    list(&tools.roots),
+                    list(&read_only)
+                );
+                for why in &tools.skipped {
+                    log::warn!("sandbox: PATH entry left hidden: {why}");
+                }
+                sandbox.readable = tools.roots;
+                sandbox.readable.extend(read_only);
+                sandbox.tool_env = tools.env;
                 sandbox.bwrap = Some(bwrap);
             }
             Err(why) if config.mode == SandboxMode::Bwrap => {
@@ -194,6 +239,12 @@ impl Sandbox {
         for h in &self.hidden {
             a.extend(["--sandbox-hide".into(), h.to_string_lossy().into_owned()]);
         }
+        for r in &self.readable {
+            a.extend(["--sandbox-ro-bind".into(), r.to_string_lossy().into_owned()]);
+        }
+        for (k, v) in &self.tool_env {
+            a.extend(["--sandbox-env".into(), format!("{k}={v}")]);
+        }
         let mut d = self.defaults;
         for (name, _) in LIMIT_OPTIONS {
             if let Some(n) = *limit_mut(&mut d, name) {
@@ -204,6 +255,11 @@ impl Sandbox {
             }
         }
         a
+    }
+
+    /// What is bound read-only in every sandbox: the tool roots and `--sandbox-ro-path`s.
+    pub fn readable(&self) -> &[PathBuf] {
+        &self.readable
     }
 
     /// The mode in force: `bwrap` or `none`.
@@ -283,13 +339,15 @@ impl Sandbox {
                 *limit_mut(&mut limits, name) = Some(n);
             }
         }
+        let mut env = self.tool_env.clone();
+        env.extend(job_env(options).unwrap_or_default());
         ItemSandbox {
             bwrap: self.bwrap.clone(),
             network: options.get("network").and_then(Value::as_bool) == Some(true),
-            env: job_env(options).unwrap_or_default(),
+            env,
             limits,
             writable: vec![writable.to_path_buf()],
-            readable: Vec::new(),
+            readable: self.readable.clone(),
             hidden: self.hidden.clone(),
         }
     }
@@ -476,6 +534,7 @@ mod tests {
                 ..Limits::default()
             },
             hidden: Vec::new(),
+            read_only: Vec::new(),
         };
         assert!(Sandbox::start(&config).unwrap_err().contains("cpu_seconds"));
     }

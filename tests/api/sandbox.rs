@@ -212,6 +212,7 @@ async fn the_environment_is_the_allowlist_plus_the_jobs() {
     for (name, _) in std::env::vars() {
         let allowed = batchforge::sandbox::bwrap::ENV_ALLOWLIST.contains(&name.as_str())
             || name.starts_with("LC_")
+            || batchforge::sandbox::bwrap::TOOL_ENV.contains(&name.as_str())
             // `sh` sets these itself.
             || ["HOME", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_"].contains(&name.as_str());
         if !allowed {
@@ -549,4 +550,197 @@ async fn serve_probes_bubblewrap_refusing_a_forced_bwrap_it_cannot_run() {
     assert_eq!(health["sandbox"], "none", "{health}");
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(log.contains("bubblewrap is unusable"), "{log}");
+}
+
+#[actix_web::test]
+async fn root_in_the_sandbox_cannot_remount_unmount_or_write_sysctls() {
+    let Some(app) = bwrap_app().await else { return };
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let etc = PathBuf::from(format!("/etc/batchforge-{tag}"));
+    let secret = real_home().join(format!("batchforge-secret-{tag}"));
+    std::fs::write(&secret, format!("secret-{tag}")).unwrap();
+    let _cleanup = (Planted(etc.clone()), Planted(secret.clone()));
+    // Rewrites core_pattern with its own value: harmless if the sandbox let it through.
+    let script = format!(
+        "mount -o remount,bind,rw / /; touch {etc}; umount {home}; umount /root; cat {secret}; \
+         cat /proc/sys/kernel/core_pattern > /tmp/cp; cat /tmp/cp > /proc/sys/kernel/core_pattern; \
+         echo sysctl=$?; ls -a /run/postgresql /run/mysqld; true",
+        etc = etc.display(),
+        home = real_home().display(),
+        secret = secret.display()
+    );
+    let r = &run(
+        &app,
+        &["f"],
+        json!({"check_command": format!("sh -c '{script}'")}),
+    )
+    .await[0];
+    let out = r["stdout"].as_str().unwrap();
+    assert!(!etc.exists(), "a remount must not make / writable: {r}");
+    assert!(!out.contains(&tag), "the home stays hidden: {r}");
+    assert!(
+        out.contains("sysctl=") && !out.contains("sysctl=0"),
+        "sysctls are read-only: {r}"
+    );
+    assert!(
+        !out.contains(".s.PGSQL") && !out.contains("mysqld.sock"),
+        "local services' sockets are hidden: {r}"
+    );
+}
+
+#[actix_web::test]
+async fn auto_is_the_default_and_the_usual_test_commands_work_in_it() {
+    if !bwrap_usable() {
+        return;
+    }
+    assert_eq!(
+        batchforge::EngineConfig::default().sandbox.mode,
+        SandboxMode::Auto
+    );
+    let app = spawn_app().await;
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["sandbox"], "bwrap", "{health}");
+    let (_, kinds) = app.get("/batch/kinds").await;
+    assert_eq!(kinds["sandbox"], "bwrap", "{kinds}");
+    app.write_file("test_ok.py", "def test_ok():\n    assert 1 + 1 == 2\n");
+    app.write_file(
+        "Cargo.toml",
+        "[package]\nname = \"demo\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    );
+    app.write_file(
+        "src/lib.rs",
+        "#[test]\nfn adds() {\n    assert_eq!(1 + 1, 2);\n}\n",
+    );
+    for (command, target, says) in [
+        ("pytest -q", "test_ok.py", "1 passed"),
+        ("python3 -m pytest -q", "test_ok.py", "1 passed"),
+        ("sh -c 'cargo test 2>&1'", "Cargo.toml", "test adds ... ok"),
+    ] {
+        let r = &run(&app, &[target], json!({"check_command": command})).await[0];
+        assert_eq!(r["status"], "passed", "{command} → {r}");
+        assert!(
+            r["stdout"].as_str().unwrap().contains(says),
+            "{command} → {r}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_tool_under_home_runs_while_secrets_and_the_token_file_stay_hidden() {
+    if !bwrap_usable() {
+        return;
+    }
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    // A pyenv-style install: a shim on PATH that runs the tool from its root's libexec.
+    let root = real_home().join(format!(".batchforge-tool-{tag}"));
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _root = RemoveDir(root.clone());
+    std::fs::create_dir_all(root.join("shims")).unwrap();
+    std::fs::create_dir_all(root.join("libexec")).unwrap();
+    let tool = format!("bftool-{tag}");
+    let write_exe = |path: PathBuf, text: String| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_exe(
+        root.join("shims").join(&tool),
+        format!("#!/bin/sh\nexec {}/libexec/impl \"$@\"\n", root.display()),
+    );
+    write_exe(
+        root.join("libexec/impl"),
+        "#!/bin/sh\necho tool-ran\n".into(),
+    );
+    let secret = real_home().join(format!("batchforge-secret-{tag}"));
+    std::fs::write(&secret, format!("secret-{tag}")).unwrap();
+    let _secret = Planted(secret.clone());
+    // Outside /tmp and $HOME, so only the engine's own hiding keeps it from commands.
+    let tokens = tempfile::tempdir_in("/var/tmp").unwrap();
+    let token = format!("token-{tag}");
+    let token_file = tokens.path().join("tokens");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("f"), "").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let path = std::env::join_paths(
+        std::iter::once(root.join("shims"))
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let args = [
+        std::ffi::OsStr::new("--database-url"),
+        std::ffi::OsStr::new(&db),
+        std::ffi::OsStr::new("--workspace"),
+        ws.as_os_str(),
+        std::ffi::OsStr::new("--token-file"),
+        token_file.as_os_str(),
+    ];
+    let (_child, address) = spawn_serve_in_env(&args, log, &[("PATH", path.as_os_str())]).await;
+    let client = client();
+    let call = |method: &'static str, url: String, body: Option<Value>| {
+        let client = client.clone();
+        let token = token.clone();
+        async move {
+            let req = client
+                .request(method.parse().unwrap(), url)
+                .insert_header(("Authorization", format!("Bearer {token}")));
+            let mut res = match body {
+                Some(b) => req.send_json(&b).await,
+                None => req.send().await,
+            }
+            .unwrap();
+            let bytes = res.body().await.unwrap();
+            (
+                res.status(),
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let (_, health) = call("GET", format!("{address}/health"), None).await;
+    assert_eq!(health["sandbox"], "bwrap", "the default is auto: {health}");
+    let script = format!(
+        "{tool}; cat {secret}; cat {tokens}; echo end",
+        secret = secret.display(),
+        tokens = token_file.display()
+    );
+    let (status, job) = call(
+        "POST",
+        format!("{address}/batch/validation"),
+        Some(json!({"targets": [{"id": "f", "path": "f"}], "check_command": format!("sh -c '{script}'")})),
+    )
+    .await;
+    assert!(status.is_success(), "{job}");
+    let id = job["job_id"].as_str().unwrap().to_string();
+    let job = wait_for(Duration::from_secs(60), "the job to finish", || {
+        let get = call("GET", format!("{address}/batch/jobs/{id}"), None);
+        async move {
+            let (_, job) = get.await;
+            (job["status"] == "completed").then_some(job)
+        }
+    })
+    .await;
+    let r = &job["result"]["results"][0];
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("tool-ran\n"),
+        "the tool under $HOME runs: {r}"
+    );
+    assert!(out.ends_with("end\n"), "{r}");
+    assert!(!out.contains(&format!("secret-{tag}")), "{r}");
+    assert!(!out.contains(&token), "the token file is hidden: {r}");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    let bound = log
+        .lines()
+        .find(|l| l.contains("tool roots bound read-only"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(bound.contains(root.to_str().unwrap()), "{bound}");
 }
