@@ -28,6 +28,7 @@ mod sandbox;
 mod schedules;
 mod scheduling;
 mod security;
+mod start_marks;
 mod storage_faults;
 mod targets;
 mod tls;
