@@ -37,6 +37,10 @@ pub enum Scenario {
     /// RSS of the server around one `--memory-items` no-op submission sent over HTTP as
     /// JSONL, and around a second one: at start, peak, and after each job finished.
     Memory,
+    /// batchforge next to graphile-worker and pg-boss (installed by `bench/peers/run.sh`)
+    /// on the same PostgreSQL, alternating rounds, one table with ratios. Not in the
+    /// default set: it needs PostgreSQL (`--pg-url`) and the npm peers (`--peers-dir`).
+    Peers,
 }
 
 /// Parameters of `batchforge bench`.
@@ -100,6 +104,25 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pub pg_url: String,
+    /// Units of work per run in the peers scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub peer_units: usize,
+    /// Units running at once in the peers scenario (every system's worker concurrency).
+    #[arg(long, default_value_t = 8)]
+    pub peer_concurrency: u32,
+    /// HTTP clients sending batchforge's single-item jobs in the peers scenario.
+    #[arg(long, default_value_t = 8)]
+    pub peer_clients: usize,
+    /// Rounds of the peers scenario (each runs every system once).
+    #[arg(long, default_value_t = 3)]
+    pub peer_rounds: usize,
+    /// Where the peers' package.json and node_modules are (`bench/peers` of the repository).
+    #[arg(long, default_value = "bench/peers")]
+    pub peers_dir: PathBuf,
+    /// The `batchforge` binary whose `serve` is measured (default: this one); pairs one
+    /// build against another under the same load generator.
+    #[arg(long)]
+    pub server_binary: Option<PathBuf>,
     /// Keep the working directory (databases, server logs) here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -121,7 +144,11 @@ pub enum BenchError {
 
 type Result<T> = std::result::Result<T, BenchError>;
 
+mod peers;
 mod sandbox;
+
+/// The binary `Server` starts: `--server-binary`, set once by `run`, or this one.
+static SERVER_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn setup(e: impl std::fmt::Display) -> BenchError {
     BenchError::Setup(e.to_string())
@@ -129,6 +156,11 @@ fn setup(e: impl std::fmt::Display) -> BenchError {
 
 /// Runs the chosen scenarios and prints their tables.
 pub fn run(args: BenchArgs) -> Result<()> {
+    let binary = match &args.server_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let _ = SERVER_BINARY.set(binary);
     let scenarios = if args.scenarios.is_empty() {
         vec![
             Scenario::BurnDown,
@@ -173,6 +205,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Scenario::Mcp => system.block_on(mcp(&args, &dir))?,
             Scenario::Cluster => system.block_on(cluster(&args, &dir))?,
             Scenario::Memory => system.block_on(memory(&args, &dir))?,
+            Scenario::Peers => system.block_on(peers::peers(&args, &dir))?,
         }
     }
     Ok(())
@@ -215,7 +248,11 @@ impl Server {
     fn start_on(dir: &Path, url: &str, log_name: &str, extra: &[String]) -> Result<Server> {
         let log = std::fs::File::create(dir.join(log_name))?;
         let started = Instant::now();
-        let mut child = Command::new(std::env::current_exe()?)
+        let binary = match SERVER_BINARY.get() {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?,
+        };
+        let mut child = Command::new(binary)
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--noop-processor"])
             .arg("--database-url")

@@ -378,6 +378,33 @@ pub fn mark_started(
     now: f64,
 ) -> Result<u64, StoreError> {
     use job_items::dsl as i;
+    if items.is_empty() {
+        return Ok(0);
+    }
+    if let Conn::Pg(c) = conn {
+        // One statement for all of them: on PostgreSQL every statement is a round trip,
+        // and a write cycle starts up to a kind's limit of items (measured: it was most of
+        // a cycle's statements). They travel as one JSON array joined on the primary key.
+        use diesel::sql_types::{Double, Text};
+        let rows: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(job_id, idx, attempt)| serde_json::json!([job_id, idx, attempt]))
+            .collect();
+        let marked = diesel::sql_query(
+            "UPDATE job_items SET started_at = $1 \
+             FROM (SELECT e ->> 0 AS job_id, (e ->> 1)::int AS idx, (e ->> 2)::int AS attempt \
+                   FROM jsonb_array_elements($2::jsonb) AS e) AS v \
+             WHERE job_items.job_id = v.job_id AND job_items.idx = v.idx \
+               AND job_items.status = 'running' AND job_items.node_id = $3 \
+               AND job_items.attempts = v.attempt",
+        )
+        .bind::<Double, _>(now)
+        .bind::<Text, _>(serde_json::Value::Array(rows).to_string())
+        .bind::<Text, _>(node_id)
+        .execute(c)?;
+        return Ok(marked as u64);
+    }
+    // SQLite: each statement is a cached prepared one on the embedded writer; no round trips.
     let mut marked = 0;
     for (job_id, idx, attempt) in items {
         marked += diesel::update(

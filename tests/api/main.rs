@@ -31,6 +31,7 @@ mod schedules;
 mod scheduling;
 mod secrets;
 mod security;
+mod start_marks;
 mod storage_faults;
 mod targets;
 mod tls;
