@@ -17,7 +17,7 @@ use crate::engine::Engine;
 use crate::model::JobStatus;
 use crate::processors::llm_batch::{check_body, ollama_to_openai};
 use crate::queue::messages::{JobView, ReadResults};
-use crate::store::llm_files::{BatchRecord, FileInfo, NewFile};
+use crate::store::llm_files::{BatchRecord, FileInfo, FilePage, NewFile};
 use crate::submission::{llm_job, LlmBatchRequest, MAX_ITEMS};
 use actix_web::http::StatusCode;
 use actix_web::web;
@@ -242,15 +242,77 @@ pub(super) async fn upload_file(
     Ok(HttpResponse::Ok().json(file_object(&info)))
 }
 
+/// Most files one `GET /v1/files` page lists (OpenAI's own bound and default).
+const MAX_FILES_PAGE: i64 = 10_000;
+
 #[utoipa::path(
     get, path = "/v1/files", tag = "openai",
-    description = "Every uploaded file, newest first (OpenAI's list shape).",
-    responses((status = 200, description = "`{object: \"list\", data: [file], has_more: false}`"))
+    description = "Uploaded files in OpenAI's list shape: newest first (`order=asc` for oldest \
+        first), `limit` (1–10000, default 10000) after the file `after`, optionally only one \
+        `purpose`.",
+    params(
+        ("after" = Option<String>, Query, description = "A file id: list those after it"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1–10000, default 10000"),
+        ("order" = Option<String>, Query, description = "`desc` (default) or `asc`, by creation time"),
+        ("purpose" = Option<String>, Query, description = "Only files of this purpose"),
+    ),
+    responses(
+        (status = 200, description = "`{object: \"list\", data: [file], first_id, last_id, has_more}`"),
+        (status = 422, description = "A bad `limit` or `order`, or an unknown parameter", body = ErrorBody),
+    )
 )]
-pub(super) async fn list_files(engine: web::Data<Engine>) -> Reply {
-    let files = engine.llm_files().await?;
+pub(super) async fn list_files(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
+    let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(req.query_string()) {
+        Ok(p) => p,
+        Err(e) => return Ok(invalid("query", format!("cannot parse query string: {e}"))),
+    };
+    let mut page = FilePage {
+        limit: MAX_FILES_PAGE,
+        ..FilePage::default()
+    };
+    for (k, v) in pairs {
+        if v.contains('\0') {
+            return Ok(invalid(&k, "must not contain a NUL character".to_string()));
+        }
+        match k.as_str() {
+            "after" => page.after = Some(v),
+            "purpose" => page.purpose = Some(v),
+            "order" => match v.as_str() {
+                "asc" => page.ascending = true,
+                "desc" => page.ascending = false,
+                _ => {
+                    return Ok(invalid(
+                        "order",
+                        format!("must be 'asc' or 'desc', got '{v}'"),
+                    ))
+                }
+            },
+            "limit" => match v.parse::<i64>() {
+                Ok(n) if (1..=MAX_FILES_PAGE).contains(&n) => page.limit = n,
+                _ => {
+                    return Ok(invalid(
+                        "limit",
+                        format!("must be an integer from 1 to {MAX_FILES_PAGE}, got '{v}'"),
+                    ))
+                }
+            },
+            other => {
+                return Ok(invalid(
+                    other,
+                    format!(
+                        "unknown query parameter `{other}`; expected after, limit, order, purpose"
+                    ),
+                ))
+            }
+        }
+    }
+    let limit = page.limit;
+    page.limit += 1;
+    let mut files = engine.llm_files(page).await?;
+    let has_more = files.len() as i64 > limit;
+    files.truncate(limit as usize);
     let data: Vec<Value> = files.iter().map(file_object).collect();
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "has_more": false,
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "has_more": has_more,
         "first_id": files.first().map(|f| f.id.clone()), "last_id": files.last().map(|f| f.id.clone())})))
 }
 

@@ -3,7 +3,7 @@
 
 use super::Engine;
 use crate::queue::messages::EngineError;
-use crate::store::llm_files::{self, BatchRecord, FileInfo, NewFile};
+use crate::store::llm_files::{self, BatchRecord, FileInfo, FilePage, NewFile};
 
 impl Engine {
     /// Stores an uploaded file.
@@ -14,9 +14,12 @@ impl Engine {
             .await?)
     }
 
-    /// Every uploaded file, newest first.
-    pub async fn llm_files(&self) -> Result<Vec<FileInfo>, EngineError> {
-        Ok(self.store.read(llm_files::list_files).await?)
+    /// One page of uploaded files.
+    pub async fn llm_files(&self, page: FilePage) -> Result<Vec<FileInfo>, EngineError> {
+        Ok(self
+            .store
+            .read(move |c| llm_files::list_files(c, &page))
+            .await?)
     }
 
     /// One uploaded file, without content.

@@ -70,12 +70,56 @@ pub fn insert_file(conn: &mut Conn, file: &NewFile) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Read: every file, newest first, without content.
-pub fn list_files(conn: &mut Conn) -> Result<Vec<FileInfo>, StoreError> {
-    Ok(llm_files::table
-        .order((llm_files::created_at.desc(), llm_files::id.desc()))
+/// Which page of files [`list_files`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct FilePage {
+    /// A file id: only files after it in the listing's order.
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
+    /// Only files of this purpose.
+    pub purpose: Option<String>,
+}
+
+/// Read: one page of files, without content, in `(created_at, id)` order.
+pub fn list_files(conn: &mut Conn, page: &FilePage) -> Result<Vec<FileInfo>, StoreError> {
+    let mut query = llm_files::table
         .select(FileInfo::as_select())
-        .load(conn)?)
+        .limit(page.limit)
+        .into_boxed();
+    query = if page.ascending {
+        query.order((llm_files::created_at.asc(), llm_files::id.asc()))
+    } else {
+        query.order((llm_files::created_at.desc(), llm_files::id.desc()))
+    };
+    if let Some(purpose) = &page.purpose {
+        query = query.filter(llm_files::purpose.eq(purpose.clone()));
+    }
+    if let Some(mark) = match &page.after {
+        Some(after) => get_file(conn, after)?,
+        None => None,
+    } {
+        query = if page.ascending {
+            query.filter(
+                llm_files::created_at
+                    .gt(mark.created_at)
+                    .or(llm_files::created_at
+                        .eq(mark.created_at)
+                        .and(llm_files::id.gt(mark.id))),
+            )
+        } else {
+            query.filter(
+                llm_files::created_at
+                    .lt(mark.created_at)
+                    .or(llm_files::created_at
+                        .eq(mark.created_at)
+                        .and(llm_files::id.lt(mark.id))),
+            )
+        };
+    }
+    Ok(query.load(conn)?)
 }
 
 /// Read: one file without content.
