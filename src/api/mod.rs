@@ -220,7 +220,9 @@ impl Query {
         &self,
         name: &str,
     ) -> Result<Option<T>, ApiError> {
-        self.get(name)
+        // An empty value is not a status: refused (the document lists the statuses).
+        self.0
+            .get(name)
             .map(|s| {
                 s.parse::<T>()
                     .map_err(|e| ApiError::invalid(name, e.to_string()))

@@ -245,6 +245,17 @@ pub(super) async fn upload_file(
 /// Most files one `GET /v1/files` page lists (OpenAI's own bound and default).
 const MAX_FILES_PAGE: i64 = 10_000;
 
+/// The listing order of files by creation time.
+// Only the schema of `order`: the handler reads the query text itself.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+enum FileOrder {
+    /// Oldest first.
+    asc,
+    /// Newest first (the default).
+    desc,
+}
+
 #[utoipa::path(
     get, path = "/v1/files", tag = "openai",
     description = "Uploaded files in OpenAI's list shape: newest first (`order=asc` for oldest \
@@ -253,7 +264,7 @@ const MAX_FILES_PAGE: i64 = 10_000;
     params(
         ("after" = Option<String>, Query, description = "A file id: list those after it"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1–10000, default 10000"),
-        ("order" = Option<String>, Query, description = "`desc` (default) or `asc`, by creation time"),
+        ("order" = inline(Option<FileOrder>), Query, description = "`desc` (default) or `asc`, by creation time"),
         ("purpose" = Option<String>, Query, description = "Only files of this purpose"),
     ),
     responses(
