@@ -81,8 +81,11 @@ async fn a_requests_per_minute_limit_holds_over_two_jobs_and_both_progress() {
     }
     let arrivals = fake.arrivals();
     assert_eq!(arrivals.len(), 12);
-    // A little slack for the time between sending and arriving.
-    let most = most_in_window(&arrivals, Duration::from_millis(1950));
+    // Slack for the time between the limiter's admission and the arrival upstream: on a
+    // loaded machine a request admitted late in one window can arrive hundreds of ms
+    // later, beside the next window's. A limiter letting through twice the rate (or no
+    // limit at all) still puts more than 4 into 1.2 s; the span below checks the rate.
+    let most = most_in_window(&arrivals, Duration::from_millis(1200));
     assert!(
         most <= 4,
         "{most} requests reached the upstream within one window"
@@ -115,7 +118,8 @@ async fn a_tokens_per_minute_limit_counts_the_reported_usage() {
     let job = app.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(job["metadata"]["progress"]["successful"], 6, "{job}");
     let arrivals = fake.arrivals();
-    let most = most_in_window(&arrivals, Duration::from_millis(950));
+    // The same slack as above, for the same reason: 60 % of the window.
+    let most = most_in_window(&arrivals, Duration::from_millis(600));
     assert!(most <= 2, "{most} requests within one window");
 }
 
