@@ -1197,3 +1197,36 @@ async fn a_real_llm_completes_a_small_task_when_one_is_configured() {
     assert!(r["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     assert!(scratch_is_empty(&scratch));
 }
+
+/// `max_total_tokens` holds for agent tasks too: each task here spends two model calls of
+/// 15 tokens, so a budget of 50 is spent by the second task and the rest never start.
+#[actix_web::test]
+async fn a_token_budget_stops_agent_tasks_once_spent() {
+    let (app, _scratch) = agent_app().await;
+    init_repo(&app);
+    let llm = FakeLlm::start(|chat: &Chat| match chat.replies() {
+        0 => call("write_file", json!({"path": "out.txt", "content": "x\n"})),
+        _ => call("finish", json!({"summary": "wrote out.txt"})),
+    });
+    let tasks: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("t{i}"), "description": "Write out.txt"}))
+        .collect();
+    let id = app
+        .submit(
+            "/batch/agent-tasks",
+            &json!({"tasks": tasks, "llm_url": llm.url, "check_command": "test -s out.txt",
+                    "parallel": 1, "max_total_tokens": 50}),
+        )
+        .await;
+    let job = app.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(error.contains("max_total_tokens 50"), "{job}");
+    let p = &job["metadata"]["progress"];
+    assert_eq!(p["successful"], 2, "{job}");
+    assert_eq!(p["cancelled"], 3, "{job}");
+    assert_eq!(p["prompt_tokens"], 40, "{job}");
+    assert_eq!(p["completion_tokens"], 20, "{job}");
+    // Two tasks of two calls each reached the model; the cancelled ones never did.
+    assert_eq!(llm.requests().len(), 4);
+}
