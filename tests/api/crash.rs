@@ -12,20 +12,7 @@ struct Server {
 }
 
 async fn start_server(dir: &Path, workspace: &Path, extra: &[&str]) -> Server {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap();
-    let url = database_url(dir, "jobs.db");
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "--database-url".as_ref(),
-        url.as_ref(),
-        "--workspace".as_ref(),
-        workspace.as_os_str(),
-    ];
-    args.extend(extra.iter().map(std::ffi::OsStr::new));
-    let (child, address) = spawn_serve(&args, log).await;
+    let (child, address) = serve_in_dir(dir, workspace, extra).await;
     Server { child, address }
 }
 

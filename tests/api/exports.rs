@@ -10,22 +10,9 @@ use std::time::Duration;
 const ITEMS: usize = 3000;
 
 async fn serve(dir: &Path) -> (tokio::process::Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap();
-    let url = database_url(dir, "jobs.db");
     let workspace = dir.join("ws");
     std::fs::create_dir_all(&workspace).unwrap();
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "--database-url".as_ref(),
-        url.as_ref(),
-        "--workspace".as_ref(),
-        workspace.as_os_str(),
-        "--noop-processor".as_ref(),
-    ];
-    spawn_serve(&args, log).await
+    serve_in_dir(dir, &workspace, &["--noop-processor"]).await
 }
 
 async fn stop(mut child: tokio::process::Child) {

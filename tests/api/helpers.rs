@@ -401,6 +401,29 @@ pub fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Starts `batchforge serve` on `dir`'s database (`jobs.db`, kept across restarts) and
+/// `workspace`, appending its log to `dir/server.log`, with `extra` arguments.
+pub async fn serve_in_dir(
+    dir: &Path,
+    workspace: &Path,
+    extra: &[&str],
+) -> (tokio::process::Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let url = database_url(dir, "jobs.db");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--database-url".as_ref(),
+        url.as_ref(),
+        "--workspace".as_ref(),
+        workspace.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    spawn_serve(&args, log).await
+}
+
 /// Starts `batchforge serve --bind 127.0.0.1:0` with `args` as a child process (killed
 /// when dropped), its stderr into `log`, and returns it with the address it announced.
 pub async fn spawn_serve(

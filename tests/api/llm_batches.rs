@@ -693,25 +693,9 @@ async fn the_official_openai_sdk_drives_the_batch_api_unchanged() {
 
 /// Starts `batchforge serve` on `dir`'s database with the LLM at `llm_url`.
 async fn serve_llm(dir: &std::path::Path, llm_url: &str) -> (tokio::process::Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap();
-    let url = database_url(dir, "jobs.db");
     let ws = dir.join("ws");
     std::fs::create_dir_all(&ws).unwrap();
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "--database-url".as_ref(),
-        url.as_ref(),
-        "--workspace".as_ref(),
-        ws.as_os_str(),
-        "--llm-url".as_ref(),
-        llm_url.as_ref(),
-        "--llm-concurrency".as_ref(),
-        "8".as_ref(),
-    ];
-    spawn_serve(&args, log).await
+    serve_in_dir(dir, &ws, &["--llm-url", llm_url, "--llm-concurrency", "8"]).await
 }
 
 #[actix_web::test]

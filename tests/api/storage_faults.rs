@@ -7,26 +7,33 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-/// Mounts a tmpfs of `size` on `dir`; `false` (with the reason printed) where not allowed.
-fn mount_tmpfs(dir: &Path, size: &str) -> bool {
-    let out = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .output();
-    match out {
+/// Runs a set-up command; `false` (with the reason printed) where this machine does not
+/// allow it, so the test skips.
+fn run_or_skip(cmd: &mut std::process::Command, what: &str) -> bool {
+    match cmd.output() {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
             eprintln!(
-                "skipping: cannot mount a tmpfs here: {}",
+                "skipping: {what} is not possible here: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
             );
             false
         }
         Err(e) => {
-            eprintln!("skipping: cannot run mount: {e}");
+            eprintln!("skipping: cannot run {what}: {e}");
             false
         }
     }
+}
+
+/// Mounts a tmpfs of `size` on `dir`; `false` (with the reason printed) where not allowed.
+fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    run_or_skip(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir),
+        "mounting a tmpfs",
+    )
 }
 
 /// Unmounts the tmpfs when dropped, so a failing test leaves no mount behind.
@@ -137,24 +144,10 @@ fn chattr(flag: &str, db: &Path) -> bool {
         .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
         .filter(|p| p.exists())
         .collect();
-    match std::process::Command::new("chattr")
-        .arg(flag)
-        .args(&files)
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!(
-                "skipping: chattr {flag} is not possible here: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("skipping: cannot run chattr: {e}");
-            false
-        }
-    }
+    run_or_skip(
+        std::process::Command::new("chattr").arg(flag).args(&files),
+        &format!("chattr {flag}"),
+    )
 }
 
 /// Clears the immutable flag when dropped, so a failing test leaves a removable file.
