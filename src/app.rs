@@ -57,7 +57,7 @@ impl Application {
     /// allowed origins and hosts). A non-loopback address without a token is refused
     /// before anything listens, unless `security.allow_unauthenticated`.
     pub async fn build_secured(
-        config: ServeConfig,
+        mut config: ServeConfig,
         mut security: SecurityConfig,
         customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
     ) -> Result<Application, StartError> {
@@ -80,6 +80,15 @@ impl Application {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let port = local.port();
         security.bound = Some(local);
+        // A command that prints the API's tokens (from an env file, a shell history) must
+        // not hand them to a read-only client through its results.
+        config.engine.secret_values.extend(
+            security
+                .tokens
+                .iter()
+                .chain(&security.read_tokens)
+                .map(crate::secrets::Secret::new),
+        );
         let engine = customize(EngineBuilder::new(config.engine)).start().await?;
         let for_http = engine.clone();
         let mut server = HttpServer::new(move || {

@@ -186,6 +186,14 @@ impl Redactor {
         self
     }
 
+    /// This redactor with `other`'s values too (a job's secrets and the engine's).
+    pub fn and(self, other: &Redactor) -> Redactor {
+        if other.is_empty() {
+            return self;
+        }
+        self.with_values(other.values.iter().cloned())
+    }
+
     /// Whether there is nothing to scrub.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()

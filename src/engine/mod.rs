@@ -54,6 +54,10 @@ pub struct EngineConfig {
     pub cluster: crate::services::cluster::ClusterConfig,
     /// How commands are isolated (`--sandbox`) and limited (`--sandbox-memory-mb` …).
     pub sandbox: crate::sandbox::SandboxConfig,
+    /// More values to scrub from every item's result and error, besides each job's own
+    /// secrets and the engine's `agent.api_key`, `webhooks.secret` and URL credentials,
+    /// which are always scrubbed: an embedder's own keys, the API's tokens.
+    pub secret_values: Vec<crate::secrets::Secret>,
 }
 
 impl Default for EngineConfig {
@@ -72,7 +76,29 @@ impl Default for EngineConfig {
             retention_interval: crate::services::retention::DEFAULT_INTERVAL,
             cluster: crate::services::cluster::ClusterConfig::default(),
             sandbox: crate::sandbox::SandboxConfig::default(),
+            secret_values: Vec::new(),
         }
+    }
+}
+
+impl EngineConfig {
+    /// The engine's own secrets, scrubbed by value from what every job's commands and
+    /// upstreams produce (a check command that `cat`s a credentials file, an LLM error that
+    /// echoes the key it was sent): the LLM key, the webhook signing secret, credentials
+    /// in the LLM URLs, and [`EngineConfig::secret_values`].
+    pub fn engine_secrets(&self) -> crate::secrets::Redactor {
+        let urls: Vec<serde_json::Value> = std::iter::once(&self.agent.llm_url)
+            .chain(self.agent.routes.iter().map(|r| &r.url))
+            .map(|u| serde_json::Value::from(u.as_str()))
+            .collect();
+        crate::secrets::Redactor::of(&urls).with_values(
+            self.agent
+                .api_key
+                .iter()
+                .chain(&self.webhooks.secret)
+                .cloned()
+                .chain(self.secret_values.iter().map(|s| s.expose().to_string())),
+        )
     }
 }
 
@@ -279,6 +305,7 @@ impl EngineBuilder {
                 .collect(),
             lease: node_timeout.as_secs_f64(),
             cluster,
+            secrets: config.engine_secrets(),
         })
         .start();
         let background = tokio_util::sync::CancellationToken::new();

@@ -435,3 +435,155 @@ async fn secrets_given_to_jobs_are_used_and_appear_on_no_surface_nor_in_the_debu
     );
     assert_clean("the server's log at RUST_LOG=debug", &log);
 }
+
+/// `GET url` with the bearer `token`, as text; event streams are read until `limit`.
+async fn authorized_text(url: &str, token: &str, limit: Duration) -> String {
+    let mut answer = awc::Client::builder()
+        .timeout(limit)
+        .finish()
+        .get(url)
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(
+        answer.status().is_success(),
+        "GET {url}: {}",
+        answer.status()
+    );
+    let body = answer.body().limit(64 << 20).await.expect("body");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[actix_web::test]
+async fn the_engines_own_key_secret_and_tokens_are_scrubbed_when_a_command_prints_them() {
+    const TOKEN: &str = "api-full-token-6c1d09";
+    const READ_TOKEN: &str = "api-read-token-a83f52";
+    const URL_PASSWORD: &str = "llm-url-password-11e4c7";
+    let hooks = Recorder::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    // A credentials file in the workspace, as a careless `.env` would be: the check
+    // command prints it whole.
+    std::fs::write(
+        dir.path().join("creds.txt"),
+        format!(
+            "llm={ENGINE_KEY}\nhook={WEBHOOK_SECRET}\ntoken={TOKEN}\nread={READ_TOKEN}\nurl={URL_PASSWORD}\nplain=visible\n"
+        ),
+    )
+    .unwrap();
+    let _db = TestDb::create(dir.path(), "e.db");
+    let db = database_url(dir.path(), "e.db");
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let llm_url = format!("http://bob:{URL_PASSWORD}@127.0.0.1:9");
+    let ws = dir.path().as_os_str();
+    let (_child, a) = spawn_serve_in_env(
+        &[
+            "--database-url".as_ref(),
+            db.as_ref(),
+            "--workspace".as_ref(),
+            ws,
+            "--llm-url".as_ref(),
+            llm_url.as_ref(),
+            "--llm-api-key".as_ref(),
+            ENGINE_KEY.as_ref(),
+            "--webhook-secret".as_ref(),
+            WEBHOOK_SECRET.as_ref(),
+            "--webhook-allow-private".as_ref(),
+            "--token".as_ref(),
+            TOKEN.as_ref(),
+            "--read-token".as_ref(),
+            READ_TOKEN.as_ref(),
+        ],
+        log,
+        &[("RUST_LOG", "debug".as_ref())],
+    )
+    .await;
+    let events = Arc::new(Mutex::new(String::new()));
+    let body = json!({"targets": [{"id": "t", "path": "creds.txt"}],
+                      "check_command": "cat creds.txt",
+                      "callback_url": format!("{}/hook", hooks.url)});
+    let mut answer = client()
+        .post(format!("{a}/batch/validation"))
+        .insert_header(("authorization", format!("Bearer {TOKEN}")))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), awc::http::StatusCode::OK);
+    let job: Value = answer.json().await.unwrap();
+    let id = job["job_id"].as_str().unwrap().to_string();
+    let stream = {
+        let (url, into) = (format!("{a}/batch/jobs/{id}/events"), events.clone());
+        async move {
+            let text = authorized_text(&url, READ_TOKEN, Duration::from_secs(60)).await;
+            into.lock().unwrap().push_str(&text);
+        }
+    };
+    actix_web::rt::spawn(stream);
+    let job = wait_for(Duration::from_secs(60), "the job to finish", || async {
+        let text = authorized_text(
+            &format!("{a}/batch/jobs/{id}"),
+            READ_TOKEN,
+            Duration::from_secs(20),
+        )
+        .await;
+        let job: Value = serde_json::from_str(&text).unwrap();
+        job["completed_at"].is_number().then_some(job)
+    })
+    .await;
+    // The command ran and printed the file: what is not a secret is still there.
+    let stdout = job["result"]["results"][0]["stdout"].as_str().unwrap();
+    assert!(stdout.contains("plain=visible"), "{job}");
+    assert!(
+        stdout.contains("llm=***") && stdout.contains("token=***") && stdout.contains("url=***"),
+        "{job}"
+    );
+    let clean = |what: &str, text: &str| {
+        for secret in [ENGINE_KEY, WEBHOOK_SECRET, TOKEN, READ_TOKEN, URL_PASSWORD] {
+            assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+        }
+    };
+    clean("the job", &job.to_string());
+    for path in [
+        format!("/batch/jobs/{id}/items"),
+        format!("/batch/jobs/{id}/results.jsonl"),
+        "/batch/jobs?limit=10".to_string(),
+        "/health".to_string(),
+    ] {
+        let body =
+            authorized_text(&format!("{a}{path}"), READ_TOKEN, Duration::from_secs(20)).await;
+        assert!(body.len() > 2, "{path}: {body}");
+        clean(&path, &body);
+    }
+    let results = authorized_text(
+        &format!("{a}/batch/jobs/{id}/results.jsonl"),
+        TOKEN,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(results.contains("plain=visible"), "{results}");
+    let streamed = wait_for(
+        Duration::from_secs(60),
+        "the job's event stream",
+        || async {
+            let all = events.lock().unwrap().clone();
+            all.contains("event: end").then_some(all)
+        },
+    )
+    .await;
+    clean("the job's events", &streamed);
+    let delivered = wait_for(Duration::from_secs(30), "the webhook", || async {
+        let seen = hooks.seen();
+        (!seen.is_empty()).then_some(seen)
+    })
+    .await;
+    clean(
+        "the webhook",
+        &format!("{}{}", delivered[0].headers, delivered[0].body),
+    );
+    clean(
+        "the debug log",
+        &std::fs::read_to_string(&log_path).unwrap(),
+    );
+}

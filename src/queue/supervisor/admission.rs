@@ -48,7 +48,7 @@ impl Supervisor {
         let tracker = self.tracker.clone();
         let ctx = Arc::new(JobContext {
             id: id.clone(),
-            secrets: crate::secrets::Redactor::of([&job.spec]),
+            secrets: crate::secrets::Redactor::of([&job.spec]).and(&self.secrets),
             options: Arc::new(job.spec.clone()),
             item_timeout: job.options.item_timeout,
             cancel: self.shutdown_token.child_token(),

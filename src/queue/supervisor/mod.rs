@@ -76,6 +76,9 @@ pub struct SupervisorConfig {
     /// Other nodes share the queue (PostgreSQL): follow what they submit, cancel and
     /// pause ([`ClusterSync`]), poll for it as a fallback, and tell them about ours.
     pub cluster: bool,
+    /// The engine's own secret values ([`crate::engine::EngineConfig::engine_secrets`]),
+    /// scrubbed from every job's results along with the job's own.
+    pub secrets: crate::secrets::Redactor,
 }
 
 /// A registered kind's processor and the Worker that runs its items.
@@ -93,6 +96,8 @@ pub struct Supervisor {
     lease: f64,
     /// See [`SupervisorConfig::cluster`].
     cluster: bool,
+    /// See [`SupervisorConfig::secrets`].
+    secrets: crate::secrets::Redactor,
     /// Processors whose Workers start with the actor.
     pending_processors: Vec<(Arc<dyn Processor>, u32)>,
     /// Open jobs to follow once the Workers exist.
@@ -132,6 +137,7 @@ impl Supervisor {
             node_id: config.node_id,
             lease: config.lease,
             cluster: config.cluster,
+            secrets: config.secrets,
             pending_processors: config.processors,
             pending_jobs: config.open_jobs,
             paused_kinds: config.paused_kinds,
