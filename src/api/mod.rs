@@ -235,7 +235,7 @@ const MAX_PAGE: u64 = 1000;
 
 #[utoipa::path(
     get, path = "/batch/jobs", tag = "jobs",
-    description = "Jobs, newest first. A finished entry's `result` is brief: `{summary, elapsed_seconds, results_count, results_url, items_url, results_jsonl_url}`, without `results` (`GET /batch/jobs/{id}` carries them, `/items` pages them, `results.jsonl` streams them).",
+    description = "Jobs, newest first. An LLM job (`batch_llm`, `batch_agent_tasks`) carries its token totals in `metadata.progress` (`prompt_tokens`, `completion_tokens`) as in `GET /batch/jobs/{id}`. A finished entry's `result` is brief: `{summary, elapsed_seconds, results_count, results_url, items_url, results_jsonl_url}`, without `results` (`GET /batch/jobs/{id}` carries them, `/items` pages them, `results.jsonl` streams them).",
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
         ("job_type" = Option<String>, Query, description = "Only jobs of this kind", example = "batch_validation"),
@@ -258,10 +258,48 @@ async fn list_jobs(engine: web::Data<Engine>, req: HttpRequest) -> Reply {
         offset: q.number("offset", 0, 0, i64::MAX as u64)?,
     };
     let page = engine.supervisor().send(msg).await.map_err(mailbox)??;
+    let mut jobs: Vec<JobResponse> = page.jobs.into_iter().map(JobResponse::from).collect();
+    // A running LLM job's live progress counts its tokens already (once it has any); a
+    // finished one's are summed from its items, for the whole page in one read.
+    let without = |j: &JobResponse| {
+        is_llm_kind(&j.kind)
+            && j.completed_at.is_some()
+            && j.metadata["progress"].get("prompt_tokens").is_none()
+    };
+    let llm: Vec<String> = jobs
+        .iter()
+        .filter(|j| without(j))
+        .map(|j| j.job_id.clone())
+        .collect();
+    if !llm.is_empty() {
+        let totals = engine.llm_token_totals_of(llm).await?;
+        for job in jobs.iter_mut().filter(|j| without(j)) {
+            let tokens = totals.get(&job.job_id).copied().unwrap_or_default();
+            put_token_totals(job, tokens);
+        }
+    }
     Ok(HttpResponse::Ok().json(JobList {
-        jobs: page.jobs.into_iter().map(JobResponse::from).collect(),
+        jobs,
         total: page.total,
     }))
+}
+
+/// Whether jobs of `kind` call an LLM and so carry token totals.
+fn is_llm_kind(kind: &str) -> bool {
+    kind == crate::processors::llm_batch::KIND || kind == crate::processors::agent::KIND
+}
+
+/// Puts an LLM job's token totals (`prompt_tokens`, `completion_tokens`), summed from
+/// its items' stored usage, into its `metadata.progress`.
+fn put_token_totals(job: &mut JobResponse, (prompt, completion): (u64, u64)) {
+    if let Some(p) = job
+        .metadata
+        .get_mut("progress")
+        .and_then(|p| p.as_object_mut())
+    {
+        p.insert("prompt_tokens".into(), prompt.into());
+        p.insert("completion_tokens".into(), completion.into());
+    }
 }
 
 #[utoipa::path(
@@ -278,21 +316,9 @@ async fn get_job(engine: web::Data<Engine>, id: Segment) -> Reply {
     let msg = GetJob { job_id: id.clone() };
     match engine.supervisor().send(msg).await.map_err(mailbox)?? {
         Some(view) => {
-            let kind = view.record.kind.as_str();
-            let llm = kind == crate::processors::llm_batch::KIND
-                || kind == crate::processors::agent::KIND;
             let mut job = JobResponse::from(view);
-            if llm {
-                // Token totals of an LLM job, summed from its items' stored usage when asked.
-                let (prompt, completion) = engine.llm_token_totals(&id).await?;
-                if let Some(p) = job
-                    .metadata
-                    .get_mut("progress")
-                    .and_then(|p| p.as_object_mut())
-                {
-                    p.insert("prompt_tokens".into(), prompt.into());
-                    p.insert("completion_tokens".into(), completion.into());
-                }
+            if is_llm_kind(&job.kind) {
+                put_token_totals(&mut job, engine.llm_token_totals(&id).await?);
             }
             Ok(HttpResponse::Ok().json(job))
         }

@@ -353,18 +353,23 @@ impl Client {
                     print_json(&page);
                 } else {
                     println!(
-                        "{:<32} {:<10} {:>7} {:>8} {:>6}",
-                        "JOB", "STATUS", "ITEMS", "DONE %", "FAILED"
+                        "{:<32} {:<10} {:>7} {:>8} {:>6} {:>10}",
+                        "JOB", "STATUS", "ITEMS", "DONE %", "FAILED", "TOKENS"
                     );
                     for j in page["jobs"].as_array().into_iter().flatten() {
                         let p = &j["metadata"]["progress"];
+                        // Prompt plus completion tokens of an LLM job; `-` for other kinds.
+                        let tokens = p["prompt_tokens"].as_u64().map_or("-".to_string(), |t| {
+                            (t + p["completion_tokens"].as_u64().unwrap_or(0)).to_string()
+                        });
                         println!(
-                            "{:<32} {:<10} {:>7} {:>8.1} {:>6}",
+                            "{:<32} {:<10} {:>7} {:>8.1} {:>6} {:>10}",
                             j["job_id"].as_str().unwrap_or(""),
                             j["status"].as_str().unwrap_or(""),
                             p["total"].to_string(),
                             j["progress"].as_f64().unwrap_or(0.0),
-                            p["failed"].to_string()
+                            p["failed"].to_string(),
+                            tokens
                         );
                     }
                     println!(

@@ -86,4 +86,16 @@ impl Engine {
             .read(move |c| llm_files::token_totals(c, &id))
             .await?)
     }
+
+    /// [`Engine::llm_token_totals`] of several jobs in one read; jobs that used no
+    /// tokens yet are absent.
+    pub async fn llm_token_totals_of(
+        &self,
+        job_ids: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, (u64, u64)>, EngineError> {
+        Ok(self
+            .store
+            .read(move |c| llm_files::token_totals_of(c, &job_ids))
+            .await?)
+    }
 }

@@ -188,9 +188,11 @@ pub fn list_batches(
     Ok(query.load(conn)?)
 }
 
-/// A job's token totals as [`token_totals`] reads them.
+/// A job's token totals as [`token_totals_of`] reads them.
 #[derive(diesel::QueryableByName)]
 struct TokenRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    job_id: String,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     p: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -201,22 +203,42 @@ struct TokenRow {
 /// their results' `usage` (one aggregate over the job's items; a failed agent task spent
 /// tokens too).
 pub fn token_totals(conn: &mut Conn, job_id: &str) -> Result<(u64, u64), StoreError> {
-    let row: TokenRow = if let Conn::Pg(c) = conn {
+    Ok(token_totals_of(conn, &[job_id.to_string()])?
+        .remove(job_id)
+        .unwrap_or_default())
+}
+
+/// Read: [`token_totals`] of several jobs in one aggregate (a page of the jobs list);
+/// a job without finished items is absent.
+pub fn token_totals_of(
+    conn: &mut Conn,
+    job_ids: &[String],
+) -> Result<std::collections::HashMap<String, (u64, u64)>, StoreError> {
+    if job_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<TokenRow> = if let Conn::Pg(c) = conn {
         diesel::sql_query(
-            "SELECT COALESCE(SUM((result::jsonb -> 'usage' ->> 'prompt_tokens')::bigint), 0)::bigint AS p, \
+            "SELECT job_id, COALESCE(SUM((result::jsonb -> 'usage' ->> 'prompt_tokens')::bigint), 0)::bigint AS p, \
                     COALESCE(SUM((result::jsonb -> 'usage' ->> 'completion_tokens')::bigint), 0)::bigint AS c \
-             FROM job_items WHERE job_id = $1 AND result IS NOT NULL",
+             FROM job_items WHERE job_id = ANY($1) AND result IS NOT NULL GROUP BY job_id",
         )
-        .bind::<diesel::sql_types::Text, _>(job_id)
-        .get_result(c)?
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(job_ids)
+        .load(c)?
     } else {
+        // The ids as one JSON array: one statement whatever the page size.
+        let ids = serde_json::to_string(job_ids).unwrap_or_else(|_| "[]".into());
         diesel::sql_query(
-            "SELECT CAST(COALESCE(SUM(json_extract(result, '$.usage.prompt_tokens')), 0) AS INTEGER) AS p, \
+            "SELECT job_id, CAST(COALESCE(SUM(json_extract(result, '$.usage.prompt_tokens')), 0) AS INTEGER) AS p, \
                     CAST(COALESCE(SUM(json_extract(result, '$.usage.completion_tokens')), 0) AS INTEGER) AS c \
-             FROM job_items WHERE job_id = ? AND result IS NOT NULL",
+             FROM job_items WHERE job_id IN (SELECT value FROM json_each(?)) AND result IS NOT NULL \
+             GROUP BY job_id",
         )
-        .bind::<diesel::sql_types::Text, _>(job_id)
-        .get_result(conn)?
+        .bind::<diesel::sql_types::Text, _>(ids)
+        .load(conn)?
     };
-    Ok((row.p.max(0) as u64, row.c.max(0) as u64))
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.job_id, (r.p.max(0) as u64, r.c.max(0) as u64)))
+        .collect())
 }

@@ -1,16 +1,6 @@
 //! The CLI client as a child process against a live server.
 
 use crate::helpers::*;
-use std::process::Output;
-
-async fn cli(app_address: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
-        .args(["--server", app_address])
-        .args(args)
-        .output()
-        .await
-        .expect("the CLI runs")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -21,7 +11,7 @@ async fn submit_wait_prints_the_summary_and_exits_non_zero_on_failed_items() {
     let app = spawn_app().await;
     app.write_file("a.txt", "x");
     app.write_file("empty.txt", "");
-    let out = cli(
+    let out = run_cli(
         &app.address,
         &[
             "submit",
@@ -46,7 +36,7 @@ async fn submit_wait_prints_the_summary_and_exits_non_zero_on_failed_items() {
         "{stdout}"
     );
 
-    let out = cli(
+    let out = run_cli(
         &app.address,
         &["submit", "tests", "--command", "true", "a.txt", "--wait"],
     )
@@ -54,16 +44,16 @@ async fn submit_wait_prints_the_summary_and_exits_non_zero_on_failed_items() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("completed: 1 items, 1 succeeded, 0 failed"));
 
-    let out = cli(&app.address, &["--json", "jobs"]).await;
+    let out = run_cli(&app.address, &["--json", "jobs"]).await;
     assert_eq!(out.status.code(), Some(0));
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(page["total"], 2);
 
     let id = page["jobs"][1]["job_id"].as_str().unwrap().to_string();
-    let out = cli(&app.address, &["export", &id]).await;
+    let out = run_cli(&app.address, &["export", &id]).await;
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout).lines().count(), 2);
-    let out = cli(&app.address, &["items", &id, "--status", "failed"]).await;
+    let out = run_cli(&app.address, &["items", &id, "--status", "failed"]).await;
     assert!(
         text(&out.stdout).contains("empty.txt"),
         "{}",
@@ -73,7 +63,7 @@ async fn submit_wait_prints_the_summary_and_exits_non_zero_on_failed_items() {
 
 #[actix_web::test]
 async fn the_cli_names_the_url_when_the_server_cannot_be_reached() {
-    let out = cli("http://127.0.0.1:9", &["stats"]).await;
+    let out = run_cli("http://127.0.0.1:9", &["stats"]).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
@@ -86,7 +76,7 @@ async fn the_cli_names_the_url_when_the_server_cannot_be_reached() {
 #[actix_web::test]
 async fn the_cli_reports_an_unknown_job_with_the_servers_detail() {
     let app = spawn_app().await;
-    let out = cli(&app.address, &["show", "batch_validation-000000000000"]).await;
+    let out = run_cli(&app.address, &["show", "batch_validation-000000000000"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not found"));
 }
@@ -97,7 +87,7 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
     app.write_file("a.txt", "x");
     // Fails once (exit 1: an ordinary failure), so a manual retry has something to do.
     let flaky = "sh -c 'if [ -e \"$0.seen\" ]; then exit 0; fi; touch \"$0.seen\"; exit 1'";
-    let out = cli(
+    let out = run_cli(
         &app.address,
         &[
             "--json",
@@ -124,7 +114,7 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
     assert_eq!(job["idempotency_key"], "cli-1");
     assert_eq!(job["options"]["max_attempts"], 2);
 
-    let out = cli(&app.address, &["retry", &id]).await;
+    let out = run_cli(&app.address, &["retry", &id]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("1 items requeued"),
@@ -138,7 +128,7 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
 
     // A job that waits for a slow one (so it cannot finish meanwhile), paused and resumed
     // from the CLI; cancelling the slow one lets it run, as it runs on failure.
-    let out = cli(
+    let out = run_cli(
         &app.address,
         &[
             "submit",
@@ -150,7 +140,7 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
     )
     .await;
     let slow = text(&out.stdout).trim().to_string();
-    let out = cli(
+    let out = run_cli(
         &app.address,
         &[
             "submit",
@@ -168,17 +158,17 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let second = text(&out.stdout).trim().to_string();
-    let out = cli(&app.address, &["pause", &second]).await;
+    let out = run_cli(&app.address, &["pause", &second]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("paused"),
         "{}",
         text(&out.stdout)
     );
-    let out = cli(&app.address, &["resume", &second]).await;
+    let out = run_cli(&app.address, &["resume", &second]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("resumed"));
-    let out = cli(&app.address, &["cancel", &slow]).await;
+    let out = run_cli(&app.address, &["cancel", &slow]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let done = app
         .wait_finished(&second, std::time::Duration::from_secs(60))
@@ -186,9 +176,9 @@ async fn the_cli_sets_job_semantics_and_pauses_resumes_and_retries_jobs() {
     assert_eq!(done["status"], "completed");
     assert_eq!(done["options"]["depends_on"], serde_json::json!([slow]));
 
-    let out = cli(&app.address, &["kinds"]).await;
+    let out = run_cli(&app.address, &["kinds"]).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("batch_validation"));
-    let out = cli(&app.address, &["retry", "batch_validation-000000000000"]).await;
+    let out = run_cli(&app.address, &["retry", "batch_validation-000000000000"]).await;
     assert_eq!(out.status.code(), Some(2));
 }

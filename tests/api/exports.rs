@@ -63,15 +63,6 @@ async fn raw_get(address: &str, path: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-async fn cli(address: &str, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
-        .args(["--server", address])
-        .args(args)
-        .output()
-        .await
-        .expect("the CLI runs")
-}
-
 #[actix_web::test]
 async fn a_damaged_page_fails_every_export_instead_of_truncating_it() {
     if on_postgres() {
@@ -112,7 +103,7 @@ async fn a_damaged_page_fails_every_export_instead_of_truncating_it() {
     .await;
     // A whole export first, to compare with.
     let whole = dir.path().join("whole.jsonl");
-    let out = cli(&address, &["export", &id, "-o", whole.to_str().unwrap()]).await;
+    let out = run_cli(&address, &["export", &id, "-o", whole.to_str().unwrap()]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(lines(&whole).len(), ITEMS);
     stop(server).await;
@@ -182,7 +173,7 @@ async fn a_damaged_page_fails_every_export_instead_of_truncating_it() {
 
     // The CLI: non-zero, the cause on stderr, and no file that looks complete.
     let partial = dir.path().join("partial.jsonl");
-    let out = cli(
+    let out = run_cli(
         &address,
         &["export", &id, "--output", partial.to_str().unwrap()],
     )
@@ -198,7 +189,7 @@ async fn a_damaged_page_fails_every_export_instead_of_truncating_it() {
         .filter(|e| e.file_name().to_string_lossy().contains("partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let out = cli(&address, &["export", &id]).await;
+    let out = run_cli(&address, &["export", &id]).await;
     assert!(!out.status.success(), "export to stdout: {out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("malformed"),

@@ -482,3 +482,13 @@ pub async fn all_items_at(address: &str, id: &str, page: u32) -> Vec<Value> {
         items.extend(got);
     }
 }
+
+/// The CLI client as a child process against the server at `address`.
+pub async fn run_cli(address: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_batchforge"))
+        .args(["--server", address])
+        .args(args)
+        .output()
+        .await
+        .expect("the CLI runs")
+}

@@ -49,6 +49,25 @@ async fn each_request_is_one_chat_completion_passed_through_to_an_openai_endpoin
         job["metadata"]["progress"]["completion_tokens"], 15,
         "{job}"
     );
+    // The same totals once finished in the jobs list, and in the CLI's TOKENS column.
+    let (_, page) = app.get("/batch/jobs?job_type=batch_llm").await;
+    let listed = &page["jobs"][0];
+    assert_eq!(listed["job_id"], id.as_str(), "{page}");
+    assert_eq!(
+        listed["metadata"]["progress"]["prompt_tokens"], 30,
+        "{page}"
+    );
+    assert_eq!(
+        listed["metadata"]["progress"]["completion_tokens"], 15,
+        "{page}"
+    );
+    let out = run_cli(&app.address, &["jobs"]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.trim_end().ends_with("TOKENS"), "{table}");
+    let row = table.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+    assert!(row.trim_end().ends_with(" 45"), "{table}");
     let items = by_id(&app.all_items(&id, 10).await);
     assert_eq!(items.len(), 3);
     let a = &items["a"]["result"];
