@@ -34,6 +34,10 @@ pub struct Batch {
     pub outcomes: Arc<Vec<FinishedItem>>,
     /// New jobs to insert: (id, job).
     pub submissions: Vec<(String, Arc<AdmittedJob>)>,
+    /// Insert each submission inside a savepoint of its own: one that fails is rolled
+    /// back alone ([`Inserted::Failed`]) and the rest of the write commits. Off on a first
+    /// try (two more statements per submission); on when retrying a write that failed.
+    pub isolate_submissions: bool,
     /// Shared group slots to give back: (group, slots).
     pub slot_releases: Vec<(String, Vec<i32>)>,
     /// Shared group slots to take: (group, limit, how many).
@@ -54,6 +58,9 @@ pub enum Inserted {
     KeyConflict(JobRecord),
     /// A job it depends on does not exist.
     UnknownDependency(FieldError),
+    /// Its insert failed inside its own savepoint ([`Batch::isolate_submissions`]); the
+    /// rest of the write committed.
+    Failed(StoreError),
 }
 
 /// What one write committed.
@@ -98,7 +105,18 @@ pub fn commit(conn: &mut Conn, batch: Batch) -> Result<Committed, StoreError> {
     let recorded = record(conn, &batch.outcomes, node, t)?;
     let mut inserted = Vec::with_capacity(batch.submissions.len());
     for (id, job) in &batch.submissions {
-        inserted.push(insert(conn, id, job, node, t)?);
+        inserted.push(if batch.isolate_submissions {
+            use diesel::Connection;
+            match conn.transaction(|c| insert(c, id, job, node, t)) {
+                Ok(i) => i,
+                Err(e) => {
+                    log::warn!("submission {id} failed and was rolled back alone: {e}");
+                    Inserted::Failed(e)
+                }
+            }
+        } else {
+            insert(conn, id, job, node, t)?
+        });
     }
     for (group, slots) in &batch.slot_releases {
         store::groups::release_group_slots(conn, group, node, slots)?;
@@ -225,4 +243,78 @@ fn claim_for(
         None
     };
     Ok((items, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AdmittedJob, JobOptions};
+    use crate::store::fixtures;
+
+    fn batch(submissions: Vec<(String, Arc<AdmittedJob>)>, isolate: bool) -> Batch {
+        Batch {
+            node: Arc::from("n"),
+            lease: 30.0,
+            releases: Vec::new(),
+            starts: Vec::new(),
+            outcomes: Arc::new(Vec::new()),
+            submissions,
+            isolate_submissions: isolate,
+            slot_releases: Vec::new(),
+            slot_asks: Vec::new(),
+            read_owned_slots: false,
+            claims: Vec::new(),
+        }
+    }
+
+    fn admitted(items: usize) -> Arc<AdmittedJob> {
+        Arc::new(AdmittedJob {
+            job: fixtures::job(items),
+            options: JobOptions::default(),
+        })
+    }
+
+    /// Two submissions under one id: the second insert breaks the primary key.
+    fn clashing() -> Vec<(String, Arc<AdmittedJob>)> {
+        vec![
+            ("a".to_string(), admitted(2)),
+            ("dup".to_string(), admitted(1)),
+            ("dup".to_string(), admitted(3)),
+            ("b".to_string(), admitted(1)),
+        ]
+    }
+
+    fn stored(conn: &mut Conn, id: &str) -> bool {
+        store::jobs::get_job_status(conn, id).unwrap().is_some()
+    }
+
+    #[test]
+    fn a_failing_submission_fails_the_whole_write_unless_isolated() {
+        let mut conn = fixtures::conn();
+        use diesel::Connection;
+        // Without savepoints the write fails as a whole (and its transaction rolls back).
+        let whole = conn.transaction(|c| commit(c, batch(clashing(), false)));
+        assert!(whole.is_err());
+        assert!(!stored(&mut conn, "a"));
+        // Isolated: only the clashing insert is rolled back; the others commit.
+        let committed = conn
+            .transaction(|c| commit(c, batch(clashing(), true)))
+            .expect("the write commits");
+        let kinds: Vec<&str> = committed
+            .inserted
+            .iter()
+            .map(|i| match i {
+                Inserted::New(_) => "new",
+                Inserted::Failed(_) => "failed",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["new", "new", "failed", "new"]);
+        for id in ["a", "dup", "b"] {
+            assert!(stored(&mut conn, id), "{id}");
+        }
+        // The first `dup` keeps its own items, none of the rolled-back one's.
+        let (items, _) = store::items::list_items(&mut conn, "dup", None, 10, 0).unwrap();
+        assert_eq!(items.len(), 1);
+    }
 }

@@ -36,8 +36,9 @@ pub(super) struct PendingSubmit {
     /// Shared with the insert closure, so a retry does not need a copy of a huge job.
     job: Arc<AdmittedJob>,
     reply: SubmitReply,
-    /// Insert on its own: a shared insert it was part of failed.
-    alone: bool,
+    /// A shared write it was part of failed: the next write inserts it inside a savepoint
+    /// of its own, so that if it fails again it fails alone and the rest commits.
+    isolated: bool,
 }
 
 /// What waits for the next group commit, and where the commit stands.
@@ -108,7 +109,7 @@ impl Supervisor {
             id: new_job_id(&job.kind),
             job: Arc::new(job),
             reply,
-            alone: false,
+            isolated: false,
         });
         self.cycle(ctx);
         answer
@@ -129,12 +130,6 @@ impl Supervisor {
             self.seed_tokens(ctx);
         }
         if self.pipeline.writing {
-            return;
-        }
-        // A submission that failed inside a shared write is retried alone.
-        if let Some(i) = self.pipeline.submits.iter().position(|p| p.alone) {
-            let submit = self.pipeline.submits.remove(i);
-            self.write(ctx, Vec::new(), vec![submit], Vec::new());
             return;
         }
         let stopping = self.drain.stopping();
@@ -224,6 +219,7 @@ impl Supervisor {
                 .iter()
                 .map(|p| (p.id.clone(), p.job.clone()))
                 .collect(),
+            isolate_submissions: sent.submits.iter().any(|p| p.isolated),
             slot_releases: sent.slot_releases.clone(),
             slot_asks: sent.slot_asks.clone(),
             read_owned_slots: sent.reconcile,
@@ -290,8 +286,10 @@ impl Supervisor {
         }
     }
 
-    /// A write failed: everything it took goes back to be written again (a submission
-    /// that shared the write is retried alone; one alone is answered with the error).
+    /// A write failed: everything it took goes back to be written again. A submission
+    /// that shared the write is retried at once inside a savepoint of its own (if it was
+    /// the cause, only it fails then, and nobody else waits out a retry delay); one alone,
+    /// or one that already had its own savepoint, is answered with the error.
     fn write_failed(&mut self, ctx: &mut Context<Self>, e: StoreError, sent: InFlight) {
         let InFlight {
             outcomes,
@@ -333,17 +331,25 @@ impl Supervisor {
         let mut retry: Vec<FinishedItem> = outcomes.iter().cloned().collect();
         retry.append(&mut self.pipeline.finished);
         self.pipeline.finished = retry;
+        let mut isolating = false;
         for p in submits {
-            if shared {
-                self.pipeline
-                    .submits
-                    .push(PendingSubmit { alone: true, ..p });
+            if shared && !p.isolated {
+                isolating = true;
+                self.pipeline.submits.push(PendingSubmit {
+                    isolated: true,
+                    ..p
+                });
             } else {
                 let _ = p.reply.send(Err(EngineError::Store(e.to_string().into())));
             }
         }
         self.check_drained(ctx);
-        ctx.run_later(RETRY_DELAY, |act, ctx| {
+        let delay = if isolating {
+            Duration::ZERO
+        } else {
+            RETRY_DELAY
+        };
+        ctx.run_later(delay, |act, ctx| {
             act.pipeline.flush_due = true;
             act.cycle(ctx);
         });
@@ -443,6 +449,7 @@ impl Supervisor {
                 record.id, record.kind
             ))),
             Inserted::UnknownDependency(e) => Err(e.into()),
+            Inserted::Failed(e) => Err(EngineError::Store(e.to_string().into())),
         }
     }
 
