@@ -74,10 +74,7 @@ async fn main() -> std::io::Result<()> {
                 items: ["one two three", "four five", "six"]
                     .iter()
                     .enumerate()
-                    .map(|(i, text)| NewItem {
-                        key: format!("line{i}"),
-                        payload: json!({ "text": text }),
-                    })
+                    .map(|(i, text)| NewItem::new(format!("line{i}"), json!({ "text": text })))
                     .collect(),
                 schedule: Default::default(),
             })

@@ -231,7 +231,7 @@ pub(super) async fn submit_generic(
     req: HttpRequest,
     Body(body): Body,
 ) -> Reply {
-    let (req, raw) = submission(&req, body, "items")?;
+    let (req, raw) = submission_with_items(&req, body, "items")?;
     let job = generic_job(req, raw)?;
     let big = job.items.len() >= BIG_SUBMISSION;
     let answer = engine.submit(job).await;
@@ -257,6 +257,20 @@ fn submission<T: serde::de::DeserializeOwned>(
     let key = idempotency_header(req)?;
     let body = json_body(req, body, items_field)?;
     let (parsed, mut raw) = parse_body(&body)?;
+    merge_idempotency_header(key.as_deref(), &mut raw)?;
+    Ok((parsed, raw))
+}
+
+/// Like [`submission`] for a request whose items stay JSON text ([`parse_items_body`]);
+/// its raw object comes without them.
+fn submission_with_items<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: Bytes,
+    items_field: &str,
+) -> Result<(T, serde_json::Map<String, serde_json::Value>), ApiError> {
+    let key = idempotency_header(req)?;
+    let body = json_body(req, body, items_field)?;
+    let (parsed, mut raw) = parse_items_body(&body, items_field)?;
     merge_idempotency_header(key.as_deref(), &mut raw)?;
     Ok((parsed, raw))
 }

@@ -350,10 +350,7 @@ fn prefill(dir: &Path, n: usize, parallel: u32, abandoned: usize) -> Result<Stri
         parallel,
         metadata: json!({}),
         items: (0..n)
-            .map(|i| NewItem {
-                key: i.to_string(),
-                payload: json!({}),
-            })
+            .map(|i| NewItem::new(i.to_string(), json!({})))
             .collect(),
         schedule: Default::default(),
     };

@@ -9,8 +9,34 @@ use serde_json::Value;
 pub struct NewItem {
     /// The user's own id for the item (target id, module id, task id …).
     pub key: String,
-    /// The item's input, passed to the processor.
-    pub payload: Value,
+    /// The item's input, passed to the processor, as JSON text: a submission of a million
+    /// items holds a million of these until they are stored, and the text is a fraction of
+    /// the size of a parsed `Value` tree.
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+impl NewItem {
+    /// An item of this key and input.
+    pub fn new(key: impl Into<String>, payload: Value) -> NewItem {
+        NewItem {
+            key: key.into(),
+            payload: to_raw(&payload),
+        }
+    }
+
+    /// An item whose input is already JSON text.
+    pub fn raw(key: impl Into<String>, payload: Box<serde_json::value::RawValue>) -> NewItem {
+        NewItem {
+            key: key.into(),
+            payload,
+        }
+    }
+}
+
+/// `value` as JSON text.
+fn to_raw(value: &Value) -> Box<serde_json::value::RawValue> {
+    // A `Value` always serializes, and its text is valid JSON.
+    serde_json::value::to_raw_value(value).expect("a JSON value serializes")
 }
 
 /// A stored item, as read back from the database.

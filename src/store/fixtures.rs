@@ -27,10 +27,7 @@ pub(super) fn job_with(spec: Value, items: usize) -> NewJob {
         parallel: 1,
         metadata: json!({}),
         items: (0..items)
-            .map(|i| NewItem {
-                key: format!("k{i}"),
-                payload: json!({ "i": i }),
-            })
+            .map(|i| NewItem::new(format!("k{i}"), json!({ "i": i })))
             .collect(),
         schedule: JobSchedule::default(),
     }

@@ -84,7 +84,7 @@ pub fn insert_admitted_job(
                 job_id: id,
                 idx: (chunk_no * INSERT_CHUNK + i) as i32,
                 key: &item.key,
-                payload: item.payload.to_string(),
+                payload: item.payload.get(),
                 status: ItemStatus::Queued.as_str(),
                 max_attempts,
             })

@@ -157,7 +157,7 @@ pub(crate) struct NewItemRow<'a> {
     pub job_id: &'a str,
     pub idx: i32,
     pub key: &'a str,
-    pub payload: String,
+    pub payload: &'a str,
     pub status: &'a str,
     pub max_attempts: i32,
 }

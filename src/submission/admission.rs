@@ -103,10 +103,7 @@ mod tests {
             metadata: json!({}),
             items: keys
                 .iter()
-                .map(|k| NewItem {
-                    key: k.to_string(),
-                    payload: json!({}),
-                })
+                .map(|k| NewItem::new(k.to_string(), json!({})))
                 .collect(),
             schedule: Default::default(),
         }

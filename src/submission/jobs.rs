@@ -225,6 +225,23 @@ fn non_empty(field: String, value: &str) -> Result<(), SubmissionError> {
     Ok(())
 }
 
+/// The `id` (string or number) of an item given as JSON text, when it is an object with
+/// one; read without building the item's `Value`.
+fn item_id(payload: &serde_json::value::RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<Value>,
+    }
+    if !payload.get().starts_with('{') {
+        return None;
+    }
+    match serde_json::from_str::<Id>(payload.get()).ok()?.id? {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// Builds a path-target job (`batch_validation`, `batch_tests`).
 pub fn path_job(
     kind: &str,
@@ -243,10 +260,8 @@ pub fn path_job(
     for (i, t) in targets.into_iter().enumerate() {
         non_empty(format!("{items_field}[{i}].id"), &t.id)?;
         non_empty(format!("{items_field}[{i}].path"), &t.path)?;
-        items.push(NewItem {
-            payload: serde_json::json!({"id": t.id, "path": t.path}),
-            key: t.id,
-        });
+        let payload = serde_json::json!({"id": t.id, "path": t.path});
+        items.push(NewItem::new(t.id, payload));
     }
     build_job(
         kind.to_string(),
@@ -274,10 +289,8 @@ pub fn agent_job(
     for (i, t) in req.tasks.into_iter().enumerate() {
         non_empty(format!("tasks[{i}].id"), &t.id)?;
         non_empty(format!("tasks[{i}].description"), &t.description)?;
-        items.push(NewItem {
-            payload: serde_json::json!({"id": t.id, "description": t.description}),
-            key: t.id,
-        });
+        let payload = serde_json::json!({"id": t.id, "description": t.description});
+        items.push(NewItem::new(t.id, payload));
     }
     build_job(
         "batch_agent_tasks".into(),
@@ -337,10 +350,8 @@ pub fn llm_job(req: LlmBatchRequest, raw: Map<String, Value>) -> Result<NewJob, 
                 "NUL characters (\\u0000) are not allowed here",
             ));
         }
-        items.push(NewItem {
-            payload: serde_json::json!({"custom_id": r.custom_id, "body": r.body}),
-            key: r.custom_id,
-        });
+        let payload = serde_json::json!({"custom_id": r.custom_id, "body": r.body});
+        items.push(NewItem::new(r.custom_id, payload));
     }
     build_job(
         crate::processors::llm_batch::KIND.into(),
@@ -385,10 +396,10 @@ pub fn mcp_job(req: McpRequest, mut raw: Map<String, Value>) -> Result<NewJob, S
             "" => SubmissionError::invalid(format!("operations[{i}]"), e.message),
             field => SubmissionError::invalid(format!("operations[{i}].{field}"), e.message),
         })?;
-        items.push(NewItem {
-            key: op.id.clone().unwrap_or_else(|| i.to_string()),
+        items.push(NewItem::new(
+            op.id.clone().unwrap_or_else(|| i.to_string()),
             payload,
-        });
+        ));
     }
     build_job(
         "batch_mcp".into(),
@@ -419,13 +430,9 @@ pub fn generic_job(
         .items
         .into_iter()
         .enumerate()
-        .map(|(i, payload)| NewItem {
-            key: match payload.get("id") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => i.to_string(),
-            },
-            payload,
+        .map(|(i, payload)| {
+            let key = item_id(&payload).unwrap_or_else(|| i.to_string());
+            NewItem::raw(key, payload)
         })
         .collect();
     let mut raw = raw;

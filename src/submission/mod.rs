@@ -11,7 +11,7 @@ pub mod requests;
 pub mod template;
 
 pub use admission::{check_job, AdmissionRules, Refusal};
-pub use body::{ndjson_body, parse_body};
+pub use body::{ndjson_body, parse_body, parse_items_body};
 pub use jobs::*;
 pub use requests::*;
 pub use template::{template_job, tick_key};

@@ -401,9 +401,10 @@ pub struct GenericJobRequest {
     #[serde(rename = "type")]
     #[schema(min_length = 1, pattern = "\\S", example = "noop")]
     pub kind: String,
-    /// Items: any JSON; an object's `id` (string or number) becomes the item's key.
-    #[schema(min_items = 1, max_items = 1000000)]
-    pub items: Vec<Value>,
+    /// Items: any JSON; an object's `id` (string or number) becomes the item's key. Kept as
+    /// the JSON text they came as (a million of them stay small).
+    #[schema(min_items = 1, max_items = 1000000, value_type = Vec<Object>)]
+    pub items: Vec<Box<serde_json::value::RawValue>>,
     /// Per-job concurrency (default 5).
     #[schema(minimum = 1, maximum = 1000)]
     pub parallel: Option<i64>,

@@ -1,7 +1,7 @@
 //! A cron schedule's stored job template (the `POST /batch/jobs` body) turned into the job
 //! one tick submits, checked as that endpoint checks it.
 
-use super::{generic_job, parse_body, SubmissionError, TICK_KEY_PREFIX};
+use super::{generic_job, parse_items_body, SubmissionError, TICK_KEY_PREFIX};
 use crate::model::{FieldError, NewJob};
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ pub fn template_job(
         SubmissionError::Invalid(e) => e.under("job"),
         other => FieldError::new("job", other.to_string()),
     };
-    let (request, raw) = parse_body(&bytes).map_err(in_job)?;
+    let (request, raw) = parse_items_body(&bytes, "items").map_err(in_job)?;
     let mut job = generic_job(request, raw).map_err(in_job)?;
     if let Some(tick) = tick {
         if let Value::Object(metadata) = &mut job.metadata {

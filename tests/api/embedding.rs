@@ -98,10 +98,7 @@ async fn an_embedder_submits_and_reads_jobs_through_the_engine_handle() {
             parallel: 2,
             metadata: json!({"who": "embedder"}),
             items: (0..10)
-                .map(|n| NewItem {
-                    key: format!("k{n}"),
-                    payload: json!({"n": n * 2}),
-                })
+                .map(|n| NewItem::new(format!("k{n}"), json!({"n": n * 2})))
                 .collect(),
             schedule: Default::default(),
         })
@@ -191,10 +188,7 @@ async fn a_retry_waiting_out_its_delay_across_a_restart_still_runs() {
             spec: json!({"max_attempts": 3, "retry_delay_seconds": 1.5, "retry_max_delay_seconds": 1.5}),
             parallel: 1,
             metadata: json!({}),
-            items: vec![NewItem {
-                key: "a".into(),
-                payload: json!({}),
-            }],
+            items: vec![NewItem::new("a", json!({}))],
             schedule: Default::default(),
         })
         .await

@@ -156,10 +156,7 @@ fn job_of(n: usize, callback_url: Option<&str>) -> NewJob {
         parallel: 1,
         metadata: json!({}),
         items: (0..n)
-            .map(|i| NewItem {
-                key: format!("k{i}"),
-                payload: json!({"id": i, "path": "f"}),
-            })
+            .map(|i| NewItem::new(format!("k{i}"), json!({"id": i, "path": "f"})))
             .collect(),
         schedule: JobSchedule::default(),
     }

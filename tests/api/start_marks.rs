@@ -14,10 +14,7 @@ fn job(n: usize) -> NewJob {
         parallel: 8,
         metadata: json!({}),
         items: (0..n)
-            .map(|i| NewItem {
-                key: format!("k{i}"),
-                payload: json!({}),
-            })
+            .map(|i| NewItem::new(format!("k{i}"), json!({})))
             .collect(),
         schedule: JobSchedule::default(),
     }

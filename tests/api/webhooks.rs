@@ -424,10 +424,7 @@ fn failing_job(callback_url: &str) -> NewJob {
         spec: json!({"check_command": "test -s", "callback_url": callback_url}),
         parallel: 1,
         metadata: json!({}),
-        items: vec![NewItem {
-            key: "a".into(),
-            payload: json!({"id": "a", "path": "f"}),
-        }],
+        items: vec![NewItem::new("a", json!({"id": "a", "path": "f"}))],
         schedule: JobSchedule::default(),
     }
 }
