@@ -254,11 +254,7 @@ fn submission<T: serde::de::DeserializeOwned>(
     body: Bytes,
     items_field: &str,
 ) -> Result<(T, serde_json::Map<String, serde_json::Value>), ApiError> {
-    let key = idempotency_header(req)?;
-    let body = json_body(req, body, items_field)?;
-    let (parsed, mut raw) = parse_body(&body)?;
-    merge_idempotency_header(key.as_deref(), &mut raw)?;
-    Ok((parsed, raw))
+    parsed_submission(req, body, items_field, parse_body)
 }
 
 /// Like [`submission`] for a request whose items stay JSON text ([`parse_items_body`]);
@@ -268,9 +264,21 @@ fn submission_with_items<T: serde::de::DeserializeOwned>(
     body: Bytes,
     items_field: &str,
 ) -> Result<(T, serde_json::Map<String, serde_json::Value>), ApiError> {
+    parsed_submission(req, body, items_field, |b| parse_items_body(b, items_field))
+}
+
+/// [`submission`] with the JSON parser `parse`.
+fn parsed_submission<T>(
+    req: &HttpRequest,
+    body: Bytes,
+    items_field: &str,
+    parse: impl FnOnce(
+        &[u8],
+    ) -> Result<(T, serde_json::Map<String, serde_json::Value>), SubmissionError>,
+) -> Result<(T, serde_json::Map<String, serde_json::Value>), ApiError> {
     let key = idempotency_header(req)?;
     let body = json_body(req, body, items_field)?;
-    let (parsed, mut raw) = parse_items_body(&body, items_field)?;
+    let (parsed, mut raw) = parse(&body)?;
     merge_idempotency_header(key.as_deref(), &mut raw)?;
     Ok((parsed, raw))
 }

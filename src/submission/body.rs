@@ -38,8 +38,8 @@ pub fn parse_items_body<T: DeserializeOwned>(
 ) -> Result<(T, Map<String, Value>), SubmissionError> {
     not_empty(body)?;
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        // Not an object: small or wrong, and `parse_body` says which.
-        let (_, _): (serde::de::IgnoredAny, _) = parse_body(body)?;
+        // Not an object: `parse_body` refuses it, naming what it is.
+        return parse_body(body);
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let raw = serde::de::DeserializeSeed::deserialize(OptionsOnly(items_field), &mut de)

@@ -97,17 +97,28 @@ impl Recorder {
     }
 }
 
-/// The body of `GET url` as text (event streams read until they close or `limit`).
-async fn text(url: &str, limit: Duration) -> String {
-    let mut answer = awc::Client::builder()
-        .timeout(limit)
-        .finish()
-        .get(url)
+/// The status and body of `GET url`, with the bearer `token` if given, as text (event
+/// streams read until they close or `limit`).
+async fn get_text(
+    url: &str,
+    token: Option<&str>,
+    limit: Duration,
+) -> (awc::http::StatusCode, String) {
+    let mut request = awc::Client::builder().timeout(limit).finish().get(url);
+    if let Some(token) = token {
+        request = request.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    let mut answer = request
         .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let body = answer.body().limit(64 << 20).await.expect("body");
-    String::from_utf8_lossy(&body).into_owned()
+    (answer.status(), String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The body of `GET url` as text.
+async fn text(url: &str, limit: Duration) -> String {
+    get_text(url, None, limit).await.1
 }
 
 /// Appends what the endless stream at `url` sends to `into`, until it ends.
@@ -436,23 +447,11 @@ async fn secrets_given_to_jobs_are_used_and_appear_on_no_surface_nor_in_the_debu
     assert_clean("the server's log at RUST_LOG=debug", &log);
 }
 
-/// `GET url` with the bearer `token`, as text; event streams are read until `limit`.
+/// `GET url` with the bearer `token`, as text; it must succeed.
 async fn authorized_text(url: &str, token: &str, limit: Duration) -> String {
-    let mut answer = awc::Client::builder()
-        .timeout(limit)
-        .finish()
-        .get(url)
-        .insert_header(("authorization", format!("Bearer {token}")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert!(
-        answer.status().is_success(),
-        "GET {url}: {}",
-        answer.status()
-    );
-    let body = answer.body().limit(64 << 20).await.expect("body");
-    String::from_utf8_lossy(&body).into_owned()
+    let (status, body) = get_text(url, Some(token), limit).await;
+    assert!(status.is_success(), "GET {url}: {status}");
+    body
 }
 
 #[actix_web::test]
