@@ -1,5 +1,8 @@
 """Schemathesis hooks for .ci/run (loaded through SCHEMATHESIS_HOOKS)."""
 
+import sys
+
+import hypothesis.errors
 import schemathesis
 
 
@@ -14,3 +17,28 @@ def before_load_schema(context, raw_schema):
         for operation in methods.values():
             content = (operation.get("requestBody") or {}).get("content", {})
             content.pop("application/x-ndjson", None)
+
+
+# schemathesis 4.1.4 marks a phase failed, and exits non-zero, when Hypothesis raises one of
+# its Flaky errors, yet reports "No issues found" and not which error it was. Each is named
+# here on stderr, so the run log says what happened and .ci/run can tell a nondeterminism of
+# the generator (FlakyStrategyDefinition: retried once) from a response that failed a check
+# once and not on replay (FlakyFailure: a real failure, its causes printed).
+def _announce(kind, original):
+    def init(self, *args, **kwargs):
+        detail = args[0] if args else ""
+        causes = args[1] if len(args) > 1 else []
+        print(f"hypothesis raised {kind}: {str(detail)[:300]}", file=sys.stderr)
+        for cause in causes or []:
+            print(f"  cause: {cause!r}"[:2000], file=sys.stderr)
+        original(self, *args, **kwargs)
+
+    return init
+
+
+hypothesis.errors.FlakyStrategyDefinition.__init__ = _announce(
+    "FlakyStrategyDefinition", hypothesis.errors.FlakyStrategyDefinition.__init__
+)
+hypothesis.errors.FlakyFailure.__init__ = _announce(
+    "FlakyFailure", hypothesis.errors.FlakyFailure.__init__
+)
