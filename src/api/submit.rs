@@ -86,7 +86,7 @@ pub(super) async fn submit_validation(
     req: HttpRequest,
     Body(body): Body,
 ) -> Reply {
-    let (req, raw) = submission::<ValidationRequest>(&req, body, "targets")?;
+    let (req, raw) = submission_with_items::<ValidationRequest>(&req, body, "targets")?;
     let job = path_job(
         "batch_validation",
         "targets",
@@ -120,7 +120,7 @@ pub(super) async fn submit_tests(
     req: HttpRequest,
     Body(body): Body,
 ) -> Reply {
-    let (req, raw) = submission::<TestsRequest>(&req, body, "modules")?;
+    let (req, raw) = submission_with_items::<TestsRequest>(&req, body, "modules")?;
     let job = path_job(
         "batch_tests",
         "modules",
@@ -154,7 +154,7 @@ pub(super) async fn submit_agent_tasks(
     req: HttpRequest,
     Body(body): Body,
 ) -> Reply {
-    let (req, raw) = submission(&req, body, "tasks")?;
+    let (req, raw) = submission_with_items(&req, body, "tasks")?;
     submit(&engine, agent_job(req, raw)?).await
 }
 
@@ -206,7 +206,7 @@ pub(super) async fn submit_llm(
     req: HttpRequest,
     Body(body): Body,
 ) -> Reply {
-    let (req, raw) = submission(&req, body, "requests")?;
+    let (req, raw) = submission_with_items(&req, body, "requests")?;
     submit(&engine, llm_job(req, raw)?).await
 }
 
@@ -248,7 +248,8 @@ pub(super) async fn submit_generic(
 }
 
 /// A submission's body, parsed: JSON or JSONL (whose items go under `items_field`), with
-/// the `Idempotency-Key` header merged into its `idempotency_key`.
+/// the `Idempotency-Key` header merged into its `idempotency_key`. Only MCP uses it now:
+/// its items' payloads are taken whole from the raw object.
 fn submission<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
     body: Bytes,
@@ -257,8 +258,9 @@ fn submission<T: serde::de::DeserializeOwned>(
     parsed_submission(req, body, items_field, parse_body)
 }
 
-/// Like [`submission`] for a request whose items stay JSON text ([`parse_items_body`]);
-/// its raw object comes without them.
+/// Like [`submission`], but the typed request is read straight from the body text
+/// ([`parse_items_body`]): no `Value` tree of the items is built, and the raw object
+/// comes without them.
 fn submission_with_items<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
     body: Bytes,
