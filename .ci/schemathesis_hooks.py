@@ -21,15 +21,15 @@ def before_load_schema(context, raw_schema):
 
 # schemathesis 4.1.4 marks a phase failed, and exits non-zero, when Hypothesis raises one of
 # its Flaky errors, yet reports "No issues found" and not which error it was. Each is named
-# here on stderr, so the run log says what happened and .ci/run can tell a nondeterminism of
-# the generator (FlakyStrategyDefinition: retried once) from a response that failed a check
-# once and not on replay (FlakyFailure: a real failure, its causes printed).
+# here on stderr with its causes, so the run log says what happened and .ci/run can tell an
+# error of the tool itself (retried once) from a response that failed a check once and not
+# on replay (a FlakyFailure with that check among its causes: a real failure).
 def _announce(kind, original):
     def init(self, *args, **kwargs):
         detail = args[0] if args else ""
         causes = args[1] if len(args) > 1 else []
         print(f"hypothesis raised {kind}: {str(detail)[:300]}", file=sys.stderr)
-        for cause in causes or []:
+        for cause in causes:
             print(f"  cause: {cause!r}"[:2000], file=sys.stderr)
         original(self, *args, **kwargs)
 
